@@ -1,0 +1,45 @@
+// main.cpp — the dseek command: parses the subcommand and its flags, runs it, and turns errors into a
+// message on stderr and a nonzero exit (DESIGN.md cli/).
+#include <omp.h>
+
+#include <cstdio>
+#include <map>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "dseek — one native engine for DeepSeek-V3-architecture models: inspect, initialise, run, generate."};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  std::map<CLI::App*, dseek::cli::Runner> runners;
+  auto reg = [&](const char* name, const char* desc, dseek::cli::Runner (*add)(CLI::App&)) {
+    CLI::App* sub = app.add_subcommand(name, desc);
+    runners[sub] = add(*sub);
+  };
+  reg("info", "Summarise a model directory: config, parameter counts, latent-cache bytes per token",
+      dseek::cli::add_info);
+  reg("init", "Write a randomly initialised model directory from a config.json", dseek::cli::add_init);
+  reg("logits", "Run the forward pass on input_ids from a safetensors file and write the logits",
+      dseek::cli::add_logits);
+  reg("generate", "Generate tokens from a prompt through the latent cache", dseek::cli::add_generate);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (threads > 0) omp_set_num_threads(threads);
+  try {
+    for (auto& [sub, run] : runners)
+      if (sub->parsed()) return run();
+  } catch (const dseek::Error& e) {
+    std::fprintf(stderr, "dseek: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dseek: error: %s\n", e.what());
+    return 1;
+  }
+  return 1;
+}

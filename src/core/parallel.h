@@ -1,0 +1,35 @@
+// parallel.h — OpenMP helpers (DESIGN.md core/): thread count and a chunked parallel-for.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace dseek {
+
+inline int num_threads() {
+  return omp_get_max_threads();
+}
+
+// Calls fn(begin, end) on contiguous chunks of [0, n) across the OpenMP threads; `grain` is the
+// smallest chunk worth a thread. Runs inline when n is small or when already inside a parallel region.
+template <typename Fn>
+void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
+  if (n <= 0) return;
+  int nt = omp_in_parallel()
+               ? 1
+               : int(std::min<int64_t>(num_threads(), (n + grain - 1) / std::max<int64_t>(grain, 1)));
+  if (nt <= 1) {
+    fn(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int64_t b = n * t / T, e = n * (t + 1) / T;
+    if (b < e) fn(b, e);
+  }
+}
+
+}  // namespace dseek

@@ -1,0 +1,142 @@
+// tensor.cpp — Tensor views and host storage (DESIGN.md core/).
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+namespace dseek {
+
+const char* device_name(Device d) {
+  return d == Device::CPU ? "cpu" : "cuda";
+}
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+namespace {
+class HostStorage : public Storage {
+ public:
+  HostStorage(void* p, size_t bytes) : Storage(p, bytes, Device::CPU) {}
+  ~HostStorage() override { std::free(data_); }
+};
+}  // namespace
+
+std::shared_ptr<Storage> host_storage(size_t bytes) {
+  size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded ? rounded : 64);
+  if (!p) fail("out of host memory allocating ", bytes, " bytes");
+  return std::make_shared<HostStorage>(p, bytes);
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  DSEEK_CHECK(device == Device::CPU, "Tensor::empty on ", device_name(device), ": use the device allocator");
+  for (int64_t d : shape) DSEEK_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
+  Tensor t;
+  t.storage_ = host_storage(size_t(shape_numel(shape)) * dtype_size(dtype));
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  std::memset(t.raw(), 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::wrap(std::shared_ptr<Storage> storage, size_t offset, const Shape& shape, DType dtype) {
+  Tensor t;
+  t.storage_ = std::move(storage);
+  t.offset_ = offset;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  DSEEK_CHECK(offset + t.nbytes() <= t.storage_->bytes(), "tensor ", t.str(), " at offset ", offset,
+              " exceeds its storage of ", t.storage_->bytes(), " bytes");
+  return t;
+}
+
+Tensor Tensor::view(const Shape& shape) const {
+  DSEEK_CHECK(shape_numel(shape) == numel(), "view ", shape_str(shape), " of ", str(),
+              ": element counts differ");
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+Tensor Tensor::slice(int64_t start, int64_t len) const {
+  DSEEK_CHECK(ndim() >= 1 && start >= 0 && len >= 0 && start + len <= shape_[0], "slice [", start, ", ",
+              start + len, ") of ", str());
+  Tensor t = *this;
+  t.shape_[0] = len;
+  t.offset_ = offset_ + size_t(start) * (numel() / std::max<int64_t>(shape_[0], 1)) * dtype_size(dtype_);
+  return t;
+}
+
+Tensor Tensor::operator[](int64_t i) const {
+  Tensor t = slice(i, 1);
+  t.shape_.erase(t.shape_.begin());
+  return t;
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = empty(shape_, dtype_);
+  std::memcpy(t.raw(), raw(), nbytes());
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_) return *this;
+  Tensor t = empty(shape_, dtype);
+  convert(t.raw(), dtype, raw(), dtype_, size_t(numel()));
+  return t;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  DSEEK_CHECK(src.numel() == numel(), "copy_from: ", src.str(), " into ", str());
+  convert(raw(), dtype_, src.raw(), src.dtype_, size_t(numel()));
+}
+
+void Tensor::fill(double value) {
+  size_t n = size_t(numel());
+  switch (dtype_) {
+    case DType::F32:
+      std::fill_n(data<float>(), n, float(value));
+      return;
+    case DType::F64:
+      std::fill_n(data<double>(), n, value);
+      return;
+    case DType::I32:
+      std::fill_n(data<int32_t>(), n, int32_t(value));
+      return;
+    case DType::I64:
+      std::fill_n(data<int64_t>(), n, int64_t(value));
+      return;
+    default: {
+      // Narrow floats: convert one element and replicate its bytes.
+      double v = value;
+      size_t es = dtype_size(dtype_);
+      uint8_t one[8];
+      convert(one, dtype_, &v, DType::F64, 1);
+      auto p = static_cast<uint8_t*>(raw());
+      for (size_t i = 0; i < n; ++i) std::memcpy(p + i * es, one, es);
+    }
+  }
+}
+
+std::string Tensor::str() const {
+  return str_cat(dtype_name(dtype_), shape_str(shape_));
+}
+
+}  // namespace dseek

@@ -1,0 +1,89 @@
+// model.cpp — the transformer forward (spec/model.md §2.1): embed, L decoder layers, norm, head.
+#include "model/model.h"
+
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+
+namespace dseek {
+
+Model Model::load(const std::string& dir, const LoadOptions& opt) {
+  ModelConfig cfg = ModelConfig::load(dir);
+  io::TensorSource src = io::TensorSource::open_dir(dir);
+  Weights w = load_weights(src, cfg, opt);
+  return from_weights(std::move(cfg), std::move(w));
+}
+
+Model Model::from_weights(ModelConfig cfg, Weights w) {
+  Model m;
+  m.rope = Rope::from(cfg);
+  m.cfg = std::move(cfg);
+  m.w = std::move(w);
+  return m;
+}
+
+Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<SeqChunk>& chunks,
+                  AttnPath path, ForwardTrace* trace) const {
+  const int64_t N = ids.size(0), D = cfg.hidden_size;
+  const DType dt = DType::F32;
+  Tensor h = Tensor::empty({N, D}, dt);  // h: [N, D] the residual stream
+  ops::embedding_fwd(h, ids, w.embed_tokens);
+  if (trace) trace->hidden.push_back(h.clone());
+  Tensor xn = Tensor::empty({N, D}, dt), y = Tensor::empty({N, D}, dt);
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    const LayerWeights& L = w.layers[size_t(l)];
+    ops::rmsnorm_fwd(xn, Tensor(), h, L.input_layernorm, cfg.rms_norm_eps);
+    mla_fwd(y, xn, L.attn, cfg, rope, positions, chunks, l, path);
+    ops::add_(h, y);
+    ops::rmsnorm_fwd(xn, Tensor(), h, L.post_attention_layernorm, cfg.rms_norm_eps);
+    if (L.is_moe) {
+      RouterTrace rt;
+      moe_fwd(y, xn, L.moe, cfg, trace ? &rt : nullptr);
+      if (trace) trace->routers.push_back(rt);
+    } else {
+      mlp_fwd(y, xn, L.mlp);
+    }
+    ops::add_(h, y);
+    if (trace && l + 1 < cfg.num_hidden_layers) trace->hidden.push_back(h.clone());
+  }
+  ops::rmsnorm_fwd(xn, Tensor(), h, w.norm, cfg.rms_norm_eps);
+  if (trace) trace->hidden.push_back(xn.clone());
+  return xn;
+}
+
+Tensor Model::forward(const Tensor& ids, ForwardTrace* trace) const {
+  DSEEK_CHECK(ids.ndim() == 2 && ids.dtype() == DType::I64, "forward: input_ids must be I64 [B, T], got ",
+              ids.str());
+  const int64_t B = ids.size(0), T = ids.size(1), N = B * T;
+  Tensor flat = ids.view({N});
+  Tensor pos = Tensor::empty({N}, DType::I64);
+  std::vector<SeqChunk> chunks;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) pos.data<int64_t>()[b * T + t] = t;
+    chunks.push_back({.row0 = b * T, .len = T, .pos0 = 0, .cache = nullptr});
+  }
+  Tensor hn = run(flat, pos, chunks, AttnPath::Naive, trace);
+  Tensor logits = Tensor::empty({N, cfg.vocab_size}, DType::F32);
+  ops::linear(logits, hn, lm_head());
+  return logits.view({B, T, cfg.vocab_size});
+}
+
+Tensor Model::forward_cached(const std::vector<int64_t>& tokens, LatentCache& cache, bool last_only,
+                             AttnPath path) const {
+  const int64_t T = int64_t(tokens.size()), p0 = cache.length();
+  DSEEK_CHECK(T > 0, "forward_cached: no tokens");
+  Tensor ids = Tensor::empty({T}, DType::I64), pos = Tensor::empty({T}, DType::I64);
+  for (int64_t t = 0; t < T; ++t) {
+    ids.data<int64_t>()[t] = tokens[size_t(t)];
+    pos.data<int64_t>()[t] = p0 + t;
+  }
+  Tensor hn = run(ids, pos, {{.row0 = 0, .len = T, .pos0 = p0, .cache = &cache}}, path, nullptr);
+  cache.advance(T);
+  Tensor rows = last_only ? hn.slice(T - 1, 1) : hn;
+  Tensor logits = Tensor::empty({rows.size(0), cfg.vocab_size}, DType::F32);
+  ops::linear(logits, rows, lm_head());
+  return logits;
+}
+
+}  // namespace dseek

@@ -1,0 +1,52 @@
+// model.h — the DeepSeek-V3/V2 transformer (DESIGN.md model/; spec/model.md §2.1): embedding, the
+// decoder layers (RMSNorm → MLA → residual, RMSNorm → dense MLP or MoE → residual), final norm, LM
+// head. The forward reads top to bottom like DeepSeek's Transformer.forward.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/model_config.h"
+#include "model/kv_cache.h"
+#include "model/mla.h"
+#include "model/moe.h"
+#include "model/weights.h"
+
+namespace dseek {
+
+// Intermediate values a caller may ask for (tests, statistics).
+struct ForwardTrace {
+  std::vector<Tensor> hidden;  // hidden[0] embeddings, hidden[i] output of layer i-1, hidden[L] final norm
+  std::vector<RouterTrace> routers;  // one per MoE layer, in layer order
+};
+
+class Model {
+ public:
+  ModelConfig cfg;
+  Weights w;
+  Rope rope;
+
+  static Model load(const std::string& dir, const LoadOptions& opt);
+  static Model from_weights(ModelConfig cfg, Weights w);
+
+  // Full causal forward of a batch of equal-length sequences, no cache. ids: [B, T] I64.
+  // Returns logits [B, T, V] f32.
+  Tensor forward(const Tensor& ids, ForwardTrace* trace = nullptr) const;
+
+  // Appends `tokens` to one sequence whose cache holds `cache.length()` tokens; returns the logits of
+  // every new token [T, V], or only of the last one [1, V] when `last_only`.
+  Tensor forward_cached(const std::vector<int64_t>& tokens, LatentCache& cache, bool last_only = true,
+                        AttnPath path = AttnPath::Auto) const;
+
+  LatentCache make_cache(int64_t capacity) const { return LatentCache(cfg, cfg.num_hidden_layers, capacity); }
+  const Tensor& lm_head() const { return cfg.tie_word_embeddings ? w.embed_tokens : w.lm_head; }
+
+ private:
+  // The decoder stack over flattened tokens ids[N] split into `chunks`; returns the final-normed
+  // hidden states [N, D].
+  Tensor run(const Tensor& ids, const Tensor& positions, const std::vector<SeqChunk>& chunks, AttnPath path,
+             ForwardTrace* trace) const;
+};
+
+}  // namespace dseek

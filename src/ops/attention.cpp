@@ -1,0 +1,57 @@
+// attention.cpp — checks and device dispatch for the two MLA attention forms (ops/attention.h).
+#include "ops/attention.h"
+
+#include "ops/check.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                   int64_t q_pos0, Stream) {
+  check_ndim("attention_fwd", "q", q, 3);
+  check_act("attention_fwd", "q", q);
+  const int64_t T = q.size(0), H = q.size(1), Dq = q.size(2);
+  check_ndim("attention_fwd", "k", k, 3);
+  const int64_t S = k.size(0);
+  check_shape("attention_fwd", "k", k, {S, H, Dq});
+  check_ndim("attention_fwd", "v", v, 3);
+  check_shape("attention_fwd", "v", v, {S, H, v.size(2)});
+  check_shape("attention_fwd", "out", out, {T, H, v.size(2)});
+  if (probs.defined()) check_shape("attention_fwd", "probs", probs, {H, T, S});
+  for (const Tensor* t : {&k, &v, const_cast<const Tensor*>(&out), const_cast<const Tensor*>(&probs)})
+    if (t->defined()) DSEEK_CHECK(t->dtype() == q.dtype(), "attention_fwd: mixed dtypes");
+  DSEEK_CHECK(q_pos0 >= 0 && q_pos0 + T <= S, "attention_fwd: queries at ", q_pos0, "..", q_pos0 + T,
+              " need ", q_pos0 + T, " keys, have ", S);
+  check_same_device("attention_fwd", {&out, &probs, &q, &k, &v});
+  switch (q.device()) {
+    case Device::CPU:
+      return cpu::attention_fwd(out, probs, q, k, v, scale, q_pos0);
+    default:
+      fail("attention_fwd: no implementation for ", device_name(q.device()));
+  }
+}
+
+void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double scale, int64_t q_pos0,
+                      Stream) {
+  check_ndim("mla_absorbed_fwd", "q", q, 3);
+  check_act("mla_absorbed_fwd", "q", q);
+  check_ndim("mla_absorbed_fwd", "rows", rows, 2);
+  check_ndim("mla_absorbed_fwd", "o_lat", o_lat, 3);
+  const int64_t T = q.size(0), H = q.size(1), W = q.size(2), S = rows.size(0), C = o_lat.size(2);
+  DSEEK_CHECK(rows.size(1) == W, "mla_absorbed_fwd: rows ", rows.str(), " and q ", q.str(),
+              " differ in width");
+  DSEEK_CHECK(C <= W, "mla_absorbed_fwd: latent width exceeds row width");
+  check_shape("mla_absorbed_fwd", "o_lat", o_lat, {T, H, C});
+  DSEEK_CHECK(rows.dtype() == q.dtype() && o_lat.dtype() == q.dtype(), "mla_absorbed_fwd: mixed dtypes");
+  DSEEK_CHECK(q_pos0 >= 0 && q_pos0 + T <= S, "mla_absorbed_fwd: queries at ", q_pos0, "..", q_pos0 + T,
+              " need ", q_pos0 + T, " cached rows, have ", S);
+  check_same_device("mla_absorbed_fwd", {&o_lat, &q, &rows});
+  switch (q.device()) {
+    case Device::CPU:
+      return cpu::mla_absorbed_fwd(o_lat, q, rows, scale, q_pos0);
+    default:
+      fail("mla_absorbed_fwd: no implementation for ", device_name(q.device()));
+  }
+}
+
+}  // namespace dseek::ops

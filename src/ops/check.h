@@ -1,0 +1,34 @@
+// check.h — argument checks shared by the op dispatchers: shapes, dtypes, devices, named in errors.
+#pragma once
+
+#include <initializer_list>
+
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+inline void check_shape(const char* op, const char* arg, const Tensor& t, const Shape& want) {
+  DSEEK_CHECK(t.defined(), op, ": ", arg, " is undefined");
+  DSEEK_CHECK(t.shape() == want, op, ": ", arg, " has shape ", shape_str(t.shape()), ", expected ",
+              shape_str(want));
+}
+inline void check_dtype(const char* op, const char* arg, const Tensor& t, std::initializer_list<DType> ok) {
+  for (DType d : ok)
+    if (t.dtype() == d) return;
+  fail(op, ": ", arg, " has unsupported dtype ", dtype_name(t.dtype()));
+}
+inline void check_ndim(const char* op, const char* arg, const Tensor& t, int nd) {
+  DSEEK_CHECK(t.defined(), op, ": ", arg, " is undefined");
+  DSEEK_CHECK(t.ndim() == nd, op, ": ", arg, " ", t.str(), " must have ", nd, " dims");
+}
+inline void check_same_device(const char* op, std::initializer_list<const Tensor*> ts) {
+  Device d = (*ts.begin())->device();
+  for (auto* t : ts)
+    if (t->defined()) DSEEK_CHECK(t->device() == d, op, ": tensors on different devices");
+}
+// Activation dtype: f32 or f64.
+inline void check_act(const char* op, const char* arg, const Tensor& t) {
+  check_dtype(op, arg, t, {DType::F32, DType::F64});
+}
+
+}  // namespace dseek::ops

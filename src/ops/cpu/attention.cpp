@@ -1,0 +1,111 @@
+// attention.cpp — CPU causal attention, naive (per-head BLAS products) and absorbed MLA (one BLAS
+// product for all heads against the shared latent rows) (spec/model.md §2.2, §2.5, §2.6).
+#include <cblas.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/parallel.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops::cpu {
+
+namespace {
+
+// C[M, N] = alpha · A[M, K] · op(B) with leading dims (row-major); op(B) = Bᵀ when trans_b.
+inline void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+              float(alpha), A, int(lda), B, int(ldb), 0.0f, C, int(ldc));
+}
+inline void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+                 const double* B, int64_t ldb, double* C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, int(M), int(N), int(K), alpha,
+              A, int(lda), B, int(ldb), 0.0, C, int(ldc));
+}
+
+// Row-wise causal softmax in place: row r may see columns [0, visible(r)); the rest become 0.
+template <typename T, typename Visible>
+void causal_softmax(T* p, int64_t rows, int64_t cols, Visible visible) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = p + r * cols;
+    const int64_t n = visible(r);
+    T mx = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+    T sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] = std::exp(row[j] - mx);
+      sum += row[j];
+    }
+    const T inv = T(1) / sum;
+    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    for (int64_t j = n; j < cols; ++j) row[j] = 0;
+  }
+}
+
+template <typename T>
+void attention_impl(T* out, T* probs, const T* q, const T* k, const T* v, int64_t T_, int64_t H, int64_t Dq,
+                    int64_t Dv, int64_t S, double scale, int64_t q_pos0) {
+  const int64_t Se = q_pos0 + T_;  // keys any query can see
+  // Heads in parallel, each product single-threaded inside (OpenBLAS's OpenMP build nests serially).
+#pragma omp parallel
+  {
+    std::vector<T> local;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t h = 0; h < H; ++h) {
+      T* P;
+      if (probs) {
+        P = probs + h * T_ * S;
+      } else {
+        local.resize(size_t(T_ * Se));
+        P = local.data();
+      }
+      const int64_t ldp = probs ? S : Se;
+      // P[T, Se] = scale · q_h[T, Dq] · k_h[Se, Dq]ᵀ   (q_h rows are H·Dq apart)
+      gemm(true, T_, Se, Dq, scale, q + h * Dq, H * Dq, k + h * Dq, H * Dq, P, ldp);
+      causal_softmax(P, T_, ldp, [&](int64_t t) { return q_pos0 + t + 1; });
+      // out_h[T, Dv] = P[T, Se] · v_h[Se, Dv]
+      gemm(false, T_, Dv, Se, 1.0, P, ldp, v + h * Dv, H * Dv, out + h * Dv, H * Dv);
+    }
+  }
+}
+
+template <typename T>
+void absorbed_impl(T* o_lat, const T* q, const T* rows, int64_t T_, int64_t H, int64_t W, int64_t C,
+                   double scale, int64_t q_pos0) {
+  const int64_t Se = q_pos0 + T_;
+  std::vector<T> P(size_t(T_ * H * Se));
+  // P[T·H, Se] = scale · q[T·H, W] · rows[Se, W]ᵀ   — every head reads the same latent rows (MQA)
+  gemm(true, T_ * H, Se, W, scale, q, W, rows, W, P.data(), Se);
+  causal_softmax(P.data(), T_ * H, Se, [&](int64_t r) { return q_pos0 + r / H + 1; });
+  // o_lat[T·H, C] = P · rows[:, :C]
+  gemm(false, T_ * H, C, Se, 1.0, P.data(), Se, rows, W, o_lat, C);
+}
+
+}  // namespace
+
+void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                   int64_t q_pos0) {
+  const int64_t T = q.size(0), H = q.size(1), Dq = q.size(2), S = k.size(0), Dv = v.size(2);
+  if (T == 0) return;
+  if (q.dtype() == DType::F64) {
+    attention_impl(out.data<double>(), probs.defined() ? probs.data<double>() : nullptr, q.data<double>(),
+                   k.data<double>(), v.data<double>(), T, H, Dq, Dv, S, scale, q_pos0);
+  } else {
+    attention_impl(out.data<float>(), probs.defined() ? probs.data<float>() : nullptr, q.data<float>(),
+                   k.data<float>(), v.data<float>(), T, H, Dq, Dv, S, scale, q_pos0);
+  }
+}
+
+void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double scale, int64_t q_pos0) {
+  const int64_t T = q.size(0), H = q.size(1), W = q.size(2), C = o_lat.size(2);
+  if (T == 0) return;
+  if (q.dtype() == DType::F64) {
+    absorbed_impl(o_lat.data<double>(), q.data<double>(), rows.data<double>(), T, H, W, C, scale, q_pos0);
+  } else {
+    absorbed_impl(o_lat.data<float>(), q.data<float>(), rows.data<float>(), T, H, W, C, scale, q_pos0);
+  }
+}
+
+}  // namespace dseek::ops::cpu

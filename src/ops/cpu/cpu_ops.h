@@ -1,0 +1,31 @@
+// cpu_ops.h — the CPU reference implementations, one per op, with the dispatcher's signatures
+// (DESIGN.md ops/). Arguments arrive already checked.
+#pragma once
+
+#include "core/tensor.h"
+#include "ops/router.h"
+
+namespace dseek::ops::cpu {
+
+void linear(Tensor out, const Tensor& x, const Tensor& w);
+void matmul_nn(Tensor out, const Tensor& x, const Tensor& w);
+void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps);
+void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor);
+void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                   int64_t q_pos0);
+void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double scale, int64_t q_pos0);
+void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up);
+void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table);
+void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
+                const RouterParams& p);
+void add_(Tensor x, const Tensor& y);
+void axpy_(Tensor x, const Tensor& y, double alpha);
+void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width);
+
+// y[n, o] = Σ_i x[n, i] · bf16(w[o, i]) for n < N (f32 accumulation), rows o in [o0, o1).
+// Vectorised (AVX2 or AVX-512, chosen at run time); single-threaded: the caller splits rows.
+void gemv_bf16_rows(float* y, int64_t ldy, const float* x, int64_t ldx, const uint16_t* w, int64_t N,
+                    int64_t I, int64_t o0, int64_t o1);
+
+}  // namespace dseek::ops::cpu

@@ -1,0 +1,66 @@
+// elementwise.cpp — CPU SwiGLU, embedding gather, axpy and column copies.
+#include <cmath>
+#include <cstring>
+
+#include "core/parallel.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops::cpu {
+
+namespace {
+template <typename T>
+void swiglu_impl(T* out, const T* g, const T* u, int64_t n) {
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+  });
+}
+template <typename T>
+void axpy_impl(T* x, const T* y, T a, int64_t n) {
+  parallel_for(n, 1 << 15, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) x[i] += a * y[i];
+  });
+}
+}  // namespace
+
+void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up) {
+  if (gate.dtype() == DType::F64) {
+    swiglu_impl(out.data<double>(), gate.data<double>(), up.data<double>(), gate.numel());
+  } else {
+    swiglu_impl(out.data<float>(), gate.data<float>(), up.data<float>(), gate.numel());
+  }
+}
+
+void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
+  const int64_t N = ids.size(0), V = table.size(0), D = table.size(1);
+  const int64_t* id = ids.data<int64_t>();
+  for (int64_t n = 0; n < N; ++n)
+    DSEEK_CHECK(id[n] >= 0 && id[n] < V, "token id ", id[n], " is outside the vocabulary (", V, ")");
+  const size_t es = dtype_size(table.dtype()), os = dtype_size(out.dtype());
+  for (int64_t n = 0; n < N; ++n) {
+    convert(static_cast<uint8_t*>(out.raw()) + size_t(n * D) * os, out.dtype(),
+            static_cast<const uint8_t*>(table.raw()) + size_t(id[n] * D) * es, table.dtype(), size_t(D));
+  }
+}
+
+void add_(Tensor x, const Tensor& y) {
+  axpy_(x, y, 1.0);
+}
+
+void axpy_(Tensor x, const Tensor& y, double alpha) {
+  if (x.dtype() == DType::F64) {
+    axpy_impl(x.data<double>(), y.data<double>(), alpha, x.numel());
+  } else {
+    axpy_impl(x.data<float>(), y.data<float>(), float(alpha), x.numel());
+  }
+}
+
+void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width) {
+  const int64_t R = dst.size(0), Wd = dst.size(1), Ws = src.size(1);
+  const size_t es = dtype_size(dst.dtype());
+  auto d = static_cast<uint8_t*>(dst.raw());
+  auto s = static_cast<const uint8_t*>(src.raw());
+  for (int64_t r = 0; r < R; ++r)
+    std::memcpy(d + size_t(r * Wd + dcol) * es, s + size_t(r * Ws + scol) * es, size_t(width) * es);
+}
+
+}  // namespace dseek::ops::cpu

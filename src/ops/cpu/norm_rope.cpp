@@ -1,0 +1,79 @@
+// norm_rope.cpp — CPU RMSNorm (spec/model.md §2.1) and interleaved-pair RoPE (§2.4, §3).
+#include <cmath>
+#include <vector>
+
+#include "core/parallel.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops::cpu {
+
+namespace {
+
+template <typename T, typename W>
+void rmsnorm_impl(T* out, T* rstd, const T* x, const W* w, int64_t N, int64_t D, double eps) {
+  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const T* xr = x + n * D;
+      double ss = 0;
+      for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * double(xr[i]);
+      const T r = T(1.0 / std::sqrt(ss / double(D) + eps));
+      if (rstd) rstd[n] = r;
+      T* yr = out + n * D;
+      for (int64_t i = 0; i < D; ++i) yr[i] = T(w[i]) * (xr[i] * r);
+    }
+  });
+}
+
+template <typename T>
+void rope_impl(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64_t H, int64_t W, int64_t col,
+               int64_t half, double attention_factor) {
+  parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+    std::vector<T> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float theta = float(pos[n]) * inv_freq[i];  // f32, as transformers computes the angles
+        c[size_t(i)] = T(float(std::cos(theta)) * float(attention_factor));
+        s[size_t(i)] = T(float(std::sin(theta)) * float(attention_factor));
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        T* v = x + (n * H + h) * W + col;
+        for (int64_t i = 0; i < half; ++i) {
+          const T a = v[2 * i], b = v[2 * i + 1];
+          v[2 * i] = a * c[size_t(i)] - b * s[size_t(i)];
+          v[2 * i + 1] = a * s[size_t(i)] + b * c[size_t(i)];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps) {
+  const int64_t N = x.size(0), D = x.size(1);
+  if (x.dtype() == DType::F64) {
+    double* r = rstd.defined() ? rstd.data<double>() : nullptr;
+    if (w.dtype() == DType::F64) {
+      rmsnorm_impl(out.data<double>(), r, x.data<double>(), w.data<double>(), N, D, eps);
+    } else {
+      rmsnorm_impl(out.data<double>(), r, x.data<double>(), w.data<float>(), N, D, eps);
+    }
+  } else {
+    float* r = rstd.defined() ? rstd.data<float>() : nullptr;
+    rmsnorm_impl(out.data<float>(), r, x.data<float>(), w.data<float>(), N, D, eps);
+  }
+}
+
+void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor) {
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), half = inv_freq.size(0);
+  if (x.dtype() == DType::F64) {
+    rope_impl(x.data<double>(), positions.data<int64_t>(), inv_freq.data<float>(), N, H, W, col, half,
+              attention_factor);
+  } else {
+    rope_impl(x.data<float>(), positions.data<int64_t>(), inv_freq.data<float>(), N, H, W, col, half,
+              attention_factor);
+  }
+}
+
+}  // namespace dseek::ops::cpu

@@ -1,0 +1,43 @@
+// elementwise.cpp — checks and device dispatch for add_, axpy_, copy_cols (ops/elementwise.h).
+#include "ops/elementwise.h"
+
+#include "ops/check.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+void add_(Tensor x, const Tensor& y, Stream s) {
+  axpy_(x, y, 1.0, s);
+}
+
+void axpy_(Tensor x, const Tensor& y, double alpha, Stream) {
+  check_act("axpy_", "x", x);
+  check_shape("axpy_", "y", y, x.shape());
+  DSEEK_CHECK(y.dtype() == x.dtype(), "axpy_: mixed dtypes");
+  check_same_device("axpy_", {&x, &y});
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::axpy_(x, y, alpha);
+    default:
+      fail("axpy_: no implementation for ", device_name(x.device()));
+  }
+}
+
+void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width, Stream) {
+  check_ndim("copy_cols", "dst", dst, 2);
+  check_ndim("copy_cols", "src", src, 2);
+  DSEEK_CHECK(dst.size(0) == src.size(0), "copy_cols: ", dst.str(), " and ", src.str(), " differ in rows");
+  DSEEK_CHECK(dst.dtype() == src.dtype(), "copy_cols: mixed dtypes");
+  DSEEK_CHECK(
+      width >= 0 && dcol >= 0 && scol >= 0 && dcol + width <= dst.size(1) && scol + width <= src.size(1),
+      "copy_cols: columns out of range");
+  check_same_device("copy_cols", {&dst, &src});
+  switch (dst.device()) {
+    case Device::CPU:
+      return cpu::copy_cols(dst, dcol, src, scol, width);
+    default:
+      fail("copy_cols: no implementation for ", device_name(dst.device()));
+  }
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,25 @@
+// embedding.cpp — checks and device dispatch for the embedding gather (ops/embedding.h).
+#include "ops/embedding.h"
+
+#include "ops/check.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table, Stream) {
+  check_ndim("embedding_fwd", "ids", ids, 1);
+  check_dtype("embedding_fwd", "ids", ids, {DType::I64});
+  check_ndim("embedding_fwd", "table", table, 2);
+  check_dtype("embedding_fwd", "table", table, {DType::F32, DType::F64, DType::BF16});
+  check_act("embedding_fwd", "out", out);
+  check_shape("embedding_fwd", "out", out, {ids.size(0), table.size(1)});
+  check_same_device("embedding_fwd", {&out, &ids, &table});
+  switch (out.device()) {
+    case Device::CPU:
+      return cpu::embedding_fwd(out, ids, table);
+    default:
+      fail("embedding_fwd: no implementation for ", device_name(out.device()));
+  }
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,54 @@
+// linear.cpp — checks and device dispatch for linear / matmul_nn (ops/linear.h).
+#include "ops/linear.h"
+
+#include "ops/check.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+namespace {
+void check_weight_dtype(const char* op, const Tensor& x, const Tensor& w) {
+  check_act(op, "x", x);
+  if (x.dtype() == DType::F64) {
+    check_dtype(op, "w", w, {DType::F64});
+  } else {
+    check_dtype(op, "w", w, {DType::F32, DType::BF16});
+  }
+}
+}  // namespace
+
+void linear(Tensor out, const Tensor& x, const Tensor& w, Stream) {
+  check_ndim("linear", "x", x, 2);
+  check_ndim("linear", "w", w, 2);
+  check_weight_dtype("linear", x, w);
+  DSEEK_CHECK(x.size(1) == w.size(1), "linear: x ", x.str(), " and w ", w.str(),
+              " disagree on the input dim");
+  check_shape("linear", "out", out, {x.size(0), w.size(0)});
+  DSEEK_CHECK(out.dtype() == x.dtype(), "linear: out dtype differs from x");
+  check_same_device("linear", {&out, &x, &w});
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::linear(out, x, w);
+    default:
+      fail("linear: no implementation for ", device_name(x.device()));
+  }
+}
+
+void matmul_nn(Tensor out, const Tensor& x, const Tensor& w, Stream) {
+  check_ndim("matmul_nn", "x", x, 2);
+  check_ndim("matmul_nn", "w", w, 2);
+  check_weight_dtype("matmul_nn", x, w);
+  DSEEK_CHECK(x.size(1) == w.size(0), "matmul_nn: x ", x.str(), " and w ", w.str(),
+              " disagree on the inner dim");
+  check_shape("matmul_nn", "out", out, {x.size(0), w.size(1)});
+  DSEEK_CHECK(out.dtype() == x.dtype(), "matmul_nn: out dtype differs from x");
+  check_same_device("matmul_nn", {&out, &x, &w});
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::matmul_nn(out, x, w);
+    default:
+      fail("matmul_nn: no implementation for ", device_name(x.device()));
+  }
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,17 @@
+// linear.h — matrix products of activations with weights (DESIGN.md ops/; spec/model.md §2).
+// CPU: OpenBLAS for large products, AVX2/AVX-512 bf16 GEMV kernels for decoding; fp32 accumulation.
+#pragma once
+
+#include "core/stream.h"
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+// out[N, O] = x[N, I] · w[O, I]ᵀ (an nn.Linear without bias). x, out: f32 or f64; w: same dtype as x,
+// or bf16 / f32 with an f32 x.
+void linear(Tensor out, const Tensor& x, const Tensor& w, Stream s = {});
+
+// out[N, O] = x[N, I] · w[I, O] (w row-major, not transposed), same dtypes as linear.
+void matmul_nn(Tensor out, const Tensor& x, const Tensor& w, Stream s = {});
+
+}  // namespace dseek::ops

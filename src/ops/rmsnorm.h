@@ -1,0 +1,13 @@
+// rmsnorm.h — y = w ⊙ x / sqrt(mean(x²) + eps) over the last dim (spec/model.md §2.1).
+#pragma once
+
+#include "core/stream.h"
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+// out, x: [N, D] f32 or f64 (same dtype); w: [D] f32 or the activation dtype. rstd: [N] of the
+// activation dtype (saved for the backward) or undefined.
+void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps, Stream s = {});
+
+}  // namespace dseek::ops

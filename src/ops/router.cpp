@@ -1,0 +1,43 @@
+// router.cpp — checks and device dispatch for MoE routing (ops/router.h).
+#include "ops/router.h"
+
+#include "ops/check.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
+                const RouterParams& p, Stream) {
+  check_ndim("router_fwd", "logits", logits, 2);
+  check_act("router_fwd", "logits", logits);
+  const int64_t N = logits.size(0), E = logits.size(1);
+  DSEEK_CHECK(p.top_k >= 1 && p.top_k <= E, "router_fwd: top_k ", p.top_k, " with ", E, " experts");
+  if (p.method != TopkMethod::Greedy) {
+    DSEEK_CHECK(p.n_group >= 1 && E % p.n_group == 0, "router_fwd: ", E, " experts in ", p.n_group,
+                " groups");
+    DSEEK_CHECK(p.topk_group >= 1 && p.topk_group <= p.n_group, "router_fwd: topk_group ", p.topk_group);
+    DSEEK_CHECK(p.top_k <= p.topk_group * (E / p.n_group),
+                "router_fwd: top_k exceeds the kept groups' experts");
+  }
+  check_shape("router_fwd", "topk_idx", topk_idx, {N, p.top_k});
+  check_dtype("router_fwd", "topk_idx", topk_idx, {DType::I32});
+  check_shape("router_fwd", "topk_w", topk_w, {N, p.top_k});
+  DSEEK_CHECK(topk_w.dtype() == logits.dtype(), "router_fwd: topk_w dtype differs from logits");
+  if (scores.defined()) {
+    check_shape("router_fwd", "scores", scores, {N, E});
+    DSEEK_CHECK(scores.dtype() == logits.dtype(), "router_fwd: scores dtype differs from logits");
+  }
+  if (bias.defined()) {
+    check_shape("router_fwd", "bias", bias, {E});
+    check_dtype("router_fwd", "bias", bias, {DType::F32});
+  }
+  check_same_device("router_fwd", {&topk_idx, &topk_w, &scores, &logits, &bias});
+  switch (logits.device()) {
+    case Device::CPU:
+      return cpu::router_fwd(topk_idx, topk_w, scores, logits, bias, p);
+    default:
+      fail("router_fwd: no implementation for ", device_name(logits.device()));
+  }
+}
+
+}  // namespace dseek::ops
