@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "tokenizer/chat_template.h"
 
 namespace dseek::cli {
 
@@ -17,9 +18,14 @@ Runner add_info(CLI::App& app);
 Runner add_init(CLI::App& app);
 Runner add_logits(CLI::App& app);
 Runner add_generate(CLI::App& app);
+Runner add_tokenize(CLI::App& app);
+Runner add_detokenize(CLI::App& app);
+Runner add_tokenizer(CLI::App& app);  // the `tokenizer` group: bytes, train
 
 // Shared helpers.
 std::vector<int64_t> parse_id_list(const std::string& s, const char* flag);
 DType parse_weight_dtype(const std::string& s, const char* flag);  // "f32" | "bf16"
+// Chat messages from a JSON file (an array, or {"messages": [...]}).
+std::vector<tok::ChatMessage> read_chat_file(const std::string& path);
 
 }  // namespace dseek::cli

@@ -25,6 +25,12 @@ int main(int argc, char** argv) {
   reg("logits", "Run the forward pass on input_ids from a safetensors file and write the logits",
       dseek::cli::add_logits);
   reg("generate", "Generate tokens from a prompt through the latent cache", dseek::cli::add_generate);
+  reg("tokenize", "Encode text or a chat with a tokenizer directory; prints {\"ids\": [...]}",
+      dseek::cli::add_tokenize);
+  reg("detokenize", "Decode token ids with a tokenizer directory; prints the text",
+      dseek::cli::add_detokenize);
+  reg("tokenizer", "Make tokenizers for dseek's own models: a byte-level one, or BPE trained on text",
+      dseek::cli::add_tokenizer);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
