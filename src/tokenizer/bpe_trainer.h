@@ -13,7 +13,7 @@ namespace dseek::tok {
 
 struct TrainOptions {
   size_t vocab_size = 0;  // total ids: 256 bytes + merged tokens + special tokens
-  std::vector<SpecialToken> specials;
+  std::vector<SpecialToken> specials = {};
   int64_t min_frequency = 2;  // a pair seen fewer times is never merged
   int threads = 0;            // pre-tokenization threads (0 = all)
 };

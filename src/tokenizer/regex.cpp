@@ -119,11 +119,7 @@ std::string onig_to_pcre2(const std::string& p) {
 
 Regex::Regex(const std::string& pattern, bool literal, const std::string& what) : pattern_(pattern) {
   std::string pat = literal ? pattern : onig_to_pcre2(pattern);
-  uint32_t opts = PCRE2_UTF | PCRE2_UCP;
-  if (literal)
-    opts |= PCRE2_LITERAL;
-  else
-    opts |= PCRE2_MULTILINE;
+  const uint32_t opts = literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE;
   pcre2_compile_context* cc = pcre2_compile_context_create(nullptr);
   pcre2_set_newline(cc, PCRE2_NEWLINE_LF);
   int err = 0;
