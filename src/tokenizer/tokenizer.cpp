@@ -154,6 +154,7 @@ Tokenizer Tokenizer::from_json_text(const std::string& text, const std::string& 
 }
 
 Tokenizer Tokenizer::load(const std::string& path) {
+  if (!fs::exists(path)) fail(path, ": no such directory or file (expected a directory with tokenizer.json)");
   std::string file = path, cfg;
   if (fs::is_directory(path)) {
     file = (fs::path(path) / "tokenizer.json").string();
