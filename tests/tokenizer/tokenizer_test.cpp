@@ -215,7 +215,8 @@ TEST(TokenizerV3, StreamingDecodeNeverSplitsACharacter) {
   const Tokenizer* t = test::v3_tokenizer();
   ASSERT_TRUE(t);
   std::vector<std::vector<int32_t>> seqs;
-  for (const auto& c : test::encodings_fixture()["cases"]) seqs.push_back(ids_of(c["ids"]));
+  const nlohmann::json fx = test::encodings_fixture();
+  for (const auto& c : fx["cases"]) seqs.push_back(ids_of(c["ids"]));
   seqs.push_back(t->encode(tok::sample_documents(20000, 11)[0]));
   seqs.push_back(
       t->encode("\xe4\xbd"
