@@ -251,18 +251,54 @@ void BpeModel::merge_word_heap(const char* p, size_t n, std::vector<int32_t>& ou
 
 namespace {
 
-// Per-thread cache of word → ids for one model at a time.
-struct WordCache {
-  uint64_t owner = 0;
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, SvHash, std::equal_to<>> map;
-  std::vector<int32_t> pool;
-  void reset(uint64_t o) {
-    owner = o;
-    map.clear();
-    pool.clear();
+// Per-thread cache of word → ids for one model at a time: open addressing over flat arrays (keys and
+// ids live in two pools), cleared when it fills up.
+class WordCache {
+ public:
+  static constexpr size_t kSlots = 1 << 18, kMaxEntries = kSlots / 2, kMaxKey = 255;
+
+  bool lookup(uint64_t owner, const char* p, size_t n, uint64_t h, std::vector<int32_t>& out) {
+    if (owner != owner_) reset(owner);
+    for (size_t i = h & (kSlots - 1);; i = (i + 1) & (kSlots - 1)) {
+      const Slot& s = slots_[i];
+      if (s.len == 0) return false;
+      if (s.hash == h && s.len == n && std::memcmp(keys_.data() + s.key_off, p, n) == 0) {
+        out.insert(out.end(), ids_.begin() + s.ids_off, ids_.begin() + s.ids_off + s.n_ids);
+        return true;
+      }
+    }
+  }
+  void insert(const char* p, size_t n, uint64_t h, const int32_t* ids, size_t n_ids) {
+    if (n > kMaxKey || n_ids > 0xFFFF) return;
+    if (entries_ >= kMaxEntries) reset(owner_);
+    size_t i = h & (kSlots - 1);
+    while (slots_[i].len) i = (i + 1) & (kSlots - 1);
+    slots_[i] = Slot{h, uint32_t(keys_.size()), uint32_t(ids_.size()), uint16_t(n), uint16_t(n_ids)};
+    keys_.insert(keys_.end(), p, p + n);
+    ids_.insert(ids_.end(), ids, ids + n_ids);
+    ++entries_;
+  }
+
+ private:
+  struct Slot {
+    uint64_t hash;
+    uint32_t key_off, ids_off;
+    uint16_t len, n_ids;  // len 0 = empty slot (empty words are never cached)
+  };
+  std::vector<Slot> slots_;
+  std::vector<char> keys_;
+  std::vector<int32_t> ids_;
+  uint64_t owner_ = 0;
+  size_t entries_ = 0;
+
+  void reset(uint64_t owner) {
+    owner_ = owner;
+    slots_.assign(kSlots, Slot{0, 0, 0, 0, 0});
+    keys_.clear();
+    ids_.clear();
+    entries_ = 0;
   }
 };
-constexpr size_t kCacheWords = 1 << 18, kCacheMaxWordLen = 256;
 
 }  // namespace
 
@@ -283,27 +319,19 @@ void BpeModel::encode_word(const char* p, size_t n, std::vector<int32_t>& out) c
       return;
     }
   }
-  if (n > kCacheMaxWordLen) {
+  if (n > WordCache::kMaxKey) {
     merge_word_heap(p, n, out);
     return;
   }
   thread_local WordCache cache;
-  if (cache.owner != serial_ || cache.map.size() >= kCacheWords) cache.reset(serial_);
-  std::string_view key(p, n);
-  auto it = cache.map.find(key);
-  if (it != cache.map.end()) {
-    out.insert(out.end(), cache.pool.begin() + it->second.first,
-               cache.pool.begin() + it->second.first + it->second.second);
-    return;
-  }
+  const uint64_t h = SvHash()(std::string_view(p, n));
+  if (cache.lookup(serial_, p, n, h, out)) return;
   const size_t before = out.size();
   if (n <= 64)
     merge_word_scan(p, n, out);
   else
     merge_word_heap(p, n, out);
-  const uint32_t off = uint32_t(cache.pool.size()), cnt = uint32_t(out.size() - before);
-  cache.pool.insert(cache.pool.end(), out.begin() + long(before), out.end());
-  cache.map.emplace(std::string(key), std::make_pair(off, cnt));
+  cache.insert(p, n, h, out.data() + before, out.size() - before);
 }
 
 }  // namespace dseek::tok
