@@ -122,7 +122,6 @@ std::string tokenizer_json_text(const BpeVocab& v, const std::vector<SpecialToke
   model["end_of_word_suffix"] = nullptr;
   model["fuse_unk"] = false;
   model["byte_fallback"] = false;
-  model["ignore_merges"] = false;
   model["vocab"] = vocab;
   model["merges"] = merges;
   j["model"] = model;
