@@ -17,6 +17,7 @@ Runner add_info(CLI::App& app);
 Runner add_init(CLI::App& app);
 Runner add_logits(CLI::App& app);
 Runner add_generate(CLI::App& app);
+Runner add_grads(CLI::App& app);
 
 // Shared helpers.
 std::vector<int64_t> parse_id_list(const std::string& s, const char* flag);
