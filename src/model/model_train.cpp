@@ -94,7 +94,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     if (L.is_moe) {
       res.expert_load.emplace_back();
       add_load(res.expert_load.back(), rt, E);
-      if (train) res.balance_loss += saved[size_t(l)].moe.balance_loss;
+      res.balance_loss += rt.balance_loss;
     }
   }
   Tensor h_final = h, rstd = Tensor::empty({N}, dt), hn = Tensor::empty({N, D}, dt);
@@ -144,7 +144,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     if (M.layer.is_moe) {
       res.expert_load.emplace_back();
       add_load(res.expert_load.back(), rt, E);
-      if (train) res.balance_loss += s.layer.moe.balance_loss;
+      res.balance_loss += rt.balance_loss;
     }
     s.out = x;
     s.out_rstd = Tensor::empty({Nk}, dt);

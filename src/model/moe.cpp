@@ -70,12 +70,15 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   Tensor logits = Tensor::empty({N, E}, dt);  // logits: [N, E]
   ops::linear(logits, x, gate_for(w, dt));
   Tensor idx = Tensor::empty({N, K}, DType::I32), gw = Tensor::empty({N, K}, dt);
-  Tensor scores = saved ? Tensor::empty({N, E}, dt) : Tensor();
+  const bool balance = opt.balance_alpha > 0;
+  Tensor scores = saved || balance ? Tensor::empty({N, E}, dt) : Tensor();
   const Tensor bias =
       w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
   const auto rp = ops::RouterParams::from(c);
   ops::router_fwd(idx, gw, scores, logits, bias, rp);
-  if (trace) *trace = {idx, gw};
+  const double bal =
+      balance ? ops::router_balance_loss(Tensor(), scores, idx, opt.seq_len, opt.balance_alpha, rp) : 0;
+  if (trace) *trace = {idx, gw, bal};
 
   std::vector<std::vector<int64_t>> slots(static_cast<size_t>(E));  // slots[e]: n·K + k routed to e
   const int32_t* ip = idx.data<int32_t>();
@@ -85,12 +88,10 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   if (saved) {
     saved->x = x;
     saved->scores = scores;
-    saved->route = {idx, gw};
+    saved->route = {idx, gw, bal};
     saved->experts.assign(size_t(E), MlpSaved{});
     saved->expert_out.assign(size_t(E), Tensor());
-    saved->balance_loss = opt.balance_alpha > 0 ? ops::router_balance_loss(Tensor(), scores, idx, opt.seq_len,
-                                                                           opt.balance_alpha, rp)
-                                                : 0.0;
+    saved->balance_loss = bal;
   }
   Tensor routed = Tensor::zeros({N, D}, dt);  // routed: [N, D] Σ_k w_k · expert(x)
   for (int64_t e = 0; e < E; ++e) {
