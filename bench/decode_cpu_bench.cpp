@@ -20,7 +20,9 @@ using clk = std::chrono::steady_clock;
 
 namespace {
 
-double seconds_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
+double seconds_since(clk::time_point t) {
+  return std::chrono::duration<double>(clk::now() - t).count();
+}
 
 // Best of several multi-threaded copies of `bytes` (counted as bytes read + bytes written per second).
 double copy_bandwidth(size_t bytes) {
@@ -32,7 +34,8 @@ double copy_bandwidth(size_t bytes) {
   double best = 0;
   for (int it = 0; it < 6; ++it) {
     auto t = clk::now();
-    parallel_for(int64_t(bytes), 1 << 20, [&](int64_t s, int64_t e) { std::memcpy(b.data() + s, a.data() + s, size_t(e - s)); });
+    parallel_for(int64_t(bytes), 1 << 20,
+                 [&](int64_t s, int64_t e) { std::memcpy(b.data() + s, a.data() + s, size_t(e - s)); });
     best = std::max(best, 2.0 * double(bytes) / seconds_since(t));
   }
   return best;
@@ -54,19 +57,25 @@ double read_bandwidth(size_t bytes) {
   return best;
 }
 
-size_t bytes_of(const Tensor& t) { return t.defined() ? t.nbytes() : 0; }
-size_t mlp_bytes(const MlpWeights& m) { return bytes_of(m.gate_proj) + bytes_of(m.up_proj) + bytes_of(m.down_proj); }
+size_t bytes_of(const Tensor& t) {
+  return t.defined() ? t.nbytes() : 0;
+}
+size_t mlp_bytes(const MlpWeights& m) {
+  return bytes_of(m.gate_proj) + bytes_of(m.up_proj) + bytes_of(m.down_proj);
+}
 
 // Weight bytes one decode step reads: every attention and dense weight, the router, num_experts_per_tok
 // routed experts and the shared expert per MoE layer, the LM head, one embedding row; plus the cache.
 size_t bytes_per_token(const Model& m, int64_t cached_tokens) {
   const ModelConfig& c = m.cfg;
-  size_t b = size_t(c.hidden_size) * dtype_size(m.w.embed_tokens.dtype()) + bytes_of(m.w.norm) + bytes_of(m.lm_head());
+  size_t b = size_t(c.hidden_size) * dtype_size(m.w.embed_tokens.dtype()) + bytes_of(m.w.norm) +
+             bytes_of(m.lm_head());
   for (const auto& L : m.w.layers) {
     const auto& a = L.attn;
     b += bytes_of(L.input_layernorm) + bytes_of(L.post_attention_layernorm);
     b += bytes_of(a.q_a_proj) + bytes_of(a.q_a_layernorm) + bytes_of(a.q_b_proj) + bytes_of(a.q_proj) +
-         bytes_of(a.kv_a_proj_with_mqa) + bytes_of(a.kv_a_layernorm) + bytes_of(a.kv_b_proj) + bytes_of(a.o_proj);
+         bytes_of(a.kv_a_proj_with_mqa) + bytes_of(a.kv_a_layernorm) + bytes_of(a.kv_b_proj) +
+         bytes_of(a.o_proj);
     if (L.is_moe) {
       b += bytes_of(L.moe.gate) + bytes_of(L.moe.e_score_correction_bias) + mlp_bytes(L.moe.shared);
       b += size_t(c.num_experts_per_tok) * mlp_bytes(L.moe.experts[0]);
@@ -85,10 +94,14 @@ int main(int argc, char** argv) {
   int64_t prompt_len = 32, tokens = 64;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
-    if (k == "--config") config = argv[i + 1];
-    else if (k == "--prompt") prompt_len = std::stoll(argv[i + 1]);
-    else if (k == "--tokens") tokens = std::stoll(argv[i + 1]);
-    else if (k == "--threads") omp_set_num_threads(std::stoi(argv[i + 1]));
+    if (k == "--config")
+      config = argv[i + 1];
+    else if (k == "--prompt")
+      prompt_len = std::stoll(argv[i + 1]);
+    else if (k == "--tokens")
+      tokens = std::stoll(argv[i + 1]);
+    else if (k == "--threads")
+      omp_set_num_threads(std::stoi(argv[i + 1]));
     else {
       std::fprintf(stderr, "unknown flag %s\n", argv[i]);
       return 2;

@@ -36,16 +36,6 @@ void mlp_bwd(Tensor dx, MlpWeights& gr, const Tensor& dy, const MlpWeights& w, c
 
 namespace {
 
-double at(const Tensor& t, int64_t i) {
-  return t.dtype() == DType::F64 ? t.data<double>()[i] : t.data<float>()[i];
-}
-void set(Tensor& t, int64_t i, double v) {
-  if (t.dtype() == DType::F64) {
-    t.data<double>()[i] = v;
-  } else {
-    t.data<float>()[i] = float(v);
-  }
-}
 // dst[j] = src[rows[j] / K] for the slots of one expert (gather rows of x).
 Tensor gather_rows(const Tensor& src, const std::vector<int64_t>& slots, int64_t K) {
   const int64_t D = src.size(1);
@@ -100,7 +90,19 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
     Tensor xe = gather_rows(x, sl, K);                       // xe: [n_e, D]
     Tensor ye = Tensor::empty({int64_t(sl.size()), D}, dt);  // ye: [n_e, D]
     mlp_fwd(ye, xe, w.experts[size_t(e)], saved ? &saved->experts[size_t(e)] : nullptr);
-    for (size_t j = 0; j < sl.size(); ++j) ops::axpy_(routed[sl[j] / K], ye[int64_t(j)], at(gw, sl[j]));
+    auto accumulate = [&](auto* outp, const auto* yp, const auto* wp) {
+      for (size_t j = 0; j < sl.size(); ++j) {
+        auto* r = outp + (sl[j] / K) * D;
+        const auto* y = yp + int64_t(j) * D;
+        const auto wgt = wp[sl[j]];
+        for (int64_t i = 0; i < D; ++i) r[i] += wgt * y[i];
+      }
+    };
+    if (dt == DType::F64) {
+      accumulate(routed.data<double>(), ye.data<double>(), gw.data<double>());
+    } else {
+      accumulate(routed.data<float>(), ye.data<float>(), gw.data<float>());
+    }
     if (saved) saved->expert_out[size_t(e)] = ye;
   }
   if (saved) saved->slots = std::move(slots);
@@ -128,19 +130,40 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
     const int64_t ne = int64_t(sl.size());
     Tensor dye = Tensor::empty({ne, D}, dt), dxe = Tensor::empty({ne, D}, dt);  // [n_e, D]
     const Tensor& ye = s.expert_out[size_t(e)];
-    for (int64_t j = 0; j < ne; ++j) {
-      const int64_t n = sl[size_t(j)] / K;
-      Tensor row = dy[n];
-      // d(gate weight) = dy[n] · ye[j]; d(expert output) = weight · dy[n]
-      double dot = 0;
-      for (int64_t i = 0; i < D; ++i) dot += at(row, i) * at(ye[j], i);
-      set(dgw, sl[size_t(j)], dot);
-      const double wgt = at(s.route.topk_w, sl[size_t(j)]);
-      Tensor dr = dye[j];
-      for (int64_t i = 0; i < D; ++i) set(dr, i, wgt * at(row, i));
+    // d(gate weight) = dy[n] · ye[j]; d(expert output) = weight · dy[n]
+    auto scatter = [&](auto* dyp, auto* yep, auto* dgwp, auto* dyep, const auto* wp) {
+      for (int64_t j = 0; j < ne; ++j) {
+        const int64_t slot = sl[size_t(j)], n = slot / K;
+        const auto* row = dyp + n * D;
+        const auto* yr = yep + j * D;
+        double dot = 0;
+        for (int64_t i = 0; i < D; ++i) dot += double(row[i]) * double(yr[i]);
+        dgwp[slot] = decltype(dgwp[0] + 0)(dot);
+        const auto wgt = wp[slot];
+        auto* dr = dyep + j * D;
+        for (int64_t i = 0; i < D; ++i) dr[i] = wgt * row[i];
+      }
+    };
+    if (dt == DType::F64) {
+      scatter(dy.data<double>(), ye.data<double>(), dgw.data<double>(), dye.data<double>(),
+              s.route.topk_w.data<double>());
+    } else {
+      scatter(dy.data<float>(), ye.data<float>(), dgw.data<float>(), dye.data<float>(),
+              s.route.topk_w.data<float>());
     }
     mlp_bwd(dxe, g.experts[size_t(e)], dye, w.experts[size_t(e)], s.experts[size_t(e)]);
-    for (int64_t j = 0; j < ne; ++j) ops::add_(dx[sl[size_t(j)] / K], dxe[j]);
+    auto gather_back = [&](auto* dxp, const auto* dxep) {
+      for (int64_t j = 0; j < ne; ++j) {
+        auto* d = dxp + (sl[size_t(j)] / K) * D;
+        const auto* src = dxep + j * D;
+        for (int64_t i = 0; i < D; ++i) d[i] += src[i];
+      }
+    };
+    if (dt == DType::F64) {
+      gather_back(dx.data<double>(), dxe.data<double>());
+    } else {
+      gather_back(dx.data<float>(), dxe.data<float>());
+    }
   }
   Tensor dlogits = Tensor::empty({N, E}, dt);  // dlogits: [N, E]
   const auto rp = ops::RouterParams::from(c);

@@ -146,10 +146,12 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& c, const Lo
   auto refs = param_table(w, c, w.has_mtp);
   std::set<std::string> used;
   for (auto& r : refs) {
-    if (!src.has(r.name)) {
-      if (r.optional) continue;
-      fail(src.dir(), ": checkpoint has no tensor \"", r.name, "\" (required by config.json)");
+    if (r.optional) {  // MTP copies of the embedding and LM head: the model shares the main ones
+      used.insert(r.name);
+      continue;
     }
+    if (!src.has(r.name))
+      fail(src.dir(), ": checkpoint has no tensor \"", r.name, "\" (required by config.json)");
     used.insert(r.name);
     const io::TensorInfo& info = src.info(r.name);
     if (info.shape != r.shape)
