@@ -175,6 +175,7 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& c, const Lo
       DSEEK_CHECK(dtype_is_float(info.dtype), src.dir(), ": tensor \"", r.name, "\" has non-float dtype ",
                   dtype_name(info.dtype));
       *r.tensor = t.to(want);  // zero-copy view of the mapping when the dtype already matches
+      if (opt.writable && r.tensor->storage() == t.storage()) *r.tensor = r.tensor->clone();
     }
   }
   size_t unused = 0;

@@ -90,6 +90,7 @@ struct LoadOptions {
   DType dtype = DType::F32;  // dtype of matrices and embeddings in memory: f32 or bf16 (f64: every
                              // parameter in f64, for gradient checks)
   bool load_mtp = true;      // load MTP modules when the checkpoint has them
+  bool writable = false;     // own every tensor (training); else matching dtypes stay read-only file views
 };
 
 // The dtype a checkpoint's torch_dtype suggests for compute (bf16 stays bf16, otherwise f32).

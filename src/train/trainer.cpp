@@ -178,14 +178,14 @@ json preset_model_config(const std::string& name, int64_t vocab, int64_t bos, in
                  {"num_nextn_predict_layers", 1},
                  {"num_attention_heads", 2},
                  {"n_shared_experts", 1},
-                 {"n_routed_experts", 4},
+                 {"n_routed_experts", 8},
                  {"kv_lora_rank", 16},
                  {"q_lora_rank", 24},
                  {"qk_rope_head_dim", 8},
                  {"v_head_dim", 8},
                  {"qk_nope_head_dim", 8},
-                 {"n_group", 2},
-                 {"topk_group", 1},
+                 {"n_group", 4},
+                 {"topk_group", 2},
                  {"num_experts_per_tok", 2},
                  {"first_k_dense_replace", 1},
                  {"max_position_embeddings", 256}});
@@ -312,8 +312,22 @@ void write_curve(const std::string& log_path, const std::string& svg_path) {
 
 }  // namespace
 
+void update_router_bias(Tensor& bias, const std::vector<int64_t>& load, double gamma) {
+  DSEEK_CHECK(bias.numel() == int64_t(load.size()) && bias.dtype() == DType::F32, "bias update: ", bias.str(),
+              " for ", load.size(), " experts");
+  double mean = 0;
+  for (int64_t x : load) mean += double(x);
+  mean /= double(load.size());
+  float* b = bias.data<float>();
+  for (size_t e = 0; e < load.size(); ++e) {
+    const double d = mean - double(load[e]);
+    b[e] += float(gamma * double((d > 0) - (d < 0)));
+  }
+}
+
 TrainSummary run_training(TrainConfig cfg, const std::string& resume,
-                          const std::vector<std::string>& overridden, const TextCodec& codec) {
+                          const std::vector<std::string>& overridden, const TextCodec& codec,
+                          int64_t stop_after) {
   int64_t start_step = 0;
   Loader::Position data_pos;
   std::string resume_dir;
@@ -334,9 +348,9 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
   // ---- model
   Model model;
   if (!resume_dir.empty()) {
-    model = Model::load(resume_dir, {.dtype = DType::F32, .load_mtp = true});
+    model = Model::load(resume_dir, {.dtype = DType::F32, .load_mtp = true, .writable = true});
   } else if (fs::is_directory(cfg.model)) {
-    model = Model::load(cfg.model, {.dtype = DType::F32, .load_mtp = true});
+    model = Model::load(cfg.model, {.dtype = DType::F32, .load_mtp = true, .writable = true});
   } else {
     json mj;
     if (fs::exists(cfg.model)) {
@@ -461,13 +475,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
       }
       mean /= double(load[l].size());
       load_stats.push_back(mean > 0 ? mx / mean : 0.0);
-      if (bias_update && l < biases.size()) {
-        float* b = biases[l]->data<float>();
-        for (size_t e = 0; e < load[l].size(); ++e) {
-          const double d = mean - double(load[l][e]);
-          b[e] += float(cfg.bias_update_speed * double((d > 0) - (d < 0)));
-        }
-      }
+      if (bias_update && l < biases.size()) update_router_bias(*biases[l], load[l], cfg.bias_update_speed);
     }
     const double dt = std::chrono::duration<double>(clk::now() - t0).count();
     tokens_done += double(tokens_per_step);
@@ -490,7 +498,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
                 {"expert_load_max_over_mean", load_stats}};
     log << rec.dump() << "\n";
     log.flush();
-    const bool last = step + 1 == cfg.steps;
+    const bool last = step + 1 == cfg.steps || step + 1 == stop_after;
     if ((step + 1) % cfg.log_every == 0 || last || step == start_step || tty) {
       const double eta = double(cfg.steps - step - 1) * elapsed / double(step + 1 - start_step);
       const int width = 24, filled = int(double(width) * double(step + 1) / double(cfg.steps));
@@ -517,6 +525,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
       prune_checkpoints(cfg.out, cfg.keep_last);
       write_curve(log_path, svg_path);
     }
+    if (step + 1 == stop_after) break;
   }
   if (tty) std::fprintf(stderr, "\n");
   if (sum.last_checkpoint.empty()) sum.last_checkpoint = latest_checkpoint(cfg.out);

@@ -55,9 +55,14 @@ struct TrainSummary {
   std::string last_checkpoint;
 };
 
-// Runs (or resumes, when `resume` names a checkpoint or run directory) the training.
+// Runs (or resumes, when `resume` names a checkpoint or run directory) the training. `stop_after` > 0
+// ends this run after that step (saving a checkpoint) without changing the schedule, which spans `steps`.
 TrainSummary run_training(TrainConfig cfg, const std::string& resume,
-                          const std::vector<std::string>& overridden, const TextCodec& codec);
+                          const std::vector<std::string>& overridden, const TextCodec& codec,
+                          int64_t stop_after = 0);
+
+// The auxiliary-loss-free update (spec/model.md §4.4): bias_i += γ · sign(mean load − load_i).
+void update_router_bias(Tensor& bias, const std::vector<int64_t>& load, double gamma);
 
 // The newest complete checkpoint directory under a run directory ("" when none).
 std::string latest_checkpoint(const std::string& run_dir);
