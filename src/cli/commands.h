@@ -18,6 +18,7 @@ Runner add_info(CLI::App& app);
 Runner add_init(CLI::App& app);
 Runner add_logits(CLI::App& app);
 Runner add_generate(CLI::App& app);
+Runner add_grads(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_detokenize(CLI::App& app);
 Runner add_tokenizer(CLI::App& app);  // the `tokenizer` group: bytes, train

@@ -25,6 +25,8 @@ int main(int argc, char** argv) {
   reg("logits", "Run the forward pass on input_ids from a safetensors file and write the logits",
       dseek::cli::add_logits);
   reg("generate", "Generate tokens from a prompt through the latent cache", dseek::cli::add_generate);
+  reg("grads", "Compute the training loss and every parameter's gradient for input_ids",
+      dseek::cli::add_grads);
   reg("tokenize", "Encode text or a chat with a tokenizer directory; prints {\"ids\": [...]}",
       dseek::cli::add_tokenize);
   reg("detokenize", "Decode token ids with a tokenizer directory; prints the text",

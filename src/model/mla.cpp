@@ -1,5 +1,5 @@
-// mla.cpp — MLA forward, naive and absorbed (spec/model.md §2.2 projections and splits, §2.4 RoPE,
-// §2.5 the absorbed form and what the cache holds).
+// mla.cpp — MLA forward (naive and absorbed) and backward (spec/model.md §2.2 projections and splits,
+// §2.4 RoPE, §2.5 the absorbed form and what the cache holds).
 #include "model/mla.h"
 
 #include "ops/attention.h"
@@ -21,88 +21,123 @@ Rope Rope::from(const ModelConfig& cfg) {
 
 namespace {
 
-// Naive attention for one chunk over latent rows src[S, C + R] (the chunk's own rows when it starts the
-// sequence, else the cache up to the chunk's end): decompress per-head keys/values, then causal MHA.
-void attend_naive(Tensor oc, const Tensor& qc, const Tensor& src, const MlaWeights& w, const ModelConfig& c,
-                  int64_t pos0) {
-  const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, R = c.qk_rope_head_dim,
-                dq = c.qk_head_dim(), dv = c.v_head_dim, C = c.kv_lora_rank, S = src.size(0),
-                len = qc.size(0);
-  const DType dt = qc.dtype();
-  Tensor ckv = Tensor::empty({S, C}, dt);  // ckv: [S, C] the normed latents
-  ops::copy_cols(ckv, 0, src, 0, C);
-  Tensor kv = Tensor::empty({S, H * (dn + dv)}, dt);  // kv: [S, H, dn + dv] = per head [k_nope | v]
-  ops::linear(kv, ckv, w.kv_b_proj);
-  Tensor k = Tensor::empty({S, H * dq}, dt);  // k: [S, H, dn + R] = [k_nope_h | k_pe] (k_pe shared)
-  Tensor v = Tensor::empty({S, H * dv}, dt);  // v: [S, H, dv]
-  for (int64_t h = 0; h < H; ++h) {
-    ops::copy_cols(k, h * dq, kv, h * (dn + dv), dn);
-    ops::copy_cols(k, h * dq + dn, src, C, R);
-    ops::copy_cols(v, h * dv, kv, h * (dn + dv) + dn, dv);
+struct Dims {
+  int64_t H, dn, R, dq, dv, C, D;
+  explicit Dims(const ModelConfig& c)
+      : H(c.num_attention_heads),
+        dn(c.qk_nope_head_dim),
+        R(c.qk_rope_head_dim),
+        dq(c.qk_head_dim()),
+        dv(c.v_head_dim),
+        C(c.kv_lora_rank),
+        D(c.hidden_size) {}
+};
+
+// The projections shared by every path: roped queries q [N, H·dq], and the latent rows
+// lat [N, C + R] = [rmsnorm(c_kv) | rope(k_pe)]. The pre-norm latents and their rstd go to `s`.
+void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeights& w, const ModelConfig& c,
+             const Rope& rope, const Tensor& positions) {
+  const Dims d(c);
+  const int64_t N = x.size(0);
+  const DType dt = x.dtype();
+  q = Tensor::empty({N, d.H * d.dq}, dt);  // q: [N, H, dn + R]
+  if (c.q_lora_rank > 0) {
+    Tensor cq = Tensor::empty({N, c.q_lora_rank}, dt), cqn = Tensor::empty({N, c.q_lora_rank}, dt);
+    Tensor rstd = s ? Tensor::empty({N}, dt) : Tensor();
+    ops::linear(cq, x, w.q_a_proj);
+    ops::rmsnorm_fwd(cqn, rstd, cq, w.q_a_layernorm, c.rms_norm_eps);
+    ops::linear(q, cqn, w.q_b_proj);
+    if (s) {
+      s->cq = cq;
+      s->cq_rstd = rstd;
+      s->cqn = cqn;
+    }
+  } else {
+    ops::linear(q, x, w.q_proj);
   }
-  ops::attention_fwd(oc.view({len, H, dv}), Tensor(), qc.view({len, H, dq}), k.view({S, H, dq}),
-                     v.view({S, H, dv}), c.softmax_scale(), pos0);
+  lat = Tensor::empty({N, d.C + d.R}, dt);  // lat: [N, C + R] = [c_kv | k_pe]
+  ops::linear(lat, x, w.kv_a_proj_with_mqa);
+  Tensor ckv = Tensor::empty({N, d.C}, dt), ckvn = Tensor::empty({N, d.C}, dt);  // ckv, ckvn: [N, C]
+  Tensor rstd = s ? Tensor::empty({N}, dt) : Tensor();
+  ops::copy_cols(ckv, 0, lat, 0, d.C);
+  ops::rmsnorm_fwd(ckvn, rstd, ckv, w.kv_a_layernorm, c.rms_norm_eps);
+  ops::copy_cols(lat, 0, ckvn, 0, d.C);
+  ops::rope_fwd(lat.view({N, 1, d.C + d.R}), positions, rope.inv_freq, d.C, rope.attention_factor);
+  ops::rope_fwd(q.view({N, d.H, d.dq}), positions, rope.inv_freq, d.dn, rope.attention_factor);
+  if (s) {
+    s->ckv = ckv;
+    s->ckv_rstd = rstd;
+  }
+}
+
+// Per-head keys/values from latent rows src [S, C + R]: k [S, H, dn + R] = [k_nope_h | k_pe] (k_pe shared
+// by the heads), v [S, H, dv].
+void decompress(Tensor& k, Tensor& v, const Tensor& src, const MlaWeights& w, const ModelConfig& c) {
+  const Dims d(c);
+  const int64_t S = src.size(0);
+  const DType dt = src.dtype();
+  Tensor ckv = Tensor::empty({S, d.C}, dt);  // ckv: [S, C] the normed latents
+  ops::copy_cols(ckv, 0, src, 0, d.C);
+  Tensor kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, dt);  // kv: [S, H, dn + dv] = per head [k_nope | v]
+  ops::linear(kv, ckv, w.kv_b_proj);
+  k = Tensor::empty({S, d.H * d.dq}, dt);
+  v = Tensor::empty({S, d.H * d.dv}, dt);
+  for (int64_t h = 0; h < d.H; ++h) {
+    ops::copy_cols(k, h * d.dq, kv, h * (d.dn + d.dv), d.dn);
+    ops::copy_cols(k, h * d.dq + d.dn, src, d.C, d.R);
+    ops::copy_cols(v, h * d.dv, kv, h * (d.dn + d.dv) + d.dn, d.dv);
+  }
 }
 
 // Absorbed attention for one chunk against cache rows [0, pos0 + len): q_lat_h = q_nope_h · W_UK[h],
 // scores over [c_kv | k_pe], o_h = (P · c_kv) · W_UV[h]ᵀ.
 void attend_absorbed(Tensor oc, const Tensor& qc, const Tensor& rows, const MlaWeights& w,
                      const ModelConfig& c, int64_t pos0) {
-  const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, R = c.qk_rope_head_dim,
-                dq = c.qk_head_dim(), dv = c.v_head_dim, C = c.kv_lora_rank, W = C + R, len = qc.size(0);
+  const Dims d(c);
+  const int64_t W = d.C + d.R, len = qc.size(0);
   const DType dt = qc.dtype();
-  Tensor qn = Tensor::empty({len, dn}, dt);     // qn: [len, dn] one head's q_nope
-  Tensor ql = Tensor::empty({len, C}, dt);      // ql: [len, C] its absorbed query
-  Tensor qa = Tensor::empty({len, H * W}, dt);  // qa: [len, H, C + R] = [q_lat | q_pe]
-  for (int64_t h = 0; h < H; ++h) {
-    ops::copy_cols(qn, 0, qc, h * dq, dn);
-    ops::matmul_nn(ql, qn, w.kv_b_proj.slice(h * (dn + dv), dn));  // W_UK[h]: [dn, C]
-    ops::copy_cols(qa, h * W, ql, 0, C);
-    ops::copy_cols(qa, h * W + C, qc, h * dq + dn, R);
+  Tensor qn = Tensor::empty({len, d.dn}, dt);     // qn: [len, dn] one head's q_nope
+  Tensor ql = Tensor::empty({len, d.C}, dt);      // ql: [len, C] its absorbed query
+  Tensor qa = Tensor::empty({len, d.H * W}, dt);  // qa: [len, H, C + R] = [q_lat | q_pe]
+  for (int64_t h = 0; h < d.H; ++h) {
+    ops::copy_cols(qn, 0, qc, h * d.dq, d.dn);
+    ops::matmul_nn(ql, qn, w.kv_b_proj.slice(h * (d.dn + d.dv), d.dn));  // W_UK[h]: [dn, C]
+    ops::copy_cols(qa, h * W, ql, 0, d.C);
+    ops::copy_cols(qa, h * W + d.C, qc, h * d.dq + d.dn, d.R);
   }
-  Tensor olat = Tensor::empty({len, H * C}, dt);  // olat: [len, H, C]
-  ops::mla_absorbed_fwd(olat.view({len, H, C}), qa.view({len, H, W}), rows.slice(0, pos0 + len),
+  Tensor olat = Tensor::empty({len, d.H * d.C}, dt);  // olat: [len, H, C]
+  ops::mla_absorbed_fwd(olat.view({len, d.H, d.C}), qa.view({len, d.H, W}), rows.slice(0, pos0 + len),
                         c.softmax_scale(), pos0);
-  Tensor oh = Tensor::empty({len, dv}, dt);  // oh: [len, dv] one head's output
-  for (int64_t h = 0; h < H; ++h) {
-    ops::copy_cols(ql, 0, olat, h * C, C);
-    ops::linear(oh, ql, w.kv_b_proj.slice(h * (dn + dv) + dn, dv));  // W_UV[h]: [dv, C]
-    ops::copy_cols(oc, h * dv, oh, 0, dv);
+  Tensor oh = Tensor::empty({len, d.dv}, dt);  // oh: [len, dv] one head's output
+  for (int64_t h = 0; h < d.H; ++h) {
+    ops::copy_cols(ql, 0, olat, h * d.C, d.C);
+    ops::linear(oh, ql, w.kv_b_proj.slice(h * (d.dn + d.dv) + d.dn, d.dv));  // W_UV[h]: [dv, C]
+    ops::copy_cols(oc, h * d.dv, oh, 0, d.dv);
   }
 }
 
 }  // namespace
 
 void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& c, const Rope& rope,
-             const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer, AttnPath path) {
-  const int64_t N = x.size(0), H = c.num_attention_heads, dn = c.qk_nope_head_dim, dq = c.qk_head_dim(),
-                dv = c.v_head_dim, C = c.kv_lora_rank, R = c.qk_rope_head_dim;
+             const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer, AttnPath path,
+             MlaSaved* saved) {
+  const Dims d(c);
+  const int64_t N = x.size(0);
   const DType dt = x.dtype();
-  // q: [N, H, dn + R]
-  Tensor q = Tensor::empty({N, H * dq}, dt);
-  if (c.q_lora_rank > 0) {
-    Tensor cq = Tensor::empty({N, c.q_lora_rank}, dt);  // cq: [N, q_lora_rank]
-    ops::linear(cq, x, w.q_a_proj);
-    ops::rmsnorm_fwd(cq, Tensor(), cq, w.q_a_layernorm, c.rms_norm_eps);
-    ops::linear(q, cq, w.q_b_proj);
-  } else {
-    ops::linear(q, x, w.q_proj);
+  Tensor q, lat;
+  project(q, lat, saved, x, w, c, rope, positions);
+  Tensor o = Tensor::empty({N, d.H * d.dv}, dt);  // o: [N, H, dv]
+  Tensor k_all, v_all;
+  if (saved) {
+    k_all = Tensor::empty({N, d.H * d.dq}, dt);
+    v_all = Tensor::empty({N, d.H * d.dv}, dt);
+    saved->probs.clear();
   }
-  // lat: [N, C + R] = [c_kv | k_pe]; becomes the cache row [rmsnorm(c_kv) | rope(k_pe)]
-  Tensor lat = Tensor::empty({N, C + R}, dt);
-  ops::linear(lat, x, w.kv_a_proj_with_mqa);
-  Tensor ckv = Tensor::empty({N, C}, dt);
-  ops::copy_cols(ckv, 0, lat, 0, C);
-  ops::rmsnorm_fwd(ckv, Tensor(), ckv, w.kv_a_layernorm, c.rms_norm_eps);
-  ops::copy_cols(lat, 0, ckv, 0, C);
-  ops::rope_fwd(lat.view({N, 1, C + R}), positions, rope.inv_freq, C, rope.attention_factor);
-  ops::rope_fwd(q.view({N, H, dq}), positions, rope.inv_freq, dn, rope.attention_factor);
-
-  Tensor o = Tensor::empty({N, H * dv}, dt);  // o: [N, H, dv]
   for (const SeqChunk& ch : chunks) {
     Tensor qc = q.slice(ch.row0, ch.len), lc = lat.slice(ch.row0, ch.len), oc = o.slice(ch.row0, ch.len);
     Tensor rows;
     if (ch.cache) {
+      DSEEK_CHECK(!saved, "mla_fwd: a training forward takes no cache");
       DSEEK_CHECK(ch.pos0 == ch.cache->length(), "mla_fwd: chunk at position ", ch.pos0,
                   " but the cache holds ", ch.cache->length(), " tokens");
       DSEEK_CHECK(ch.pos0 + ch.len <= ch.cache->capacity(), "mla_fwd: latent cache capacity ",
@@ -113,13 +148,108 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
       DSEEK_CHECK(ch.pos0 == 0, "mla_fwd: a chunk at position ", ch.pos0, " needs a cache");
     }
     const bool naive = path == AttnPath::Naive || (path == AttnPath::Auto && ch.pos0 == 0) || !ch.cache;
-    if (naive) {
-      attend_naive(oc, qc, ch.pos0 == 0 ? lc : rows.slice(0, ch.pos0 + ch.len), w, c, ch.pos0);
-    } else {
+    if (!naive) {
       attend_absorbed(oc, qc, rows, w, c, ch.pos0);
+      continue;
+    }
+    const Tensor src = ch.pos0 == 0 ? lc : rows.slice(0, ch.pos0 + ch.len);
+    const int64_t S = src.size(0);
+    Tensor k, v;
+    decompress(k, v, src, w, c);
+    Tensor probs = saved ? Tensor::empty({d.H, ch.len, S}, dt) : Tensor();
+    ops::attention_fwd(oc.view({ch.len, d.H, d.dv}), probs, qc.view({ch.len, d.H, d.dq}),
+                       k.view({S, d.H, d.dq}), v.view({S, d.H, d.dv}), c.softmax_scale(), ch.pos0);
+    if (saved) {
+      k_all.slice(ch.row0, ch.len).copy_from(k);
+      v_all.slice(ch.row0, ch.len).copy_from(v);
+      saved->probs.push_back(probs);
     }
   }
   ops::linear(out, o, w.o_proj);
+  if (saved) {
+    saved->x = x;
+    saved->o = o;
+    if (!saved->recompute) {
+      saved->q = q;
+      saved->lat = lat;
+      saved->k = k_all;
+      saved->v = v_all;
+    } else {
+      saved->cqn = Tensor();
+    }
+  }
+}
+
+void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& c,
+             const Rope& rope, const Tensor& positions, const std::vector<SeqChunk>& chunks, MlaSaved& s) {
+  const Dims d(c);
+  const int64_t N = s.x.size(0);
+  const DType dt = s.x.dtype();
+  Tensor q = s.q, lat = s.lat, k = s.k, v = s.v, cqn = s.cqn;
+  if (s.recompute) {  // rebuild the norms' outputs and the up-projections from the saved input
+    MlaSaved tmp;
+    project(q, lat, &tmp, s.x, w, c, rope, positions);
+    cqn = tmp.cqn;
+    k = Tensor::empty({N, d.H * d.dq}, dt);
+    v = Tensor::empty({N, d.H * d.dv}, dt);
+    for (const SeqChunk& ch : chunks) {
+      Tensor kc, vc;
+      decompress(kc, vc, lat.slice(ch.row0, ch.len), w, c);
+      k.slice(ch.row0, ch.len).copy_from(kc);
+      v.slice(ch.row0, ch.len).copy_from(vc);
+    }
+  }
+  // out = o · Woᵀ
+  Tensor d_o = Tensor::empty({N, d.H * d.dv}, dt);
+  ops::linear_bwd(d_o, g.o_proj, dout, s.o, w.o_proj);
+  // attention, chunk by chunk: dq [N, H, dq], dk [N, H, dq], dv [N, H, dv]
+  Tensor dq = Tensor::empty({N, d.H * d.dq}, dt), dk = Tensor::empty({N, d.H * d.dq}, dt),
+         dvv = Tensor::empty({N, d.H * d.dv}, dt);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const SeqChunk& ch = chunks[i];
+    const int64_t L = ch.len;
+    ops::attention_bwd(dq.slice(ch.row0, L).view({L, d.H, d.dq}), dk.slice(ch.row0, L).view({L, d.H, d.dq}),
+                       dvv.slice(ch.row0, L).view({L, d.H, d.dv}), d_o.slice(ch.row0, L).view({L, d.H, d.dv}),
+                       q.slice(ch.row0, L).view({L, d.H, d.dq}), k.slice(ch.row0, L).view({L, d.H, d.dq}),
+                       v.slice(ch.row0, L).view({L, d.H, d.dv}), s.probs[i], c.softmax_scale(), 0);
+  }
+  // Keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe: gather dkv [N, H, dn + dv] and
+  // dlat [N, C + R] (the k_pe part summed over heads).
+  Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt);
+  Tensor dlat = Tensor::zeros({N, d.C + d.R}, dt);
+  Tensor dpe = Tensor::empty({N, d.R}, dt), tmp = Tensor::empty({N, d.R}, dt);
+  for (int64_t h = 0; h < d.H; ++h) {
+    ops::copy_cols(dkv, h * (d.dn + d.dv), dk, h * d.dq, d.dn);
+    ops::copy_cols(dkv, h * (d.dn + d.dv) + d.dn, dvv, h * d.dv, d.dv);
+    ops::copy_cols(tmp, 0, dk, h * d.dq + d.dn, d.R);
+    if (h == 0) {
+      dpe.copy_from(tmp);
+    } else {
+      ops::add_(dpe, tmp);
+    }
+  }
+  Tensor ckvn = Tensor::empty({N, d.C}, dt), dckvn = Tensor::empty({N, d.C}, dt);
+  ops::copy_cols(ckvn, 0, lat, 0, d.C);
+  ops::linear_bwd(dckvn, g.kv_b_proj, dkv, ckvn, w.kv_b_proj);
+  // dlat = [rmsnorm_bwd(dckvn) | rope_bwd(dpe)]
+  Tensor dckv = Tensor::empty({N, d.C}, dt);
+  ops::rmsnorm_bwd(dckv, g.kv_a_layernorm, dckvn, s.ckv, w.kv_a_layernorm, s.ckv_rstd);
+  ops::rope_bwd(dpe.view({N, 1, d.R}), positions, rope.inv_freq, 0, rope.attention_factor);
+  ops::copy_cols(dlat, 0, dckv, 0, d.C);
+  ops::copy_cols(dlat, d.C, dpe, 0, d.R);
+  ops::linear_bwd(dx, g.kv_a_proj_with_mqa, dlat, s.x, w.kv_a_proj_with_mqa);
+  // Queries: undo the rope on the pe columns, then the q projections.
+  ops::rope_bwd(dq.view({N, d.H, d.dq}), positions, rope.inv_freq, d.dn, rope.attention_factor);
+  Tensor dxq = Tensor::empty({N, d.D}, dt);
+  if (c.q_lora_rank > 0) {
+    Tensor dcqn = Tensor::empty({N, c.q_lora_rank}, dt), dcq = Tensor::empty({N, c.q_lora_rank}, dt);
+    ops::linear_bwd(dcqn, g.q_b_proj, dq, cqn, w.q_b_proj);
+    ops::rmsnorm_bwd(dcq, g.q_a_layernorm, dcqn, s.cq, w.q_a_layernorm, s.cq_rstd);
+    ops::linear_bwd(dxq, g.q_a_proj, dcq, s.x, w.q_a_proj);
+  } else {
+    ops::linear_bwd(dxq, g.q_proj, dq, s.x, w.q_proj);
+  }
+  ops::add_(dx, dxq);
 }
 
 }  // namespace dseek

@@ -1,7 +1,9 @@
-// mla.h — Multi-head Latent Attention, forward (spec/model.md §2.2–2.6). Two paths over the same
-// weights: the naive one materializes per-head keys/values from the latent (prefill, training); the
-// absorbed one folds W_UK into the query and W_UV after the attention and attends over the latent
-// cache rows directly (decoding). Tests hold them as twin oracles.
+// mla.h — Multi-head Latent Attention, forward and backward (spec/model.md §2.2–2.6). Two forward
+// paths over the same weights: the naive one materializes per-head keys/values from the latent
+// (prefill, training); the absorbed one folds W_UK into the query and W_UV after the attention and
+// attends over the latent cache rows directly (decoding). Tests hold them as twin oracles. The backward
+// follows the naive path; with `recompute` it rebuilds the RMSNorm outputs and the up-projections
+// (q_b / kv_b and the per-head keys/values) from the saved input instead of keeping them, as DeepSeek does.
 #pragma once
 
 #include <vector>
@@ -29,11 +31,30 @@ struct SeqChunk {
 
 enum class AttnPath { Auto, Naive, Absorbed };
 
+// What the backward reads (training forward: no cache, every chunk starts at position 0).
+struct MlaSaved {
+  bool recompute = false;
+  Tensor x;                   // [N, D] the normed layer input
+  Tensor cq, cq_rstd;         // [N, q_lora_rank] pre-norm q latent, [N] its rstd
+  Tensor cqn;                 // [N, q_lora_rank] normed q latent        (dropped when recompute)
+  Tensor q;                   // [N, H, dn + R] roped queries            (dropped when recompute)
+  Tensor ckv, ckv_rstd;       // [N, C] pre-norm kv latent, [N] its rstd
+  Tensor lat;                 // [N, C + R] [rmsnorm(c_kv) | rope(k_pe)] (dropped when recompute)
+  Tensor k, v;                // [N, H, dn + R], [N, H, dv]              (dropped when recompute)
+  std::vector<Tensor> probs;  // per chunk [H, len, len]
+  Tensor o;                   // [N, H·dv] attention output before o_proj
+};
+
 // out[N, D] = MLA(x) for normed input x[N, D] at `positions` (I64 [N]). Chunks with a cache write
 // their latents and attend over everything cached; `path` Auto takes the naive form when a chunk
 // starts at position 0 and the absorbed form otherwise.
+// With `saved`, chunks must have no cache and start at position 0 (training).
 void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& cfg, const Rope& rope,
              const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer,
-             AttnPath path = AttnPath::Auto);
+             AttnPath path = AttnPath::Auto, MlaSaved* saved = nullptr);
+
+// dx[N, D] written; parameter gradients accumulated into `g` (same struct, activation dtype).
+void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& cfg,
+             const Rope& rope, const Tensor& positions, const std::vector<SeqChunk>& chunks, MlaSaved& saved);
 
 }  // namespace dseek

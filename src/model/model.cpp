@@ -26,27 +26,26 @@ Model Model::from_weights(ModelConfig cfg, Weights w) {
 Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<SeqChunk>& chunks,
                   AttnPath path, ForwardTrace* trace) const {
   const int64_t N = ids.size(0), D = cfg.hidden_size;
-  const DType dt = DType::F32;
+  const DType dt = act_dtype();
   Tensor h = Tensor::empty({N, D}, dt);  // h: [N, D] the residual stream
   ops::embedding_fwd(h, ids, w.embed_tokens);
   if (trace) trace->hidden.push_back(h.clone());
-  Tensor xn = Tensor::empty({N, D}, dt), y = Tensor::empty({N, D}, dt);
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
-    ops::rmsnorm_fwd(xn, Tensor(), h, L.input_layernorm, cfg.rms_norm_eps);
-    mla_fwd(y, xn, L.attn, cfg, rope, positions, chunks, l, path);
-    ops::add_(h, y);
-    ops::rmsnorm_fwd(xn, Tensor(), h, L.post_attention_layernorm, cfg.rms_norm_eps);
-    if (L.is_moe) {
-      RouterTrace rt;
-      moe_fwd(y, xn, L.moe, cfg, trace ? &rt : nullptr);
-      if (trace) trace->routers.push_back(rt);
-    } else {
-      mlp_fwd(y, xn, L.mlp);
-    }
-    ops::add_(h, y);
+    RouterTrace rt;
+    layer_fwd(h, L,
+              {.cfg = cfg,
+               .rope = rope,
+               .positions = positions,
+               .chunks = chunks,
+               .layer = l,
+               .path = path,
+               .moe = {}},
+              nullptr, trace && L.is_moe ? &rt : nullptr);
+    if (trace && L.is_moe) trace->routers.push_back(rt);
     if (trace && l + 1 < cfg.num_hidden_layers) trace->hidden.push_back(h.clone());
   }
+  Tensor xn = Tensor::empty({N, D}, dt);
   ops::rmsnorm_fwd(xn, Tensor(), h, w.norm, cfg.rms_norm_eps);
   if (trace) trace->hidden.push_back(xn.clone());
   return xn;
@@ -64,9 +63,9 @@ Tensor Model::forward(const Tensor& ids, ForwardTrace* trace) const {
     chunks.push_back({.row0 = b * T, .len = T, .pos0 = 0, .cache = nullptr});
   }
   Tensor hn = run(flat, pos, chunks, AttnPath::Naive, trace);
-  Tensor logits = Tensor::empty({N, cfg.vocab_size}, DType::F32);
+  Tensor logits = Tensor::empty({N, cfg.vocab_size}, hn.dtype());
   ops::linear(logits, hn, lm_head());
-  return logits.view({B, T, cfg.vocab_size});
+  return logits.to(DType::F32).view({B, T, cfg.vocab_size});
 }
 
 Tensor Model::forward_cached(const std::vector<int64_t>& tokens, LatentCache& cache, bool last_only,
@@ -81,9 +80,9 @@ Tensor Model::forward_cached(const std::vector<int64_t>& tokens, LatentCache& ca
   Tensor hn = run(ids, pos, {{.row0 = 0, .len = T, .pos0 = p0, .cache = &cache}}, path, nullptr);
   cache.advance(T);
   Tensor rows = last_only ? hn.slice(T - 1, 1) : hn;
-  Tensor logits = Tensor::empty({rows.size(0), cfg.vocab_size}, DType::F32);
+  Tensor logits = Tensor::empty({rows.size(0), cfg.vocab_size}, rows.dtype());
   ops::linear(logits, rows, lm_head());
-  return logits;
+  return logits.to(DType::F32);
 }
 
 }  // namespace dseek

@@ -9,6 +9,7 @@
 #include "core/tensor.h"
 #include "io/model_config.h"
 #include "model/kv_cache.h"
+#include "model/layer.h"
 #include "model/mla.h"
 #include "model/moe.h"
 #include "model/weights.h"
@@ -19,6 +20,22 @@ namespace dseek {
 struct ForwardTrace {
   std::vector<Tensor> hidden;  // hidden[0] embeddings, hidden[i] output of layer i-1, hidden[L] final norm
   std::vector<RouterTrace> routers;  // one per MoE layer, in layer order
+};
+
+struct TrainOptions {
+  double mtp_lambda = 0;     // λ: loss = main + λ/D Σ_k MTP_k (0: MTP modules not run)
+  double balance_alpha = 0;  // α of the sequence-wise balance loss per MoE layer (0: off)
+  bool recompute = false;    // rebuild RMSNorm outputs and MLA up-projections in the backward
+  double grad_scale = 1.0;   // multiplies every gradient (1 / accumulation steps)
+};
+
+struct TrainResult {
+  double loss = 0;                 // the objective: main + λ/D Σ mtp + Σ balance
+  double main_loss = 0;            // mean next-token cross-entropy
+  std::vector<double> mtp_losses;  // per depth, mean cross-entropy
+  double balance_loss = 0;
+  int64_t tokens = 0;                             // targets counted by the main loss
+  std::vector<std::vector<int64_t>> expert_load;  // per MoE layer (main, then MTP): tokens per expert
 };
 
 class Model {
@@ -39,7 +56,16 @@ class Model {
   Tensor forward_cached(const std::vector<int64_t>& tokens, LatentCache& cache, bool last_only = true,
                         AttnPath path = AttnPath::Auto) const;
 
-  LatentCache make_cache(int64_t capacity) const { return LatentCache(cfg, cfg.num_hidden_layers, capacity); }
+  // Training / evaluation: ids and targets [B, T] I64 (target −1 = none). Forward, then, when grads is
+  // given, the backward with gradients accumulated (+=) into it (zero_grads() makes one).
+  TrainResult forward_backward(const Tensor& ids, const Tensor& targets, const TrainOptions& opt,
+                               Weights* grads) const;
+
+  LatentCache make_cache(int64_t capacity) const {
+    return LatentCache(cfg, cfg.num_hidden_layers, capacity, act_dtype());
+  }
+  // Activations follow the weights: f64 weights (gradient checks) run in f64, the rest in f32.
+  DType act_dtype() const { return w.embed_tokens.dtype() == DType::F64 ? DType::F64 : DType::F32; }
   const Tensor& lm_head() const { return cfg.tie_word_embeddings ? w.embed_tokens : w.lm_head; }
 
  private:

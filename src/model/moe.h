@@ -1,6 +1,9 @@
-// moe.h — the feed-forward blocks: dense SwiGLU MLP, and DeepSeekMoE (router + routed experts +
-// shared experts) (spec/model.md §2.1, §4).
+// moe.h — the feed-forward blocks, forward and backward: dense SwiGLU MLP, and DeepSeekMoE (router +
+// routed experts + shared experts) (spec/model.md §2.1, §4). The router's gradient reaches the gate
+// through the weights of the chosen experts (and through the optional sequence-wise balance loss).
 #pragma once
+
+#include <vector>
 
 #include "core/tensor.h"
 #include "io/model_config.h"
@@ -8,18 +11,44 @@
 
 namespace dseek {
 
+struct MlpSaved {
+  Tensor x, g, u, h;  // input [N, D]; gate, up, silu(gate)·up [N, F]
+};
+
 // out[N, D] = down(silu(gate · x) ⊙ (up · x)).
-void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w);
+void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved = nullptr);
+// dx written, parameter gradients accumulated into g.
+void mlp_bwd(Tensor dx, MlpWeights& g, const Tensor& dy, const MlpWeights& w, const MlpSaved& s);
 
 // What the router chose (for tests, statistics and the backward).
 struct RouterTrace {
-  Tensor topk_idx;  // [N, K] I32, ascending
-  Tensor topk_w;    // [N, K] gate weights
+  Tensor topk_idx;          // [N, K] I32, ascending
+  Tensor topk_w;            // [N, K] gate weights
+  double balance_loss = 0;  // the sequence-wise balance loss (when MoeOptions asks for it)
+};
+
+struct MoeSaved {
+  Tensor x;       // [N, D]
+  Tensor scores;  // [N, E] unbiased affinities
+  RouterTrace route;
+  std::vector<std::vector<int64_t>> slots;  // per expert: n·K + k of each token routed to it
+  std::vector<MlpSaved> experts;            // per expert, over its tokens
+  std::vector<Tensor> expert_out;           // per expert: [n_e, D] outputs before the gate weight
+  MlpSaved shared;
+  double balance_loss = 0;  // the sequence-wise balance loss of this layer (0 if α = 0)
+};
+
+struct MoeOptions {
+  double balance_alpha = 0;  // α of the sequence-wise balance loss (training)
+  int64_t seq_len = 0;       // rows per sequence, for that loss
 };
 
 // out[N, D] = Σ_k w_k · expert_{idx_k}(x) + shared(x); tokens grouped by expert so each expert runs
 // one product over its tokens.
 void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig& cfg,
-             RouterTrace* trace = nullptr);
+             RouterTrace* trace = nullptr, MoeSaved* saved = nullptr, const MoeOptions& opt = {});
+// dx written, gradients accumulated into g (the correction bias gets none).
+void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, const ModelConfig& cfg,
+             const MoeSaved& s, const MoeOptions& opt = {});
 
 }  // namespace dseek

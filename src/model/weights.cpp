@@ -68,6 +68,7 @@ void layer_refs(std::vector<ParamRef>& out, LayerWeights& l, const ModelConfig& 
 }
 
 DType dtype_for(ParamKind k, DType matrix_dtype) {
+  if (matrix_dtype == DType::F64) return DType::F64;
   return (k == ParamKind::Matrix || k == ParamKind::Embedding) ? matrix_dtype : DType::F32;
 }
 
@@ -137,18 +138,20 @@ DType default_weight_dtype(const ModelConfig& c) {
 }
 
 Weights load_weights(const io::TensorSource& src, const ModelConfig& c, const LoadOptions& opt) {
-  DSEEK_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::BF16, "weights can be held as f32 or bf16, not ",
-              dtype_name(opt.dtype));
+  DSEEK_CHECK(opt.dtype == DType::F32 || opt.dtype == DType::BF16 || opt.dtype == DType::F64,
+              "weights can be held as f32, bf16 or f64, not ", dtype_name(opt.dtype));
   Weights w = Weights::skeleton(c);
   const std::string mtp_probe = "model.layers." + std::to_string(c.num_hidden_layers) + ".eh_proj.weight";
   w.has_mtp = opt.load_mtp && c.num_nextn_predict_layers > 0 && src.has(mtp_probe);
   auto refs = param_table(w, c, w.has_mtp);
   std::set<std::string> used;
   for (auto& r : refs) {
-    if (!src.has(r.name)) {
-      if (r.optional) continue;
-      fail(src.dir(), ": checkpoint has no tensor \"", r.name, "\" (required by config.json)");
+    if (r.optional) {  // MTP copies of the embedding and LM head: the model shares the main ones
+      used.insert(r.name);
+      continue;
     }
+    if (!src.has(r.name))
+      fail(src.dir(), ": checkpoint has no tensor \"", r.name, "\" (required by config.json)");
     used.insert(r.name);
     const io::TensorInfo& info = src.info(r.name);
     if (info.shape != r.shape)
@@ -172,6 +175,7 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& c, const Lo
       DSEEK_CHECK(dtype_is_float(info.dtype), src.dir(), ": tensor \"", r.name, "\" has non-float dtype ",
                   dtype_name(info.dtype));
       *r.tensor = t.to(want);  // zero-copy view of the mapping when the dtype already matches
+      if (opt.writable && r.tensor->storage() == t.storage()) *r.tensor = r.tensor->clone();
     }
   }
   size_t unused = 0;
@@ -187,7 +191,8 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& c, const Lo
 }
 
 Weights init_weights(const ModelConfig& c, DType dtype, uint64_t seed, bool with_mtp) {
-  DSEEK_CHECK(dtype == DType::F32 || dtype == DType::BF16, "init: dtype must be f32 or bf16");
+  DSEEK_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F64,
+              "init: dtype must be f32 or bf16");
   Weights w = Weights::skeleton(c);
   w.has_mtp = with_mtp && c.num_nextn_predict_layers > 0;
   for (auto& r : param_table(w, c, w.has_mtp)) {
@@ -217,6 +222,18 @@ Weights init_weights(const ModelConfig& c, DType dtype, uint64_t seed, bool with
     *r.tensor = t;
   }
   return w;
+}
+
+Weights zero_grads(Weights& w, const ModelConfig& c, DType dt) {
+  Weights g = Weights::skeleton(c);
+  g.has_mtp = w.has_mtp;
+  auto wr = param_table(w, c, w.has_mtp);
+  auto gr = param_table(g, c, g.has_mtp);
+  for (size_t i = 0; i < wr.size(); ++i) {
+    if (!wr[i].tensor->defined() || wr[i].kind == ParamKind::Bias) continue;
+    *gr[i].tensor = Tensor::zeros(wr[i].shape, dt);
+  }
+  return g;
 }
 
 std::vector<io::NamedTensor> named_tensors(Weights& w, const ModelConfig& c, DType dtype) {

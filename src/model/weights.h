@@ -87,8 +87,10 @@ struct ParamRef {
 std::vector<ParamRef> param_table(Weights& w, const ModelConfig& cfg, bool with_mtp);
 
 struct LoadOptions {
-  DType dtype = DType::F32;  // dtype of matrices and embeddings in memory (f32 or bf16)
+  DType dtype = DType::F32;  // dtype of matrices and embeddings in memory: f32 or bf16 (f64: every
+                             // parameter in f64, for gradient checks)
   bool load_mtp = true;      // load MTP modules when the checkpoint has them
+  bool writable = false;     // own every tensor (training); else matching dtypes stay read-only file views
 };
 
 // The dtype a checkpoint's torch_dtype suggests for compute (bf16 stays bf16, otherwise f32).
@@ -101,6 +103,9 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& cfg, const 
 // Random weights as DeepSeek/HF initialise them: normal(0, initializer_range) for matrices, embeddings
 // and the router, ones for norms, zeros for the correction bias. Deterministic in (seed, name).
 Weights init_weights(const ModelConfig& cfg, DType dtype, uint64_t seed, bool with_mtp);
+
+// Zero gradients shaped like `w` (every parameter it holds except the correction bias), of dtype `dt`.
+Weights zero_grads(Weights& w, const ModelConfig& cfg, DType dt);
 
 // Named tensors for writing (HF names), each converted to `dtype` where its kind allows (norms,
 // router and bias stay f32 unless dtype is f32 anyway).

@@ -54,4 +54,29 @@ void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double 
   }
 }
 
+void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& probs, double scale, int64_t q_pos0, Stream) {
+  check_ndim("attention_bwd", "q", q, 3);
+  check_act("attention_bwd", "q", q);
+  const int64_t T = q.size(0), H = q.size(1), Dq = q.size(2), S = k.size(0), Dv = v.size(2);
+  check_shape("attention_bwd", "k", k, {S, H, Dq});
+  check_shape("attention_bwd", "v", v, {S, H, Dv});
+  check_shape("attention_bwd", "dout", dout, {T, H, Dv});
+  check_shape("attention_bwd", "probs", probs, {H, T, S});
+  check_shape("attention_bwd", "dq", dq, q.shape());
+  check_shape("attention_bwd", "dk", dk, k.shape());
+  check_shape("attention_bwd", "dv", dv, v.shape());
+  for (const Tensor* t : {&k, &v, &dout, &probs, const_cast<const Tensor*>(&dq),
+                          const_cast<const Tensor*>(&dk), const_cast<const Tensor*>(&dv)})
+    DSEEK_CHECK(t->dtype() == q.dtype(), "attention_bwd: mixed dtypes");
+  DSEEK_CHECK(q_pos0 >= 0 && q_pos0 + T <= S, "attention_bwd: bad q_pos0");
+  check_same_device("attention_bwd", {&dq, &dk, &dv, &dout, &q, &k, &v, &probs});
+  switch (q.device()) {
+    case Device::CPU:
+      return cpu::attention_bwd(dq, dk, dv, dout, q, k, v, probs, scale, q_pos0);
+    default:
+      fail("attention_bwd: no implementation for ", device_name(q.device()));
+  }
+}
+
 }  // namespace dseek::ops

@@ -19,4 +19,9 @@ void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, c
 void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double scale, int64_t q_pos0,
                       Stream s = {});
 
+// Backward of attention_fwd from its saved probs [H, T, S]: dq [T, H, Dq] written, dk [S, H, Dq] and
+// dv [S, H, Dv] written.
+void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& probs, double scale, int64_t q_pos0, Stream s = {});
+
 }  // namespace dseek::ops

@@ -22,4 +22,20 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table, Stream) {
   }
 }
 
+void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout, Stream) {
+  check_ndim("embedding_bwd", "ids", ids, 1);
+  check_dtype("embedding_bwd", "ids", ids, {DType::I64});
+  check_ndim("embedding_bwd", "dtable", dtable, 2);
+  check_act("embedding_bwd", "dtable", dtable);
+  check_shape("embedding_bwd", "dout", dout, {ids.size(0), dtable.size(1)});
+  DSEEK_CHECK(dout.dtype() == dtable.dtype(), "embedding_bwd: mixed dtypes");
+  check_same_device("embedding_bwd", {&dtable, &ids, &dout});
+  switch (dtable.device()) {
+    case Device::CPU:
+      return cpu::embedding_bwd(dtable, ids, dout);
+    default:
+      fail("embedding_bwd: no implementation for ", device_name(dtable.device()));
+  }
+}
+
 }  // namespace dseek::ops

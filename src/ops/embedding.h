@@ -9,4 +9,7 @@ namespace dseek::ops {
 // out: [N, D] f32/f64; ids: [N] I64 (checked against V); table: [V, D] f32, f64 or bf16.
 void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table, Stream s = {});
 
+// Backward: dtable[ids[n]] += dout[n] (accumulated).
+void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout, Stream s = {});
+
 }  // namespace dseek::ops

@@ -51,4 +51,27 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w, Stream) {
   }
 }
 
+void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w, Stream) {
+  check_ndim("linear_bwd", "x", x, 2);
+  check_ndim("linear_bwd", "w", w, 2);
+  check_weight_dtype("linear_bwd", x, w);
+  check_shape("linear_bwd", "dy", dy, {x.size(0), w.size(0)});
+  DSEEK_CHECK(dy.dtype() == x.dtype(), "linear_bwd: dy dtype differs from x");
+  if (dx.defined()) {
+    check_shape("linear_bwd", "dx", dx, x.shape());
+    DSEEK_CHECK(dx.dtype() == x.dtype(), "linear_bwd: dx dtype differs from x");
+  }
+  if (dw.defined()) {
+    check_shape("linear_bwd", "dw", dw, w.shape());
+    DSEEK_CHECK(dw.dtype() == x.dtype(), "linear_bwd: dw must have the activation dtype");
+  }
+  check_same_device("linear_bwd", {&dx, &dw, &dy, &x, &w});
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::linear_bwd(dx, dw, dy, x, w);
+    default:
+      fail("linear_bwd: no implementation for ", device_name(x.device()));
+  }
+}
+
 }  // namespace dseek::ops

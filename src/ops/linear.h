@@ -14,4 +14,8 @@ void linear(Tensor out, const Tensor& x, const Tensor& w, Stream s = {});
 // out[N, O] = x[N, I] · w[I, O] (w row-major, not transposed), same dtypes as linear.
 void matmul_nn(Tensor out, const Tensor& x, const Tensor& w, Stream s = {});
 
+// Backward of linear: dx[N, I] = dy[N, O] · w[O, I] (written, when dx is defined) and
+// dw[O, I] += dy[N, O]ᵀ · x[N, I] (accumulated, when dw is defined). dw has the activation dtype.
+void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w, Stream s = {});
+
 }  // namespace dseek::ops

@@ -10,4 +10,8 @@ namespace dseek::ops {
 // activation dtype (saved for the backward) or undefined.
 void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps, Stream s = {});
 
+// Backward: dx written, dw accumulated (when defined), from the forward's x, w and rstd [N].
+void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                 Stream s = {});
+
 }  // namespace dseek::ops

@@ -25,4 +25,22 @@ void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t
   }
 }
 
+void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor, Stream) {
+  check_ndim("rope_bwd", "dx", dx, 3);
+  check_act("rope_bwd", "dx", dx);
+  check_shape("rope_bwd", "positions", positions, {dx.size(0)});
+  check_dtype("rope_bwd", "positions", positions, {DType::I64});
+  check_dtype("rope_bwd", "inv_freq", inv_freq, {DType::F32});
+  DSEEK_CHECK(col >= 0 && col + 2 * inv_freq.size(0) <= dx.size(2), "rope_bwd: columns outside dx ",
+              dx.str());
+  check_same_device("rope_bwd", {&dx, &positions, &inv_freq});
+  switch (dx.device()) {
+    case Device::CPU:
+      return cpu::rope_bwd(dx, positions, inv_freq, col, attention_factor);
+    default:
+      fail("rope_bwd: no implementation for ", device_name(dx.device()));
+  }
+}
+
 }  // namespace dseek::ops

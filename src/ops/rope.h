@@ -13,4 +13,8 @@ namespace dseek::ops {
 void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col, double attention_factor,
               Stream s = {});
 
+// Backward, in place on the gradient dx (same layout): the transposed rotation.
+void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor, Stream s = {});
+
 }  // namespace dseek::ops

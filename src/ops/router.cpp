@@ -40,4 +40,44 @@ void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& log
   }
 }
 
+void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, const Tensor& scores,
+                const RouterParams& p, Stream) {
+  check_ndim("router_bwd", "scores", scores, 2);
+  check_act("router_bwd", "scores", scores);
+  const int64_t N = scores.size(0), E = scores.size(1);
+  check_shape("router_bwd", "dlogits", dlogits, {N, E});
+  check_shape("router_bwd", "dtopk_w", dtopk_w, {N, p.top_k});
+  check_shape("router_bwd", "topk_idx", topk_idx, {N, p.top_k});
+  check_dtype("router_bwd", "topk_idx", topk_idx, {DType::I32});
+  DSEEK_CHECK(dlogits.dtype() == scores.dtype() && dtopk_w.dtype() == scores.dtype(),
+              "router_bwd: mixed dtypes");
+  check_same_device("router_bwd", {&dlogits, &dtopk_w, &topk_idx, &scores});
+  switch (scores.device()) {
+    case Device::CPU:
+      return cpu::router_bwd(dlogits, dtopk_w, topk_idx, scores, p);
+    default:
+      fail("router_bwd: no implementation for ", device_name(scores.device()));
+  }
+}
+
+double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+                           double alpha, const RouterParams& p, Stream) {
+  check_ndim("router_balance_loss", "scores", scores, 2);
+  check_act("router_balance_loss", "scores", scores);
+  const int64_t N = scores.size(0), E = scores.size(1);
+  check_shape("router_balance_loss", "topk_idx", topk_idx, {N, p.top_k});
+  DSEEK_CHECK(seq_len > 0 && N % seq_len == 0, "router_balance_loss: ", N,
+              " rows are not whole sequences of ", seq_len);
+  if (dlogits.defined()) {
+    check_shape("router_balance_loss", "dlogits", dlogits, {N, E});
+    DSEEK_CHECK(dlogits.dtype() == scores.dtype(), "router_balance_loss: mixed dtypes");
+  }
+  switch (scores.device()) {
+    case Device::CPU:
+      return cpu::router_balance_loss(dlogits, scores, topk_idx, seq_len, alpha, p);
+    default:
+      fail("router_balance_loss: no implementation for ", device_name(scores.device()));
+  }
+}
+
 }  // namespace dseek::ops

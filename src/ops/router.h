@@ -34,4 +34,16 @@ struct RouterParams {
 void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
                 const RouterParams& p, Stream s = {});
 
+// Backward through the gate weights of the chosen experts (selection is discrete; the bias gets no
+// gradient): dlogits[N, E] (written) from dtopk_w[N, K], the forward's topk_idx and scores.
+void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, const Tensor& scores,
+                const RouterParams& p, Stream s = {});
+
+// DeepSeek-V3's complementary sequence-wise balance loss (spec/model.md §4.4), summed over the
+// sequences given by `seq_len` (rows [b·seq_len, (b+1)·seq_len)) and divided by their number:
+//   L = α/B Σ_b Σ_i f_i P_i,  f_i = E/(K·T) Σ_t 1[i ∈ topk(t)],  P_i = 1/T Σ_t s_{i,t} / Σ_j s_{j,t}.
+// Returns L; when dlogits is defined, adds ∂L/∂logits into it (f_i is a constant).
+double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+                           double alpha, const RouterParams& p, Stream s = {});
+
 }  // namespace dseek::ops

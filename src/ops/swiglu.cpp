@@ -20,4 +20,19 @@ void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up, Stream) {
   }
 }
 
+void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up, Stream) {
+  check_act("swiglu_bwd", "gate", gate);
+  for (const Tensor* t : {&up, &dout, const_cast<const Tensor*>(&dgate), const_cast<const Tensor*>(&dup)}) {
+    check_shape("swiglu_bwd", "argument", *t, gate.shape());
+    DSEEK_CHECK(t->dtype() == gate.dtype(), "swiglu_bwd: mixed dtypes");
+  }
+  check_same_device("swiglu_bwd", {&dgate, &dup, &dout, &gate, &up});
+  switch (gate.device()) {
+    case Device::CPU:
+      return cpu::swiglu_bwd(dgate, dup, dout, gate, up);
+    default:
+      fail("swiglu_bwd: no implementation for ", device_name(gate.device()));
+  }
+}
+
 }  // namespace dseek::ops

@@ -9,4 +9,8 @@ namespace dseek::ops {
 // out, gate, up: [N, F], f32 or f64.
 void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up, Stream s = {});
 
+// Backward: dgate, dup written from dout and the forward inputs.
+void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
+                Stream s = {});
+
 }  // namespace dseek::ops

@@ -25,6 +25,18 @@ inline void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, co
               A, int(lda), B, int(ldb), 0.0, C, int(ldc));
 }
 
+// C[M, N] = op(A) · op(B) (+ C when accumulate), row-major with leading dims.
+inline void gemm2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const float* A,
+                  int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N),
+              int(K), float(alpha), A, int(lda), B, int(ldb), 0.0f, C, int(ldc));
+}
+inline void gemm2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                  int64_t lda, const double* B, int64_t ldb, double* C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N),
+              int(K), alpha, A, int(lda), B, int(ldb), 0.0, C, int(ldc));
+}
+
 // Row-wise causal softmax in place: row r may see columns [0, visible(r)); the rest become 0.
 template <typename T, typename Visible>
 void causal_softmax(T* p, int64_t rows, int64_t cols, Visible visible) {
@@ -83,7 +95,60 @@ void absorbed_impl(T* o_lat, const T* q, const T* rows, int64_t T_, int64_t H, i
   gemm(false, T_ * H, C, Se, 1.0, P.data(), Se, rows, W, o_lat, C);
 }
 
+template <typename T>
+void attention_bwd_impl(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                        const T* probs, int64_t T_, int64_t H, int64_t Dq, int64_t Dv, int64_t S,
+                        double scale, int64_t q_pos0) {
+  const int64_t Se = q_pos0 + T_;
+  // Keys past Se get no gradient.
+  for (int64_t s = Se; s < S; ++s) {
+    std::fill_n(dk + s * H * Dq, H * Dq, T(0));
+    std::fill_n(dv + s * H * Dv, H * Dv, T(0));
+  }
+#pragma omp parallel
+  {
+    std::vector<T> dP;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t h = 0; h < H; ++h) {
+      const T* P = probs + h * T_ * S;  // [T, S], ld S
+      dP.resize(size_t(T_ * Se));
+      // dV_h[Se, Dv] = Pᵀ · dO_h
+      gemm2(true, false, Se, Dv, T_, 1.0, P, S, dout + h * Dv, H * Dv, dv + h * Dv, H * Dv);
+      // dP[T, Se] = dO_h · V_hᵀ
+      gemm2(false, true, T_, Se, Dv, 1.0, dout + h * Dv, H * Dv, v + h * Dv, H * Dv, dP.data(), Se);
+      // dS = P ⊙ (dP − Σ_j dP_j P_j)
+      for (int64_t t = 0; t < T_; ++t) {
+        const T* p = P + t * S;
+        T* d = dP.data() + t * Se;
+        const int64_t n = q_pos0 + t + 1;
+        T dot = 0;
+        for (int64_t j = 0; j < n; ++j) dot += d[j] * p[j];
+        for (int64_t j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
+        for (int64_t j = n; j < Se; ++j) d[j] = 0;
+      }
+      // dQ_h[T, Dq] = scale · dS · K_h;  dK_h[Se, Dq] = scale · dSᵀ · Q_h
+      gemm2(false, false, T_, Dq, Se, scale, dP.data(), Se, k + h * Dq, H * Dq, dq + h * Dq, H * Dq);
+      gemm2(true, false, Se, Dq, T_, scale, dP.data(), Se, q + h * Dq, H * Dq, dk + h * Dq, H * Dq);
+    }
+  }
+}
+
 }  // namespace
+
+void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& probs, double scale, int64_t q_pos0) {
+  const int64_t T = q.size(0), H = q.size(1), Dq = q.size(2), S = k.size(0), Dv = v.size(2);
+  if (T == 0) return;
+  if (q.dtype() == DType::F64) {
+    attention_bwd_impl(dq.data<double>(), dk.data<double>(), dv.data<double>(), dout.data<double>(),
+                       q.data<double>(), k.data<double>(), v.data<double>(), probs.data<double>(), T, H, Dq,
+                       Dv, S, scale, q_pos0);
+  } else {
+    attention_bwd_impl(dq.data<float>(), dk.data<float>(), dv.data<float>(), dout.data<float>(),
+                       q.data<float>(), k.data<float>(), v.data<float>(), probs.data<float>(), T, H, Dq, Dv,
+                       S, scale, q_pos0);
+  }
+}
 
 void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                    int64_t q_pos0) {

@@ -3,6 +3,8 @@
 #pragma once
 
 #include "core/tensor.h"
+#include "ops/adamw.h"
+#include "ops/cross_entropy.h"
 #include "ops/router.h"
 
 namespace dseek::ops::cpu {
@@ -22,6 +24,24 @@ void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& log
 void add_(Tensor x, const Tensor& y);
 void axpy_(Tensor x, const Tensor& y, double alpha);
 void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width);
+
+void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w);
+void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                 const Tensor& rstd);
+void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor);
+void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& probs, double scale, int64_t q_pos0);
+void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up);
+void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout);
+void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, const Tensor& scores,
+                const RouterParams& p);
+double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+                           double alpha, const RouterParams& p);
+CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
+                                         const Tensor& targets, double scale);
+void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p);
+double sum_squares(const Tensor& t);
 
 // y[n, o] = Σ_i x[n, i] · bf16(w[o, i]) for n < N (f32 accumulation), rows o in [o0, o1).
 // Vectorised (AVX2 or AVX-512, chosen at run time); single-threaded: the caller splits rows.

@@ -15,6 +15,29 @@ void swiglu_impl(T* out, const T* g, const T* u, int64_t n) {
   });
 }
 template <typename T>
+void swiglu_bwd_impl(T* dg, T* du, const T* dout, const T* g, const T* u, int64_t n) {
+  parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T sg = T(1) / (T(1) + std::exp(-g[i]));
+      const T silu = g[i] * sg;
+      const T d = dout[i];
+      dg[i] = d * u[i] * sg * (T(1) + g[i] * (T(1) - sg));
+      du[i] = d * silu;
+    }
+  });
+}
+template <typename T>
+void embedding_bwd_impl(T* dt, const int64_t* ids, const T* dout, int64_t N, int64_t D) {
+  // Columns split across threads so rows of repeated ids never race.
+  parallel_for(D, 256, [&](int64_t c0, int64_t c1) {
+    for (int64_t n = 0; n < N; ++n) {
+      T* row = dt + ids[n] * D;
+      const T* g = dout + n * D;
+      for (int64_t c = c0; c < c1; ++c) row[c] += g[c];
+    }
+  });
+}
+template <typename T>
 void axpy_impl(T* x, const T* y, T a, int64_t n) {
   parallel_for(n, 1 << 15, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) x[i] += a * y[i];
@@ -39,6 +62,28 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
   for (int64_t n = 0; n < N; ++n) {
     convert(static_cast<uint8_t*>(out.raw()) + size_t(n * D) * os, out.dtype(),
             static_cast<const uint8_t*>(table.raw()) + size_t(id[n] * D) * es, table.dtype(), size_t(D));
+  }
+}
+
+void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
+  if (gate.dtype() == DType::F64) {
+    swiglu_bwd_impl(dgate.data<double>(), dup.data<double>(), dout.data<double>(), gate.data<double>(),
+                    up.data<double>(), gate.numel());
+  } else {
+    swiglu_bwd_impl(dgate.data<float>(), dup.data<float>(), dout.data<float>(), gate.data<float>(),
+                    up.data<float>(), gate.numel());
+  }
+}
+
+void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout) {
+  const int64_t N = ids.size(0), V = dtable.size(0), D = dtable.size(1);
+  const int64_t* id = ids.data<int64_t>();
+  for (int64_t n = 0; n < N; ++n)
+    DSEEK_CHECK(id[n] >= 0 && id[n] < V, "token id ", id[n], " is outside the vocabulary (", V, ")");
+  if (dtable.dtype() == DType::F64) {
+    embedding_bwd_impl(dtable.data<double>(), id, dout.data<double>(), N, D);
+  } else {
+    embedding_bwd_impl(dtable.data<float>(), id, dout.data<float>(), N, D);
   }
 }
 

@@ -109,4 +109,33 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w) {
   gemm_bf16_blocked(y, O, xp, wp, N, I, O, /*trans_w=*/false);
 }
 
+void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
+  const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
+  if (N == 0) {
+    if (dx.defined()) dx.fill(0);
+    return;
+  }
+  if (x.dtype() == DType::F64) {
+    if (dx.defined())  // dx[N, I] = dy[N, O] · w[O, I]
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(I), int(O), 1.0, dy.data<double>(),
+                  int(O), w.data<double>(), int(I), 0.0, dx.data<double>(), int(I));
+    if (dw.defined())  // dw[O, I] += dy[N, O]ᵀ · x[N, I]
+      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(O), int(I), int(N), 1.0, dy.data<double>(),
+                  int(O), x.data<double>(), int(I), 1.0, dw.data<double>(), int(I));
+    return;
+  }
+  if (dx.defined()) {
+    if (w.dtype() == DType::F32) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(I), int(O), 1.0f, dy.data<float>(),
+                  int(O), w.data<float>(), int(I), 0.0f, dx.data<float>(), int(I));
+    } else {
+      gemm_bf16_blocked(dx.data<float>(), I, dy.data<float>(), w.data<uint16_t>(), N, O, I,
+                        /*trans_w=*/false);
+    }
+  }
+  if (dw.defined())
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(O), int(I), int(N), 1.0f, dy.data<float>(),
+                int(O), x.data<float>(), int(I), 1.0f, dw.data<float>(), int(I));
+}
+
 }  // namespace dseek::ops::cpu

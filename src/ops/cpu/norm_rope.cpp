@@ -26,14 +26,14 @@ void rmsnorm_impl(T* out, T* rstd, const T* x, const W* w, int64_t N, int64_t D,
 
 template <typename T>
 void rope_impl(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64_t H, int64_t W, int64_t col,
-               int64_t half, double attention_factor) {
+               int64_t half, double attention_factor, float sign) {
   parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
     std::vector<T> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t i = 0; i < half; ++i) {
         const float theta = float(pos[n]) * inv_freq[i];  // f32, as transformers computes the angles
         c[size_t(i)] = T(float(std::cos(theta)) * float(attention_factor));
-        s[size_t(i)] = T(float(std::sin(theta)) * float(attention_factor));
+        s[size_t(i)] = T(sign * float(std::sin(theta)) * float(attention_factor));
       }
       for (int64_t h = 0; h < H; ++h) {
         T* v = x + (n * H + h) * W + col;
@@ -47,7 +47,49 @@ void rope_impl(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64
   });
 }
 
+template <typename T, typename W, typename G>
+void rmsnorm_bwd_impl(T* dx, G* dw, const T* dy, const T* x, const W* w, const T* rstd, int64_t N,
+                      int64_t D) {
+  if (dx) {
+    parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* xr = x + n * D;
+        const T* gr = dy + n * D;
+        const T r = rstd[n];
+        double dot = 0;  // Σ_j dy_j w_j x_j
+        for (int64_t i = 0; i < D; ++i) dot += double(gr[i]) * double(w[i]) * double(xr[i]);
+        const T c = T(dot / double(D)) * r * r * r;
+        T* o = dx + n * D;
+        for (int64_t i = 0; i < D; ++i) o[i] = r * T(w[i]) * gr[i] - c * xr[i];
+      }
+    });
+  }
+  if (dw) {
+    parallel_for(D, 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t n = 0; n < N; ++n) {
+        const T* xr = x + n * D;
+        const T* gr = dy + n * D;
+        for (int64_t i = i0; i < i1; ++i) dw[i] += G(gr[i] * xr[i] * rstd[n]);
+      }
+    });
+  }
+}
+
 }  // namespace
+
+void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                 const Tensor& rstd) {
+  const int64_t N = x.size(0), D = x.size(1);
+  if (x.dtype() == DType::F64) {
+    DSEEK_CHECK(w.dtype() == DType::F64 && (!dw.defined() || dw.dtype() == DType::F64),
+                "rmsnorm_bwd: f64 needs f64 w");
+    rmsnorm_bwd_impl(dx.defined() ? dx.data<double>() : nullptr, dw.defined() ? dw.data<double>() : nullptr,
+                     dy.data<double>(), x.data<double>(), w.data<double>(), rstd.data<double>(), N, D);
+  } else {
+    rmsnorm_bwd_impl(dx.defined() ? dx.data<float>() : nullptr, dw.defined() ? dw.data<float>() : nullptr,
+                     dy.data<float>(), x.data<float>(), w.data<float>(), rstd.data<float>(), N, D);
+  }
+}
 
 void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps) {
   const int64_t N = x.size(0), D = x.size(1);
@@ -64,16 +106,29 @@ void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, doub
   }
 }
 
-void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
-              double attention_factor) {
+namespace {
+void rope_any(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col, double attention_factor,
+              float sign) {
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), half = inv_freq.size(0);
   if (x.dtype() == DType::F64) {
     rope_impl(x.data<double>(), positions.data<int64_t>(), inv_freq.data<float>(), N, H, W, col, half,
-              attention_factor);
+              attention_factor, sign);
   } else {
     rope_impl(x.data<float>(), positions.data<int64_t>(), inv_freq.data<float>(), N, H, W, col, half,
-              attention_factor);
+              attention_factor, sign);
   }
+}
+}  // namespace
+
+void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor) {
+  rope_any(x, positions, inv_freq, col, attention_factor, 1.0f);
+}
+
+// The transpose of the rotation (a·R)ᵀ = a·R(−θ): the same code with sin negated.
+void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor) {
+  rope_any(dx, positions, inv_freq, col, attention_factor, -1.0f);
 }
 
 }  // namespace dseek::ops::cpu

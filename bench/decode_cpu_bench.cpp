@@ -1,0 +1,158 @@
+// decode_cpu_bench.cpp — CPU decode speed on bench-1b (random bf16 weights) next to the memory-
+// bandwidth bound for the bytes each token must read, measured with a copy loop in the same run
+// (issue: foundation, "a benchmark (not a test)"). Prints one table and the ratio.
+//
+//   decode_cpu_bench [--config PATH] [--prompt N] [--tokens N] [--threads N]
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/parallel.h"
+#include "infer/sampler.h"
+#include "model/model.h"
+
+using namespace dseek;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(clk::time_point t) {
+  return std::chrono::duration<double>(clk::now() - t).count();
+}
+
+// Best of several multi-threaded copies of `bytes` (counted as bytes read + bytes written per second).
+double copy_bandwidth(size_t bytes) {
+  std::vector<char> a(bytes), b(bytes);
+  parallel_for(int64_t(bytes), 1 << 20, [&](int64_t s, int64_t e) {
+    std::memset(a.data() + s, 1, size_t(e - s));
+    std::memset(b.data() + s, 2, size_t(e - s));
+  });
+  double best = 0;
+  for (int it = 0; it < 6; ++it) {
+    auto t = clk::now();
+    parallel_for(int64_t(bytes), 1 << 20,
+                 [&](int64_t s, int64_t e) { std::memcpy(b.data() + s, a.data() + s, size_t(e - s)); });
+    best = std::max(best, 2.0 * double(bytes) / seconds_since(t));
+  }
+  return best;
+}
+
+// Best of several multi-threaded read-only passes (sum of 64-bit words), bytes read per second.
+double read_bandwidth(size_t bytes) {
+  std::vector<uint64_t> a(bytes / 8, 3);
+  double best = 0;
+  volatile uint64_t sink = 0;
+  for (int it = 0; it < 6; ++it) {
+    auto t = clk::now();
+    uint64_t total = 0;
+#pragma omp parallel for reduction(+ : total)
+    for (int64_t i = 0; i < int64_t(a.size()); ++i) total += a[size_t(i)];
+    best = std::max(best, double(bytes) / seconds_since(t));
+    sink = sink + total;
+  }
+  return best;
+}
+
+size_t bytes_of(const Tensor& t) {
+  return t.defined() ? t.nbytes() : 0;
+}
+size_t mlp_bytes(const MlpWeights& m) {
+  return bytes_of(m.gate_proj) + bytes_of(m.up_proj) + bytes_of(m.down_proj);
+}
+
+// Weight bytes one decode step reads: every attention and dense weight, the router, num_experts_per_tok
+// routed experts and the shared expert per MoE layer, the LM head, one embedding row; plus the cache.
+size_t bytes_per_token(const Model& m, int64_t cached_tokens) {
+  const ModelConfig& c = m.cfg;
+  size_t b = size_t(c.hidden_size) * dtype_size(m.w.embed_tokens.dtype()) + bytes_of(m.w.norm) +
+             bytes_of(m.lm_head());
+  for (const auto& L : m.w.layers) {
+    const auto& a = L.attn;
+    b += bytes_of(L.input_layernorm) + bytes_of(L.post_attention_layernorm);
+    b += bytes_of(a.q_a_proj) + bytes_of(a.q_a_layernorm) + bytes_of(a.q_b_proj) + bytes_of(a.q_proj) +
+         bytes_of(a.kv_a_proj_with_mqa) + bytes_of(a.kv_a_layernorm) + bytes_of(a.kv_b_proj) +
+         bytes_of(a.o_proj);
+    if (L.is_moe) {
+      b += bytes_of(L.moe.gate) + bytes_of(L.moe.e_score_correction_bias) + mlp_bytes(L.moe.shared);
+      b += size_t(c.num_experts_per_tok) * mlp_bytes(L.moe.experts[0]);
+    } else {
+      b += mlp_bytes(L.mlp);
+    }
+  }
+  b += size_t(cached_tokens) * size_t(c.cache_width()) * 4 * size_t(c.num_hidden_layers);
+  return b;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config = std::string(DSEEK_BENCH_CONFIGS) + "/bench-1b.json";
+  int64_t prompt_len = 32, tokens = 64;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k == "--config")
+      config = argv[i + 1];
+    else if (k == "--prompt")
+      prompt_len = std::stoll(argv[i + 1]);
+    else if (k == "--tokens")
+      tokens = std::stoll(argv[i + 1]);
+    else if (k == "--threads")
+      omp_set_num_threads(std::stoi(argv[i + 1]));
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", argv[i]);
+      return 2;
+    }
+  }
+  try {
+    ModelConfig cfg = ModelConfig::load(config);
+    std::printf("config %s, %d threads\n", config.c_str(), num_threads());
+    auto t0 = clk::now();
+    Model m = Model::from_weights(cfg, init_weights(cfg, DType::BF16, 1234, /*with_mtp=*/false));
+    std::printf("random bf16 weights in %.1f s\n", seconds_since(t0));
+
+    const double copy_bw = copy_bandwidth(size_t(1) << 30);
+    const double read_bw = read_bandwidth(size_t(1) << 30);
+
+    std::vector<int64_t> prompt(static_cast<size_t>(prompt_len));
+    for (int64_t i = 0; i < prompt_len; ++i) prompt[size_t(i)] = (i * 7919 + 17) % cfg.vocab_size;
+    LatentCache cache = m.make_cache(prompt_len + tokens + 8);
+    infer::Sampler greedy({.greedy = true});
+    auto tp = clk::now();
+    Tensor logits = m.forward_cached(prompt, cache);
+    const double prefill_s = seconds_since(tp);
+    int64_t tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
+    for (int w = 0; w < 3; ++w) {  // warm-up steps
+      logits = m.forward_cached({tok}, cache);
+      tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
+    }
+    const int64_t cached_mid = cache.length() + tokens / 2;
+    auto td = clk::now();
+    for (int64_t i = 0; i < tokens; ++i) {
+      logits = m.forward_cached({tok}, cache);
+      tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
+    }
+    const double decode_s = seconds_since(td);
+    const double tps = double(tokens) / decode_s;
+    const size_t bpt = bytes_per_token(m, cached_mid);
+    const double bound = copy_bw / double(bpt);
+    std::printf("\n| figure | value |\n|---|---|\n");
+    std::printf("| bytes read per decoded token (weights + cache) | %.1f MB |\n", double(bpt) / 1e6);
+    std::printf("| copy bandwidth (read + write) | %.2f GB/s |\n", copy_bw / 1e9);
+    std::printf("| read-only bandwidth | %.2f GB/s |\n", read_bw / 1e9);
+    std::printf("| bound: copy bandwidth / bytes per token | %.2f tokens/s |\n", bound);
+    std::printf("| prefill %lld tokens | %.2f s (%.1f tokens/s) |\n", (long long)prompt_len, prefill_s,
+                double(prompt_len) / prefill_s);
+    std::printf("| decode batch 1, %lld tokens | %.2f tokens/s |\n", (long long)tokens, tps);
+    std::printf("| achieved bandwidth | %.2f GB/s |\n", tps * double(bpt) / 1e9);
+    std::printf("\nRATIO decode / bandwidth bound = %.1f %% (goal >= 60 %%); vs read-only bound %.1f %%\n",
+                100.0 * tps / bound, 100.0 * tps * double(bpt) / read_bw);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "decode_cpu_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

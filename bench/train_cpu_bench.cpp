@@ -1,0 +1,85 @@
+// train_cpu_bench.cpp — CPU training throughput (tokens/s) of a full step (forward, backward, AdamW) on
+// a model config, with random tokens. The PyTorch side of the comparison is tools/torch_train_bench.py;
+// scripts/bench-train-cpu runs both on the same CPU threads and prints the ratio.
+//
+//   train_cpu_bench [--config PATH | --preset demo] [--batch B] [--seq T] [--steps N] [--mtp-lambda X]
+//                   [--threads N] [--vocab V]
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+
+#include "core/parallel.h"
+#include "model/model.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+
+using namespace dseek;
+using clk = std::chrono::steady_clock;
+
+int main(int argc, char** argv) {
+  std::string config, preset = "demo";
+  int64_t B = 8, T = 256, steps = 10, vocab = 1024;
+  double mtp_lambda = 0.0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i], v = argv[i + 1];
+    if (k == "--config")
+      config = v;
+    else if (k == "--preset")
+      preset = v;
+    else if (k == "--batch")
+      B = std::stoll(v);
+    else if (k == "--seq")
+      T = std::stoll(v);
+    else if (k == "--steps")
+      steps = std::stoll(v);
+    else if (k == "--mtp-lambda")
+      mtp_lambda = std::stod(v);
+    else if (k == "--vocab")
+      vocab = std::stoll(v);
+    else if (k == "--threads")
+      omp_set_num_threads(std::stoi(v));
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", k.c_str());
+      return 2;
+    }
+  }
+  try {
+    ModelConfig cfg = config.empty()
+                          ? ModelConfig::from_json(train::preset_model_config(preset, vocab, 0, 1), preset)
+                          : ModelConfig::load(config);
+    Model m = Model::from_weights(cfg, init_weights(cfg, DType::F32, 1, true));
+    train::AdamW opt(m.w, cfg, {});
+    Weights g = zero_grads(m.w, cfg, DType::F32);
+    std::mt19937 rng(1);
+    Tensor ids = Tensor::empty({B, T}, DType::I64), tg = Tensor::empty({B, T}, DType::I64);
+    std::vector<double> times;
+    for (int64_t s = 0; s < steps + 2; ++s) {
+      for (int64_t i = 0; i < B * T; ++i) {
+        ids.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
+        tg.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
+      }
+      auto t0 = clk::now();
+      for (auto& r : param_table(g, cfg, g.has_mtp))
+        if (r.tensor->defined()) r.tensor->fill(0);
+      m.forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
+      opt.step(g, 1e-4);
+      if (s >= 2) times.push_back(std::chrono::duration<double>(clk::now() - t0).count());
+    }
+    std::sort(times.begin(), times.end());
+    const double med = times[times.size() / 2];
+    ParamCounts pc = count_params(cfg);
+    std::printf(
+        "dseek train step: %s, %.2f M params, batch %lld x %lld, %d threads, MTP %s: median %.3f s/step, "
+        "%.0f tokens/s\n",
+        config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, (long long)B, (long long)T,
+        num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
+    std::printf("DSEEK_TOKENS_PER_SECOND %.1f\n", double(B * T) / med);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train_cpu_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,75 @@
+// layer.cpp — decoder layer forward/backward (spec/model.md §2.1: pre-norm residual blocks).
+#include "model/layer.h"
+
+#include "ops/elementwise.h"
+#include "ops/rmsnorm.h"
+
+namespace dseek {
+
+void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSaved* s, RouterTrace* trace) {
+  const ModelConfig& c = ctx.cfg;
+  const int64_t N = h.size(0), D = h.size(1);
+  const DType dt = h.dtype();
+  Tensor xn = Tensor::empty({N, D}, dt), y = Tensor::empty({N, D}, dt);  // xn, y: [N, D]
+  Tensor rstd = s ? Tensor::empty({N}, dt) : Tensor();
+  if (s) s->h_in = h.clone();
+  ops::rmsnorm_fwd(xn, rstd, h, w.input_layernorm, c.rms_norm_eps);
+  if (s) {
+    s->rstd1 = rstd;
+    s->attn.recompute = s->recompute;
+  }
+  mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path, s ? &s->attn : nullptr);
+  ops::add_(h, y);
+  if (s) {
+    s->h_mid = h.clone();
+    rstd = Tensor::empty({N}, dt);
+    s->rstd2 = rstd;
+  }
+  Tensor xn2 = s ? Tensor::empty({N, D}, dt) : xn;
+  ops::rmsnorm_fwd(xn2, rstd, h, w.post_attention_layernorm, c.rms_norm_eps);
+  if (w.is_moe) {
+    moe_fwd(y, xn2, w.moe, c, trace, s ? &s->moe : nullptr, ctx.moe);
+  } else {
+    mlp_fwd(y, xn2, w.mlp, s ? &s->mlp : nullptr);
+  }
+  ops::add_(h, y);
+  if (s && s->recompute) {  // the normed inputs are rebuilt in the backward
+    s->attn.x = Tensor();
+    s->mlp.x = Tensor();
+    s->moe.x = Tensor();
+    s->moe.shared.x = Tensor();
+  }
+}
+
+void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s) {
+  const ModelConfig& c = ctx.cfg;
+  const int64_t N = dh.size(0), D = dh.size(1);
+  const DType dt = dh.dtype();
+  if (s.recompute) {
+    Tensor xn1 = Tensor::empty({N, D}, dt), xn2 = Tensor::empty({N, D}, dt);
+    ops::rmsnorm_fwd(xn1, Tensor(), s.h_in, w.input_layernorm, c.rms_norm_eps);
+    ops::rmsnorm_fwd(xn2, Tensor(), s.h_mid, w.post_attention_layernorm, c.rms_norm_eps);
+    s.attn.x = xn1;
+    if (w.is_moe) {
+      s.moe.x = xn2;
+      s.moe.shared.x = xn2;
+    } else {
+      s.mlp.x = xn2;
+    }
+  }
+  Tensor dxn = Tensor::empty({N, D}, dt), tmp = Tensor::empty({N, D}, dt);
+  // h_out = h_mid + FFN(rms2(h_mid))
+  if (w.is_moe) {
+    moe_bwd(dxn, g.moe, dh, w.moe, c, s.moe, ctx.moe);
+  } else {
+    mlp_bwd(dxn, g.mlp, dh, w.mlp, s.mlp);
+  }
+  ops::rmsnorm_bwd(tmp, g.post_attention_layernorm, dxn, s.h_mid, w.post_attention_layernorm, s.rstd2);
+  ops::add_(dh, tmp);  // dh is now ∂/∂h_mid
+  // h_mid = h_in + MLA(rms1(h_in))
+  mla_bwd(dxn, g.attn, dh, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, s.attn);
+  ops::rmsnorm_bwd(tmp, g.input_layernorm, dxn, s.h_in, w.input_layernorm, s.rstd1);
+  ops::add_(dh, tmp);
+}
+
+}  // namespace dseek

@@ -1,0 +1,41 @@
+// layer.h — one decoder layer, forward and backward (spec/model.md §2.1):
+//   h_mid = h + MLA(RMSNorm_in(h));  h_out = h_mid + FFN(RMSNorm_post(h_mid)),  FFN = dense MLP or MoE.
+// Shared by the main stack and the MTP modules. With `recompute`, the RMSNorm outputs are rebuilt in the
+// backward instead of kept (and MLA recomputes its up-projections, see mla.h).
+#pragma once
+
+#include <vector>
+
+#include "model/mla.h"
+#include "model/moe.h"
+
+namespace dseek {
+
+struct LayerSaved {
+  bool recompute = false;
+  Tensor h_in, rstd1, h_mid, rstd2;  // [N, D], [N], [N, D], [N]
+  MlaSaved attn;
+  MlpSaved mlp;
+  MoeSaved moe;
+};
+
+struct LayerContext {
+  const ModelConfig& cfg;
+  const Rope& rope;
+  const Tensor& positions;  // [N] I64
+  const std::vector<SeqChunk>& chunks;
+  int64_t layer = 0;  // index into the cache (inference)
+  AttnPath path = AttnPath::Auto;
+  MoeOptions moe;  // balance-loss settings (training)
+};
+
+// h [N, D] updated in place. `saved` (training) keeps what layer_bwd needs; `trace` (optional) gets
+// the router's choice of an MoE layer.
+void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSaved* saved = nullptr,
+               RouterTrace* trace = nullptr);
+
+// dh: the gradient w.r.t. the layer's output on entry, w.r.t. its input on return. Parameter
+// gradients accumulate into g. `grad_scale` scales the balance-loss gradient like the other losses.
+void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s);
+
+}  // namespace dseek

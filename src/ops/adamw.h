@@ -1,0 +1,23 @@
+// adamw.h — the AdamW update with decoupled weight decay on fp32 master weights; moments in f32 or
+// bf16 (spec/rl.md and the training issue; Loshchilov & Hutter's AdamW with bias correction).
+#pragma once
+
+#include "core/stream.h"
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+struct AdamWParams {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  int64_t step = 1;         // 1-based, for bias correction
+  double grad_scale = 1.0;  // multiplies the gradient first (clipping, accumulation)
+};
+
+// param -= lr · (m̂ / (sqrt(v̂) + eps) + wd · param), with m, v updated in place. param, grad: f32;
+// m, v: f32 or bf16 (rounded to nearest even after each update).
+void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p, Stream s = {});
+
+// Σ grad² over the tensor (f64 accumulation), for global-norm clipping.
+double sum_squares(const Tensor& t, Stream s = {});
+
+}  // namespace dseek::ops

@@ -1,0 +1,80 @@
+// adamw.cpp — CPU AdamW (decoupled weight decay, bias correction, as torch.optim.AdamW) with f32 or
+// bf16 moments, and a thread-count-independent sum of squares for global-norm clipping.
+#include <cmath>
+#include <vector>
+
+#include "core/parallel.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops::cpu {
+
+namespace {
+template <typename M>
+inline float load_m(const M* p, int64_t i) {
+  if constexpr (std::is_same_v<M, float>) {
+    return p[i];
+  } else {
+    return bf16_to_f32(p[i]);
+  }
+}
+template <typename M>
+inline void store_m(M* p, int64_t i, float v) {
+  if constexpr (std::is_same_v<M, float>) {
+    p[i] = v;
+  } else {
+    p[i] = f32_to_bf16(v);
+  }
+}
+
+template <typename M>
+void adamw_impl(float* w, const float* g, M* m, M* v, int64_t n, const AdamWParams& p) {
+  const double bc1 = 1.0 - std::pow(p.beta1, double(p.step)), bc2 = 1.0 - std::pow(p.beta2, double(p.step));
+  const float step_size = float(p.lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
+  const float decay = float(1.0 - p.lr * p.weight_decay);
+  const float b1 = float(p.beta1), b2 = float(p.beta2), eps = float(p.eps), gs = float(p.grad_scale);
+  parallel_for(n, 1 << 14, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      const float gi = g[i] * gs;
+      const float mi = b1 * load_m(m, i) + (1 - b1) * gi;
+      const float vi = b2 * load_m(v, i) + (1 - b2) * gi * gi;
+      store_m(m, i, mi);
+      store_m(v, i, vi);
+      const float denom = std::sqrt(load_m(v, i)) / bc2_sqrt + eps;
+      w[i] = w[i] * decay - step_size * load_m(m, i) / denom;
+    }
+  });
+}
+}  // namespace
+
+void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p) {
+  const int64_t n = param.numel();
+  if (m.dtype() == DType::F32) {
+    adamw_impl(param.data<float>(), grad.data<float>(), m.data<float>(), v.data<float>(), n, p);
+  } else {
+    adamw_impl(param.data<float>(), grad.data<float>(), m.data<uint16_t>(), v.data<uint16_t>(), n, p);
+  }
+}
+
+double sum_squares(const Tensor& t) {
+  const int64_t n = t.numel(), block = 1 << 16, nb = (n + block - 1) / block;
+  std::vector<double> part(static_cast<size_t>(nb));
+  parallel_for(nb, 1, [&](int64_t a, int64_t b) {
+    for (int64_t k = a; k < b; ++k) {
+      double s = 0;
+      const int64_t e = std::min(n, (k + 1) * block);
+      if (t.dtype() == DType::F64) {
+        const double* x = t.data<double>();
+        for (int64_t i = k * block; i < e; ++i) s += x[i] * x[i];
+      } else {
+        const float* x = t.data<float>();
+        for (int64_t i = k * block; i < e; ++i) s += double(x[i]) * double(x[i]);
+      }
+      part[size_t(k)] = s;
+    }
+  });
+  double total = 0;
+  for (double s : part) total += s;  // fixed order: independent of the thread count
+  return total;
+}
+
+}  // namespace dseek::ops::cpu

@@ -1,0 +1,34 @@
+// cross_entropy.cpp — checks and device dispatch for the fused LM head + cross-entropy (ops/cross_entropy.h).
+#include "ops/cross_entropy.h"
+
+#include "ops/check.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
+                                         const Tensor& targets, double scale, Stream) {
+  check_ndim("lm_head_cross_entropy", "h", h, 2);
+  check_act("lm_head_cross_entropy", "h", h);
+  check_ndim("lm_head_cross_entropy", "w", w, 2);
+  DSEEK_CHECK(w.size(1) == h.size(1), "lm_head_cross_entropy: w ", w.str(), " and h ", h.str(),
+              " differ in width");
+  DSEEK_CHECK(w.dtype() == h.dtype(), "lm_head_cross_entropy: w must have the activation dtype");
+  check_shape("lm_head_cross_entropy", "targets", targets, {h.size(0)});
+  check_dtype("lm_head_cross_entropy", "targets", targets, {DType::I64});
+  const int64_t* t = targets.data<int64_t>();
+  for (int64_t i = 0; i < targets.numel(); ++i)
+    DSEEK_CHECK(t[i] < w.size(0) && t[i] >= -1, "lm_head_cross_entropy: target ", t[i],
+                " outside the vocabulary (", w.size(0), ")");
+  if (dh.defined()) check_shape("lm_head_cross_entropy", "dh", dh, h.shape());
+  if (dw.defined()) check_shape("lm_head_cross_entropy", "dw", dw, w.shape());
+  check_same_device("lm_head_cross_entropy", {&dh, &dw, &h, &w, &targets});
+  switch (h.device()) {
+    case Device::CPU:
+      return cpu::lm_head_cross_entropy(dh, dw, h, w, targets, scale);
+    default:
+      fail("lm_head_cross_entropy: no implementation for ", device_name(h.device()));
+  }
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,172 @@
+// gradcheck_test.cpp — every op's backward against central finite differences in f64 (DESIGN.md:
+// "Every backward has a finite-difference check").
+#include <gtest/gtest.h>
+
+#include "gradcheck.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/router.h"
+#include "ops/swiglu.h"
+
+namespace dseek {
+namespace {
+
+using test::dot;
+using test::expect_grad;
+using test::randn;
+
+TEST(GradCheck, Linear) {
+  std::mt19937 rng(1);
+  Tensor x = randn({5, 7}, rng), w = randn({4, 7}, rng), r = randn({5, 4}, rng);
+  Tensor y = Tensor::empty({5, 4}, DType::F64), dx = Tensor::empty({5, 7}, DType::F64),
+         dw = Tensor::zeros({4, 7}, DType::F64);
+  ops::linear_bwd(dx, dw, r, x, w);
+  auto f = [&] {
+    ops::linear(y, x, w);
+    return dot(r, y);
+  };
+  expect_grad("linear dx", x, dx, f, 35);
+  expect_grad("linear dw", w, dw, f, 28);
+}
+
+TEST(GradCheck, RmsNorm) {
+  std::mt19937 rng(2);
+  Tensor x = randn({3, 16}, rng), w = randn({16}, rng), r = randn({3, 16}, rng);
+  Tensor y = Tensor::empty({3, 16}, DType::F64), rstd = Tensor::empty({3}, DType::F64);
+  ops::rmsnorm_fwd(y, rstd, x, w, 1e-6);
+  Tensor dx = Tensor::empty({3, 16}, DType::F64), dw = Tensor::zeros({16}, DType::F64);
+  ops::rmsnorm_bwd(dx, dw, r, x, w, rstd);
+  auto f = [&] {
+    ops::rmsnorm_fwd(y, Tensor(), x, w, 1e-6);
+    return dot(r, y);
+  };
+  expect_grad("rmsnorm dx", x, dx, f, 48);
+  expect_grad("rmsnorm dw", w, dw, f, 16);
+}
+
+TEST(GradCheck, RopeWithYarnFactor) {
+  std::mt19937 rng(3);
+  Tensor x = randn({6, 2, 10}, rng), r = randn({6, 2, 10}, rng);
+  Tensor pos = Tensor::empty({6}, DType::I64), inv = Tensor::empty({4}, DType::F32);
+  for (int i = 0; i < 6; ++i) pos.data<int64_t>()[i] = 3 * i + 1;
+  for (int i = 0; i < 4; ++i) inv.data<float>()[i] = std::pow(10000.0f, -0.25f * i) / (i > 1 ? 4.0f : 1.0f);
+  Tensor dx = r.clone();
+  ops::rope_bwd(dx, pos, inv, 2, 1.3);
+  auto f = [&] {
+    Tensor y = x.clone();
+    ops::rope_fwd(y, pos, inv, 2, 1.3);
+    return dot(r, y);
+  };
+  expect_grad("rope dx", x, dx, f, 120);
+}
+
+TEST(GradCheck, CausalAttention) {
+  std::mt19937 rng(4);
+  const int64_t T = 5, H = 3, Dq = 6, Dv = 4;
+  Tensor q = randn({T, H, Dq}, rng), k = randn({T, H, Dq}, rng), v = randn({T, H, Dv}, rng),
+         r = randn({T, H, Dv}, rng);
+  Tensor out = Tensor::empty({T, H, Dv}, DType::F64), probs = Tensor::empty({H, T, T}, DType::F64);
+  ops::attention_fwd(out, probs, q, k, v, 0.4, 0);
+  Tensor dq = Tensor::empty(q.shape(), DType::F64), dk = Tensor::empty(k.shape(), DType::F64),
+         dv = Tensor::empty(v.shape(), DType::F64);
+  ops::attention_bwd(dq, dk, dv, r, q, k, v, probs, 0.4, 0);
+  auto f = [&] {
+    ops::attention_fwd(out, Tensor(), q, k, v, 0.4, 0);
+    return dot(r, out);
+  };
+  expect_grad("attention dq", q, dq, f, 90);
+  expect_grad("attention dk", k, dk, f, 90);
+  expect_grad("attention dv", v, dv, f, 60);
+}
+
+TEST(GradCheck, SwiGlu) {
+  std::mt19937 rng(5);
+  Tensor g = randn({4, 9}, rng, 2.0), u = randn({4, 9}, rng), r = randn({4, 9}, rng);
+  Tensor y = Tensor::empty({4, 9}, DType::F64), dg = Tensor::empty({4, 9}, DType::F64),
+         du = Tensor::empty({4, 9}, DType::F64);
+  ops::swiglu_bwd(dg, du, r, g, u);
+  auto f = [&] {
+    ops::swiglu_fwd(y, g, u);
+    return dot(r, y);
+  };
+  expect_grad("swiglu dgate", g, dg, f, 36);
+  expect_grad("swiglu dup", u, du, f, 36);
+}
+
+TEST(GradCheck, Embedding) {
+  std::mt19937 rng(6);
+  Tensor table = randn({7, 5}, rng), r = randn({6, 5}, rng), ids = Tensor::empty({6}, DType::I64);
+  const int64_t id[6] = {3, 1, 3, 6, 0, 3};  // repeats accumulate
+  std::copy(id, id + 6, ids.data<int64_t>());
+  Tensor y = Tensor::empty({6, 5}, DType::F64), dt = Tensor::zeros({7, 5}, DType::F64);
+  ops::embedding_bwd(dt, ids, r);
+  auto f = [&] {
+    ops::embedding_fwd(y, ids, table);
+    return dot(r, y);
+  };
+  expect_grad("embedding dtable", table, dt, f, 35);
+}
+
+void check_router(ScoringFunc sf, TopkMethod m, bool norm, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t N = 6, E = 8, K = 3;
+  ops::RouterParams p{.scoring = sf,
+                      .method = m,
+                      .n_group = 4,
+                      .topk_group = 2,
+                      .top_k = K,
+                      .norm_topk_prob = norm,
+                      .routed_scaling_factor = 2.5};
+  Tensor logits = randn({N, E}, rng, 2.0), r = randn({N, K}, rng);
+  Tensor bias = Tensor::empty({E}, DType::F32);
+  for (int e = 0; e < E; ++e) bias.data<float>()[e] = 0.05f * float(e % 3);
+  Tensor idx = Tensor::empty({N, K}, DType::I32), w = Tensor::empty({N, K}, DType::F64),
+         scores = Tensor::empty({N, E}, DType::F64);
+  const Tensor b = m == TopkMethod::NoauxTc ? bias : Tensor();
+  ops::router_fwd(idx, w, scores, logits, b, p);
+  Tensor dl = Tensor::empty({N, E}, DType::F64);
+  ops::router_bwd(dl, r, idx, scores, p);
+  // Balance loss on top: its gradient adds into dl.
+  const double alpha = 0.3;
+  ops::router_balance_loss(dl, scores, idx, 3, alpha, p);
+  Tensor idx2 = Tensor::empty({N, K}, DType::I32);
+  auto f = [&] {
+    ops::router_fwd(idx2, w, scores, logits, b, p);
+    for (int64_t i = 0; i < N * K; ++i)
+      EXPECT_EQ(idx2.data<int32_t>()[i], idx.data<int32_t>()[i]) << "a perturbation changed the routing";
+    return dot(r, w) + ops::router_balance_loss(Tensor(), scores, idx, 3, alpha, p);
+  };
+  expect_grad("router dlogits", logits, dl, f, 48);
+}
+
+TEST(GradCheck, RouterSigmoidNoauxTc) {
+  check_router(ScoringFunc::Sigmoid, TopkMethod::NoauxTc, true, 8);
+}
+TEST(GradCheck, RouterSoftmaxGroupLimited) {
+  check_router(ScoringFunc::Softmax, TopkMethod::GroupLimitedGreedy, false, 9);
+}
+TEST(GradCheck, RouterSoftmaxGreedyNormalized) {
+  check_router(ScoringFunc::Softmax, TopkMethod::Greedy, true, 10);
+}
+
+TEST(GradCheck, LmHeadCrossEntropy) {
+  std::mt19937 rng(11);
+  const int64_t N = 7, D = 6, V = 11;
+  Tensor h = randn({N, D}, rng), w = randn({V, D}, rng), tg = Tensor::empty({N}, DType::I64);
+  for (int64_t i = 0; i < N; ++i) tg.data<int64_t>()[i] = i == 3 ? -1 : int64_t(rng() % V);
+  Tensor dh = Tensor::empty({N, D}, DType::F64), dw = Tensor::zeros({V, D}, DType::F64);
+  auto r0 = ops::lm_head_cross_entropy(dh, dw, h, w, tg, 0.5);
+  EXPECT_EQ(r0.count, N - 1);
+  auto f = [&] { return 0.5 * ops::lm_head_cross_entropy(Tensor(), Tensor(), h, w, tg, 1.0).loss_sum; };
+  expect_grad("cross-entropy dh", h, dh, f, 42);
+  expect_grad("cross-entropy dw", w, dw, f, 66);
+  for (int64_t d = 0; d < D; ++d)
+    EXPECT_EQ(dh.data<double>()[3 * D + d], 0.0) << "untargeted row has a gradient";
+}
+
+}  // namespace
+}  // namespace dseek
