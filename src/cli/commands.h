@@ -22,6 +22,8 @@ Runner add_grads(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_detokenize(CLI::App& app);
 Runner add_tokenizer(CLI::App& app);  // the `tokenizer` group: bytes, train
+Runner add_train(CLI::App& app);
+Runner add_data(CLI::App& app);  // the `data` group: prepare, demo-corpus
 
 // Shared helpers.
 std::vector<int64_t> parse_id_list(const std::string& s, const char* flag);

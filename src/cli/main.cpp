@@ -27,6 +27,10 @@ int main(int argc, char** argv) {
   reg("generate", "Generate tokens from a prompt through the latent cache", dseek::cli::add_generate);
   reg("grads", "Compute the training loss and every parameter's gradient for input_ids",
       dseek::cli::add_grads);
+  reg("train", "Train a DeepSeek-style model (no flags: the embedded demo, corpus to sample in minutes)",
+      dseek::cli::add_train);
+  reg("data", "Prepare training data: token shards from text or JSONL, or the generated demo corpus",
+      dseek::cli::add_data);
   reg("tokenize", "Encode text or a chat with a tokenizer directory; prints {\"ids\": [...]}",
       dseek::cli::add_tokenize);
   reg("detokenize", "Decode token ids with a tokenizer directory; prints the text",

@@ -180,8 +180,10 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& c, const Lo
   }
   size_t unused = 0;
   std::string example;
+  const std::string mtp_prefix = "model.layers." + std::to_string(c.num_hidden_layers) + ".";
   for (const auto& n : src.names()) {
     if (used.count(n)) continue;
+    if (!opt.load_mtp && n.rfind(mtp_prefix, 0) == 0) continue;  // MTP modules left out on purpose
     if (++unused == 1) example = n;
   }
   if (unused)

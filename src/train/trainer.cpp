@@ -266,7 +266,13 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep) {
       fs::remove_all(e.path());
   }
   std::sort(all.begin(), all.end());
-  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) fs::remove_all(all[i]);
+  // Renamed out of the way first (atomic), then deleted: a checkpoint-* directory is always whole.
+  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) {
+    const fs::path p(all[i]);
+    const fs::path trash = io::temp_sibling((p.parent_path() / (".old-" + p.filename().string())).string());
+    fs::rename(p, trash);
+    fs::remove_all(trash);
+  }
 }
 
 std::string fmt_duration(double s) {
@@ -296,12 +302,13 @@ void truncate_log(const std::string& path, int64_t step) {
 
 void write_curve(const std::string& log_path, const std::string& svg_path) {
   std::ifstream in(log_path);
-  Series tr{"train loss", "#1f77b4", {}}, va{"validation loss", "#d62728", {}};
+  Series tr{"train loss (next token)", "#1f77b4", {}}, va{"validation loss", "#d62728", {}};
   std::string line;
   while (std::getline(in, line)) {
     try {
       json j = json::parse(line);
-      if (j.contains("loss")) tr.points.emplace_back(j["step"].get<double>(), j["loss"].get<double>());
+      if (j.contains("main_loss"))
+        tr.points.emplace_back(j["step"].get<double>(), j["main_loss"].get<double>());
       if (j.contains("val_loss"))
         va.points.emplace_back(j["step"].get<double>(), j["val_loss"].get<double>());
     } catch (const json::exception&) {
