@@ -1,12 +1,12 @@
 // attention.cpp — CPU causal attention, naive (per-head BLAS products) and absorbed MLA (one BLAS
 // product for all heads against the shared latent rows) (spec/model.md §2.2, §2.5, §2.6).
-#include <cblas.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "core/parallel.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace dseek::ops::cpu {
@@ -16,25 +16,18 @@ namespace {
 // C[M, N] = alpha · A[M, K] · op(B) with leading dims (row-major); op(B) = Bᵀ when trans_b.
 inline void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
-              float(alpha), A, int(lda), B, int(ldb), 0.0f, C, int(ldc));
+  cpu::gemm(false, trans_b, M, N, K, float(alpha), A, lda, B, ldb, 0.0f, C, ldc);
 }
 inline void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
                  const double* B, int64_t ldb, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, int(M), int(N), int(K), alpha,
-              A, int(lda), B, int(ldb), 0.0, C, int(ldc));
+  cpu::gemm(false, trans_b, M, N, K, alpha, A, lda, B, ldb, 0.0, C, ldc);
 }
 
-// C[M, N] = op(A) · op(B) (+ C when accumulate), row-major with leading dims.
-inline void gemm2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const float* A,
-                  int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N),
-              int(K), float(alpha), A, int(lda), B, int(ldb), 0.0f, C, int(ldc));
-}
-inline void gemm2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
-                  int64_t lda, const double* B, int64_t ldb, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N),
-              int(K), alpha, A, int(lda), B, int(ldb), 0.0, C, int(ldc));
+// C[M, N] = alpha · op(A) · op(B), row-major with leading dims.
+template <typename T>
+inline void gemm2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const T* A, int64_t lda,
+                  const T* B, int64_t ldb, T* C, int64_t ldc) {
+  cpu::gemm(ta, tb, M, N, K, T(alpha), A, lda, B, ldb, T(0), C, ldc);
 }
 
 // Row-wise causal softmax in place: row r may see columns [0, visible(r)); the rest become 0.

@@ -1,26 +1,21 @@
 // cross_entropy.cpp — CPU LM head + cross-entropy, fused and chunked over tokens so only a
 // [chunk, V] block of logits exists at a time (DESIGN.md model/: "LM head + fused cross-entropy").
-#include <cblas.h>
 
 #include <cmath>
 #include <vector>
 
 #include "core/parallel.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace dseek::ops::cpu {
 
 namespace {
 
-inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N),
-              int(K), 1.0f, A, int(lda), B, int(ldb), beta, C, int(ldc));
-}
-inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
-                 const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N),
-              int(K), 1.0, A, int(lda), B, int(ldb), beta, C, int(ldc));
+template <typename T>
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                 int64_t ldb, T beta, T* C, int64_t ldc) {
+  cpu::gemm(ta, tb, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
 template <typename T>

@@ -1,11 +1,11 @@
 // linear.cpp — CPU matrix products (DESIGN.md "CPU backend"): OpenBLAS sgemm/dgemm for f32/f64
 // weights and for bf16 weights at prefill sizes (converted block by block), the vectorised bf16 GEMV
 // (gemv_bf16.cpp) for decoding. fp32 accumulation throughout.
-#include <cblas.h>
 
 #include <vector>
 
 #include "core/parallel.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/cpu_ops.h"
 
 namespace dseek::ops::cpu {
@@ -29,12 +29,11 @@ void gemm_bf16_blocked(float* y, int64_t ldy, const float* x, const uint16_t* w,
     });
     if (trans_w) {
       // y[:, r0:r0+nr] = x · buf[nr, I]ᵀ
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(nr), int(I), 1.0f, x, int(I),
-                  buf.data(), int(I), 0.0f, y + r0, int(ldy));
+      gemm(false, true, int(N), int(nr), int(I), 1.0f, x, int(I), buf.data(), int(I), 0.0f, y + r0, int(ldy));
     } else {
       // y += x[:, r0:r0+nr] · buf[nr, O]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(O), int(nr), 1.0f, x + r0, int(I),
-                  buf.data(), int(O), r0 == 0 ? 0.0f : 1.0f, y, int(ldy));
+      gemm(false, false, int(N), int(O), int(nr), 1.0f, x + r0, int(I), buf.data(), int(O),
+           r0 == 0 ? 0.0f : 1.0f, y, int(ldy));
     }
   }
 }
@@ -49,15 +48,14 @@ void linear(Tensor out, const Tensor& x, const Tensor& w) {
     return;
   }
   if (x.dtype() == DType::F64) {
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(O), int(I), 1.0, x.data<double>(),
-                int(I), w.data<double>(), int(I), 0.0, out.data<double>(), int(O));
+    gemm(false, true, int(N), int(O), int(I), 1.0, x.data<double>(), int(I), w.data<double>(), int(I), 0.0,
+         out.data<double>(), int(O));
     return;
   }
   float* y = out.data<float>();
   const float* xp = x.data<float>();
   if (w.dtype() == DType::F32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), int(O), int(I), 1.0f, xp, int(I),
-                w.data<float>(), int(I), 0.0f, y, int(O));
+    gemm(false, true, int(N), int(O), int(I), 1.0f, xp, int(I), w.data<float>(), int(I), 0.0f, y, int(O));
     return;
   }
   const uint16_t* wp = w.data<uint16_t>();
@@ -76,15 +74,14 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w) {
     return;
   }
   if (x.dtype() == DType::F64) {
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(O), int(I), 1.0, x.data<double>(),
-                int(I), w.data<double>(), int(O), 0.0, out.data<double>(), int(O));
+    gemm(false, false, int(N), int(O), int(I), 1.0, x.data<double>(), int(I), w.data<double>(), int(O), 0.0,
+         out.data<double>(), int(O));
     return;
   }
   float* y = out.data<float>();
   const float* xp = x.data<float>();
   if (w.dtype() == DType::F32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(O), int(I), 1.0f, xp, int(I),
-                w.data<float>(), int(O), 0.0f, y, int(O));
+    gemm(false, false, int(N), int(O), int(I), 1.0f, xp, int(I), w.data<float>(), int(O), 0.0f, y, int(O));
     return;
   }
   const uint16_t* wp = w.data<uint16_t>();
@@ -117,25 +114,25 @@ void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const T
   }
   if (x.dtype() == DType::F64) {
     if (dx.defined())  // dx[N, I] = dy[N, O] · w[O, I]
-      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(I), int(O), 1.0, dy.data<double>(),
-                  int(O), w.data<double>(), int(I), 0.0, dx.data<double>(), int(I));
+      gemm(false, false, int(N), int(I), int(O), 1.0, dy.data<double>(), int(O), w.data<double>(), int(I),
+           0.0, dx.data<double>(), int(I));
     if (dw.defined())  // dw[O, I] += dy[N, O]ᵀ · x[N, I]
-      cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(O), int(I), int(N), 1.0, dy.data<double>(),
-                  int(O), x.data<double>(), int(I), 1.0, dw.data<double>(), int(I));
+      gemm(true, false, int(O), int(I), int(N), 1.0, dy.data<double>(), int(O), x.data<double>(), int(I), 1.0,
+           dw.data<double>(), int(I));
     return;
   }
   if (dx.defined()) {
     if (w.dtype() == DType::F32) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), int(I), int(O), 1.0f, dy.data<float>(),
-                  int(O), w.data<float>(), int(I), 0.0f, dx.data<float>(), int(I));
+      gemm(false, false, int(N), int(I), int(O), 1.0f, dy.data<float>(), int(O), w.data<float>(), int(I),
+           0.0f, dx.data<float>(), int(I));
     } else {
       gemm_bf16_blocked(dx.data<float>(), I, dy.data<float>(), w.data<uint16_t>(), N, O, I,
                         /*trans_w=*/false);
     }
   }
   if (dw.defined())
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(O), int(I), int(N), 1.0f, dy.data<float>(),
-                int(O), x.data<float>(), int(I), 1.0f, dw.data<float>(), int(I));
+    gemm(true, false, int(O), int(I), int(N), 1.0f, dy.data<float>(), int(O), x.data<float>(), int(I), 1.0f,
+         dw.data<float>(), int(I));
 }
 
 }  // namespace dseek::ops::cpu
