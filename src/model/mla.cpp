@@ -127,17 +127,35 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   Tensor q, lat;
   project(q, lat, saved, x, w, c, rope, positions);
   Tensor o = Tensor::empty({N, d.H * d.dv}, dt);  // o: [N, H, dv]
-  Tensor k_all, v_all;
-  if (saved) {
-    k_all = Tensor::empty({N, d.H * d.dq}, dt);
-    v_all = Tensor::empty({N, d.H * d.dv}, dt);
-    saved->probs.clear();
-  }
+  // Whole sequences without a cache (training, a plain forward): decompress every row at once and run
+  // all (sequence, head) pairs in one varlen attention.
+  bool whole = true;
+  std::vector<int64_t> cu{0};
   for (const SeqChunk& ch : chunks) {
+    whole = whole && !ch.cache && ch.pos0 == 0 && ch.row0 == cu.back();
+    cu.push_back(ch.row0 + ch.len);
+  }
+  whole = whole && cu.back() == N;
+  DSEEK_CHECK(!saved || whole, "mla_fwd: a training forward takes whole sequences in order, without a cache");
+  if (whole) {
+    Tensor k, v;
+    decompress(k, v, lat, w, c);
+    Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, dt) : Tensor();
+    ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
+                              v.view({N, d.H, d.dv}), cu, c.softmax_scale());
+    if (saved) {
+      saved->cu = cu;
+      saved->probs = probs;
+      if (!saved->recompute) {
+        saved->k = k;
+        saved->v = v;
+      }
+    }
+  }
+  for (const SeqChunk& ch : whole ? std::vector<SeqChunk>{} : chunks) {
     Tensor qc = q.slice(ch.row0, ch.len), lc = lat.slice(ch.row0, ch.len), oc = o.slice(ch.row0, ch.len);
     Tensor rows;
     if (ch.cache) {
-      DSEEK_CHECK(!saved, "mla_fwd: a training forward takes no cache");
       DSEEK_CHECK(ch.pos0 == ch.cache->length(), "mla_fwd: chunk at position ", ch.pos0,
                   " but the cache holds ", ch.cache->length(), " tokens");
       DSEEK_CHECK(ch.pos0 + ch.len <= ch.cache->capacity(), "mla_fwd: latent cache capacity ",
@@ -156,14 +174,8 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
     const int64_t S = src.size(0);
     Tensor k, v;
     decompress(k, v, src, w, c);
-    Tensor probs = saved ? Tensor::empty({d.H, ch.len, S}, dt) : Tensor();
-    ops::attention_fwd(oc.view({ch.len, d.H, d.dv}), probs, qc.view({ch.len, d.H, d.dq}),
+    ops::attention_fwd(oc.view({ch.len, d.H, d.dv}), Tensor(), qc.view({ch.len, d.H, d.dq}),
                        k.view({S, d.H, d.dq}), v.view({S, d.H, d.dv}), c.softmax_scale(), ch.pos0);
-    if (saved) {
-      k_all.slice(ch.row0, ch.len).copy_from(k);
-      v_all.slice(ch.row0, ch.len).copy_from(v);
-      saved->probs.push_back(probs);
-    }
   }
   ops::linear(out, o, w.o_proj);
   if (saved) {
@@ -172,8 +184,6 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
     if (!saved->recompute) {
       saved->q = q;
       saved->lat = lat;
-      saved->k = k_all;
-      saved->v = v_all;
     } else {
       saved->cqn = Tensor();
     }
@@ -190,29 +200,18 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
     MlaSaved tmp;
     project(q, lat, &tmp, s.x, w, c, rope, positions);
     cqn = tmp.cqn;
-    k = Tensor::empty({N, d.H * d.dq}, dt);
-    v = Tensor::empty({N, d.H * d.dv}, dt);
-    for (const SeqChunk& ch : chunks) {
-      Tensor kc, vc;
-      decompress(kc, vc, lat.slice(ch.row0, ch.len), w, c);
-      k.slice(ch.row0, ch.len).copy_from(kc);
-      v.slice(ch.row0, ch.len).copy_from(vc);
-    }
+    decompress(k, v, lat, w, c);
   }
+  (void)chunks;
   // out = o · Woᵀ
   Tensor d_o = Tensor::empty({N, d.H * d.dv}, dt);
   ops::linear_bwd(d_o, g.o_proj, dout, s.o, w.o_proj);
-  // attention, chunk by chunk: dq [N, H, dq], dk [N, H, dq], dv [N, H, dv]
+  // attention: dq [N, H, dq], dk [N, H, dq], dv [N, H, dv]
   Tensor dq = Tensor::empty({N, d.H * d.dq}, dt), dk = Tensor::empty({N, d.H * d.dq}, dt),
          dvv = Tensor::empty({N, d.H * d.dv}, dt);
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    const SeqChunk& ch = chunks[i];
-    const int64_t L = ch.len;
-    ops::attention_bwd(dq.slice(ch.row0, L).view({L, d.H, d.dq}), dk.slice(ch.row0, L).view({L, d.H, d.dq}),
-                       dvv.slice(ch.row0, L).view({L, d.H, d.dv}), d_o.slice(ch.row0, L).view({L, d.H, d.dv}),
-                       q.slice(ch.row0, L).view({L, d.H, d.dq}), k.slice(ch.row0, L).view({L, d.H, d.dq}),
-                       v.slice(ch.row0, L).view({L, d.H, d.dv}), s.probs[i], c.softmax_scale(), 0);
-  }
+  ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
+                            d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
+                            v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
   // Keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe: gather dkv [N, H, dn + dv] and
   // dlat [N, C + R] (the k_pe part summed over heads).
   Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt);

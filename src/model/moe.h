@@ -8,6 +8,7 @@
 #include "core/tensor.h"
 #include "io/model_config.h"
 #include "model/weights.h"
+#include "ops/moe.h"
 
 namespace dseek {
 
@@ -31,9 +32,8 @@ struct MoeSaved {
   Tensor x;       // [N, D]
   Tensor scores;  // [N, E] unbiased affinities
   RouterTrace route;
-  std::vector<std::vector<int64_t>> slots;  // per expert: n·K + k of each token routed to it
-  std::vector<MlpSaved> experts;            // per expert, over its tokens
-  std::vector<Tensor> expert_out;           // per expert: [n_e, D] outputs before the gate weight
+  ops::MoePlan plan;       // tokens grouped by expert
+  Tensor xp, g, u, h, yp;  // permuted rows [M = N·K, ·]: input, gate, up, silu(gate)·up, expert output
   MlpSaved shared;
   double balance_loss = 0;  // the sequence-wise balance loss of this layer (0 if α = 0)
 };

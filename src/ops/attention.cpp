@@ -79,4 +79,60 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Te
   }
 }
 
+int64_t varlen_probs_size(const std::vector<int64_t>& cu, int64_t heads) {
+  int64_t n = 0;
+  for (size_t i = 0; i + 1 < cu.size(); ++i) n += heads * (cu[i + 1] - cu[i]) * (cu[i + 1] - cu[i]);
+  return n;
+}
+
+namespace {
+void check_varlen(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                  const std::vector<int64_t>& cu) {
+  check_ndim(op, "q", q, 3);
+  check_act(op, "q", q);
+  const int64_t N = q.size(0), H = q.size(1);
+  check_shape(op, "k", k, q.shape());
+  check_ndim(op, "v", v, 3);
+  check_shape(op, "v", v, {N, H, v.size(2)});
+  DSEEK_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op, ": mixed dtypes");
+  DSEEK_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == N, op, ": cu_seqlens must run from 0 to ", N);
+  for (size_t i = 0; i + 1 < cu.size(); ++i)
+    DSEEK_CHECK(cu[i + 1] >= cu[i], op, ": cu_seqlens must not decrease");
+}
+}  // namespace
+
+void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const std::vector<int64_t>& cu, double scale, Stream) {
+  check_varlen("attention_fwd_varlen", q, k, v, cu);
+  check_shape("attention_fwd_varlen", "out", out, {q.size(0), q.size(1), v.size(2)});
+  DSEEK_CHECK(out.dtype() == q.dtype(), "attention_fwd_varlen: mixed dtypes");
+  if (probs.defined())
+    check_shape("attention_fwd_varlen", "probs", probs, {varlen_probs_size(cu, q.size(1))});
+  check_same_device("attention_fwd_varlen", {&out, &probs, &q, &k, &v});
+  switch (q.device()) {
+    case Device::CPU:
+      return cpu::attention_fwd_varlen(out, probs, q, k, v, cu, scale);
+    default:
+      fail("attention_fwd_varlen: no implementation for ", device_name(q.device()));
+  }
+}
+
+void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& probs,
+                          const std::vector<int64_t>& cu, double scale, Stream) {
+  check_varlen("attention_bwd_varlen", q, k, v, cu);
+  check_shape("attention_bwd_varlen", "probs", probs, {varlen_probs_size(cu, q.size(1))});
+  check_shape("attention_bwd_varlen", "dout", dout, {q.size(0), q.size(1), v.size(2)});
+  check_shape("attention_bwd_varlen", "dq", dq, q.shape());
+  check_shape("attention_bwd_varlen", "dk", dk, k.shape());
+  check_shape("attention_bwd_varlen", "dv", dv, v.shape());
+  check_same_device("attention_bwd_varlen", {&dq, &dk, &dv, &dout, &q, &k, &v, &probs});
+  switch (q.device()) {
+    case Device::CPU:
+      return cpu::attention_bwd_varlen(dq, dk, dv, dout, q, k, v, probs, cu, scale);
+    default:
+      fail("attention_bwd_varlen: no implementation for ", device_name(q.device()));
+  }
+}
+
 }  // namespace dseek::ops

@@ -3,7 +3,9 @@
 // multi-query attention against the latent cache rows [c_kv | k_pe].
 #pragma once
 
+#include <vector>
 #include "core/stream.h"
+
 #include "core/tensor.h"
 
 namespace dseek::ops {
@@ -23,5 +25,15 @@ void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double 
 // dv [S, H, Dv] written.
 void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q, const Tensor& k,
                    const Tensor& v, const Tensor& probs, double scale, int64_t q_pos0, Stream s = {});
+
+// Many causal sequences in one call (each from position 0), as FlashAttention's "varlen": sequence i
+// is rows [cu_seqlens[i], cu_seqlens[i + 1]) of q [N, H, Dq], k [N, H, Dq], v [N, H, Dv], out [N, H, Dv].
+// probs (for the backward) holds every sequence's [H, L_i, L_i] one after another: Σ H·L_i² values.
+int64_t varlen_probs_size(const std::vector<int64_t>& cu_seqlens, int64_t heads);
+void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const std::vector<int64_t>& cu_seqlens, double scale, Stream s = {});
+void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& probs,
+                          const std::vector<int64_t>& cu_seqlens, double scale, Stream s = {});
 
 }  // namespace dseek::ops

@@ -7,10 +7,12 @@
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
+#include "ops/moe.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/router.h"
 #include "ops/swiglu.h"
+#include "test_util.h"
 
 namespace dseek {
 namespace {
@@ -83,6 +85,35 @@ TEST(GradCheck, CausalAttention) {
   expect_grad("attention dv", v, dv, f, 60);
 }
 
+TEST(GradCheck, VarlenAttentionMatchesPerSequenceAndDifferences) {
+  std::mt19937 rng(15);
+  const int64_t H = 2, Dq = 5, Dv = 3;
+  const std::vector<int64_t> cu = {0, 4, 4, 11};  // lengths 4, 0, 7
+  const int64_t N = cu.back();
+  Tensor q = randn({N, H, Dq}, rng), k = randn({N, H, Dq}, rng), v = randn({N, H, Dv}, rng),
+         r = randn({N, H, Dv}, rng);
+  Tensor out = Tensor::empty({N, H, Dv}, DType::F64),
+         probs = Tensor::empty({ops::varlen_probs_size(cu, H)}, DType::F64);
+  ops::attention_fwd_varlen(out, probs, q, k, v, cu, 0.7);
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {  // twin oracle: one sequence at a time
+    const int64_t L = cu[b + 1] - cu[b];
+    if (L == 0) continue;
+    Tensor o1 = Tensor::empty({L, H, Dv}, DType::F64);
+    ops::attention_fwd(o1, Tensor(), q.slice(cu[b], L), k.slice(cu[b], L), v.slice(cu[b], L), 0.7, 0);
+    EXPECT_LT(test::diff(o1, out.slice(cu[b], L)).max_abs, 1e-12);
+  }
+  Tensor dq = Tensor::empty(q.shape(), DType::F64), dk = Tensor::empty(k.shape(), DType::F64),
+         dv = Tensor::empty(v.shape(), DType::F64);
+  ops::attention_bwd_varlen(dq, dk, dv, r, q, k, v, probs, cu, 0.7);
+  auto f = [&] {
+    ops::attention_fwd_varlen(out, Tensor(), q, k, v, cu, 0.7);
+    return dot(r, out);
+  };
+  expect_grad("varlen dq", q, dq, f, 110);
+  expect_grad("varlen dk", k, dk, f, 110);
+  expect_grad("varlen dv", v, dv, f, 66);
+}
+
 TEST(GradCheck, SwiGlu) {
   std::mt19937 rng(5);
   Tensor g = randn({4, 9}, rng, 2.0), u = randn({4, 9}, rng), r = randn({4, 9}, rng);
@@ -151,6 +182,50 @@ TEST(GradCheck, RouterSoftmaxGroupLimited) {
 }
 TEST(GradCheck, RouterSoftmaxGreedyNormalized) {
   check_router(ScoringFunc::Softmax, TopkMethod::Greedy, true, 10);
+}
+
+TEST(GradCheck, MoePermuteGroupedLinearUnpermute) {
+  std::mt19937 rng(16);
+  const int64_t N = 6, K = 2, E = 4, D = 5, F = 3;
+  Tensor idx = Tensor::empty({N, K}, DType::I32);
+  const int32_t ids[12] = {0, 2, 1, 2, 0, 3, 2, 3, 0, 1, 1, 2};  // expert 3 twice, every expert used
+  std::copy(ids, ids + 12, idx.data<int32_t>());
+  const ops::MoePlan plan = ops::MoePlan::build(idx, E);
+  EXPECT_EQ(plan.offsets, (std::vector<int64_t>{0, 3, 6, 10, 12}));
+  Tensor x = randn({N, D}, rng), gw = randn({N, K}, rng), r = randn({N, F}, rng);
+  std::vector<Tensor> w;
+  for (int e = 0; e < E; ++e) w.push_back(randn({F, D}, rng));
+  Tensor xp = Tensor::empty({N * K, D}, DType::F64), yp = Tensor::empty({N * K, F}, DType::F64),
+         out = Tensor::empty({N, F}, DType::F64);
+  auto f = [&] {
+    ops::moe_permute(xp, x, plan);
+    ops::grouped_linear(yp, xp, w, plan);
+    ops::moe_unpermute(out, yp, gw, plan);
+    return dot(r, out);
+  };
+  f();
+  // Independent math: out[n] = Σ_k gw[n,k] · w[idx[n,k]] x[n].
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < F; ++o) {
+      double want = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        double y = 0;
+        for (int64_t i = 0; i < D; ++i)
+          y += w[size_t(ids[n * K + k])].data<double>()[o * D + i] * x.data<double>()[n * D + i];
+        want += gw.data<double>()[n * K + k] * y;
+      }
+      EXPECT_NEAR(out.data<double>()[n * F + o], want, 1e-12);
+    }
+  Tensor dyp = Tensor::empty({N * K, F}, DType::F64), dgw = Tensor::empty({N, K}, DType::F64),
+         dxp = Tensor::empty({N * K, D}, DType::F64), dx = Tensor::empty({N, D}, DType::F64);
+  std::vector<Tensor> dw;
+  for (int e = 0; e < E; ++e) dw.push_back(Tensor::zeros({F, D}, DType::F64));
+  ops::moe_unpermute_bwd(dyp, dgw, r, yp, gw, plan);
+  ops::grouped_linear_bwd(dxp, dw, dyp, xp, w, plan);
+  ops::moe_permute_bwd(dx, dxp, plan);
+  expect_grad("moe dx", x, dx, f, 30);
+  expect_grad("moe dgate", gw, dgw, f, 12);
+  for (int e = 0; e < E; ++e) expect_grad("moe dw", w[size_t(e)], dw[size_t(e)], f, 15);
 }
 
 TEST(GradCheck, LmHeadCrossEntropy) {

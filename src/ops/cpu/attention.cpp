@@ -49,29 +49,30 @@ void causal_softmax(T* p, int64_t rows, int64_t cols, Visible visible) {
   }
 }
 
+// One head of one sequence: P[T, Se] (leading dim ldp) = softmax(scale · q_h k_hᵀ, causal) and
+// out_h = P v_h. q/k/v/out rows are H·Dq (H·Dv) apart.
+template <typename T>
+void head_fwd(T* out, T* P, int64_t ldp, const T* q, const T* k, const T* v, int64_t T_, int64_t H,
+              int64_t Dq, int64_t Dv, double scale, int64_t q_pos0, int64_t h) {
+  const int64_t Se = q_pos0 + T_;
+  gemm(true, T_, Se, Dq, scale, q + h * Dq, H * Dq, k + h * Dq, H * Dq, P, ldp);
+  causal_softmax(P, T_, ldp, [&](int64_t t) { return q_pos0 + t + 1; });
+  gemm(false, T_, Dv, Se, 1.0, P, ldp, v + h * Dv, H * Dv, out + h * Dv, H * Dv);
+}
+
 template <typename T>
 void attention_impl(T* out, T* probs, const T* q, const T* k, const T* v, int64_t T_, int64_t H, int64_t Dq,
                     int64_t Dv, int64_t S, double scale, int64_t q_pos0) {
   const int64_t Se = q_pos0 + T_;  // keys any query can see
-  // Heads in parallel, each product single-threaded inside (OpenBLAS's OpenMP build nests serially).
+  // Heads in parallel, each product single-threaded inside.
 #pragma omp parallel
   {
     std::vector<T> local;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) {
-      T* P;
-      if (probs) {
-        P = probs + h * T_ * S;
-      } else {
-        local.resize(size_t(T_ * Se));
-        P = local.data();
-      }
-      const int64_t ldp = probs ? S : Se;
-      // P[T, Se] = scale · q_h[T, Dq] · k_h[Se, Dq]ᵀ   (q_h rows are H·Dq apart)
-      gemm(true, T_, Se, Dq, scale, q + h * Dq, H * Dq, k + h * Dq, H * Dq, P, ldp);
-      causal_softmax(P, T_, ldp, [&](int64_t t) { return q_pos0 + t + 1; });
-      // out_h[T, Dv] = P[T, Se] · v_h[Se, Dv]
-      gemm(false, T_, Dv, Se, 1.0, P, ldp, v + h * Dv, H * Dv, out + h * Dv, H * Dv);
+      if (!probs) local.resize(size_t(T_ * Se));
+      T* P = probs ? probs + h * T_ * S : local.data();
+      head_fwd(out, P, probs ? S : Se, q, k, v, T_, H, Dq, Dv, scale, q_pos0, h);
     }
   }
 }
@@ -86,6 +87,30 @@ void absorbed_impl(T* o_lat, const T* q, const T* rows, int64_t T_, int64_t H, i
   causal_softmax(P.data(), T_ * H, Se, [&](int64_t r) { return q_pos0 + r / H + 1; });
   // o_lat[T·H, C] = P · rows[:, :C]
   gemm(false, T_ * H, C, Se, 1.0, P.data(), Se, rows, W, o_lat, C);
+}
+
+// Backward of one head of one sequence from its probabilities P [T, S] (ld S); dP is scratch [T, Se].
+template <typename T>
+void head_bwd(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* P, int64_t S,
+              T* dP, int64_t T_, int64_t H, int64_t Dq, int64_t Dv, double scale, int64_t q_pos0, int64_t h) {
+  const int64_t Se = q_pos0 + T_;
+  // dV_h[Se, Dv] = Pᵀ · dO_h
+  gemm2(true, false, Se, Dv, T_, 1.0, P, S, dout + h * Dv, H * Dv, dv + h * Dv, H * Dv);
+  // dP[T, Se] = dO_h · V_hᵀ
+  gemm2(false, true, T_, Se, Dv, 1.0, dout + h * Dv, H * Dv, v + h * Dv, H * Dv, dP, Se);
+  // dS = P ⊙ (dP − Σ_j dP_j P_j)
+  for (int64_t t = 0; t < T_; ++t) {
+    const T* p = P + t * S;
+    T* d = dP + t * Se;
+    const int64_t n = q_pos0 + t + 1;
+    T dot = 0;
+    for (int64_t j = 0; j < n; ++j) dot += d[j] * p[j];
+    for (int64_t j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
+    for (int64_t j = n; j < Se; ++j) d[j] = 0;
+  }
+  // dQ_h[T, Dq] = scale · dS · K_h;  dK_h[Se, Dq] = scale · dSᵀ · Q_h
+  gemm2(false, false, T_, Dq, Se, scale, dP, Se, k + h * Dq, H * Dq, dq + h * Dq, H * Dq);
+  gemm2(true, false, Se, Dq, T_, scale, dP, Se, q + h * Dq, H * Dq, dk + h * Dq, H * Dq);
 }
 
 template <typename T>
@@ -103,25 +128,57 @@ void attention_bwd_impl(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
     std::vector<T> dP;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) {
-      const T* P = probs + h * T_ * S;  // [T, S], ld S
       dP.resize(size_t(T_ * Se));
-      // dV_h[Se, Dv] = Pᵀ · dO_h
-      gemm2(true, false, Se, Dv, T_, 1.0, P, S, dout + h * Dv, H * Dv, dv + h * Dv, H * Dv);
-      // dP[T, Se] = dO_h · V_hᵀ
-      gemm2(false, true, T_, Se, Dv, 1.0, dout + h * Dv, H * Dv, v + h * Dv, H * Dv, dP.data(), Se);
-      // dS = P ⊙ (dP − Σ_j dP_j P_j)
-      for (int64_t t = 0; t < T_; ++t) {
-        const T* p = P + t * S;
-        T* d = dP.data() + t * Se;
-        const int64_t n = q_pos0 + t + 1;
-        T dot = 0;
-        for (int64_t j = 0; j < n; ++j) dot += d[j] * p[j];
-        for (int64_t j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
-        for (int64_t j = n; j < Se; ++j) d[j] = 0;
+      head_bwd(dq, dk, dv, dout, q, k, v, probs + h * T_ * S, S, dP.data(), T_, H, Dq, Dv, scale, q_pos0, h);
+    }
+  }
+}
+
+// Varlen: every (sequence, head) pair is one task; the pairs run in parallel.
+template <typename T>
+void varlen_fwd(T* out, T* probs, const T* q, const T* k, const T* v, const std::vector<int64_t>& cu,
+                int64_t H, int64_t Dq, int64_t Dv, double scale) {
+  const int64_t B = int64_t(cu.size()) - 1;
+  std::vector<int64_t> poff(size_t(B) + 1, 0);  // start of each sequence's probs
+  for (int64_t b = 0; b < B; ++b)
+    poff[size_t(b) + 1] = poff[size_t(b)] + H * (cu[b + 1] - cu[b]) * (cu[b + 1] - cu[b]);
+#pragma omp parallel
+  {
+    std::vector<T> local;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t L = cu[b + 1] - cu[b], r0 = cu[b];
+        if (L == 0) continue;
+        if (!probs) local.resize(size_t(L * L));
+        T* P = probs ? probs + poff[size_t(b)] + h * L * L : local.data();
+        head_fwd(out + r0 * H * Dv, P, L, q + r0 * H * Dq, k + r0 * H * Dq, v + r0 * H * Dv, L, H, Dq, Dv,
+                 scale, 0, h);
       }
-      // dQ_h[T, Dq] = scale · dS · K_h;  dK_h[Se, Dq] = scale · dSᵀ · Q_h
-      gemm2(false, false, T_, Dq, Se, scale, dP.data(), Se, k + h * Dq, H * Dq, dq + h * Dq, H * Dq);
-      gemm2(true, false, Se, Dq, T_, scale, dP.data(), Se, q + h * Dq, H * Dq, dk + h * Dq, H * Dq);
+    }
+  }
+}
+
+template <typename T>
+void varlen_bwd(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* probs,
+                const std::vector<int64_t>& cu, int64_t H, int64_t Dq, int64_t Dv, double scale) {
+  const int64_t B = int64_t(cu.size()) - 1;
+  std::vector<int64_t> poff(size_t(B) + 1, 0);
+  for (int64_t b = 0; b < B; ++b)
+    poff[size_t(b) + 1] = poff[size_t(b)] + H * (cu[b + 1] - cu[b]) * (cu[b + 1] - cu[b]);
+#pragma omp parallel
+  {
+    std::vector<T> dP;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t L = cu[b + 1] - cu[b], r0 = cu[b];
+        if (L == 0) continue;
+        dP.resize(size_t(L * L));
+        head_bwd(dq + r0 * H * Dq, dk + r0 * H * Dq, dv + r0 * H * Dv, dout + r0 * H * Dv, q + r0 * H * Dq,
+                 k + r0 * H * Dq, v + r0 * H * Dv, probs + poff[size_t(b)] + h * L * L, L, dP.data(), L, H,
+                 Dq, Dv, scale, 0, h);
+      }
     }
   }
 }
@@ -163,6 +220,31 @@ void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double 
     absorbed_impl(o_lat.data<double>(), q.data<double>(), rows.data<double>(), T, H, W, C, scale, q_pos0);
   } else {
     absorbed_impl(o_lat.data<float>(), q.data<float>(), rows.data<float>(), T, H, W, C, scale, q_pos0);
+  }
+}
+
+void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const std::vector<int64_t>& cu, double scale) {
+  const int64_t H = q.size(1), Dq = q.size(2), Dv = v.size(2);
+  if (q.dtype() == DType::F64) {
+    varlen_fwd(out.data<double>(), probs.defined() ? probs.data<double>() : nullptr, q.data<double>(),
+               k.data<double>(), v.data<double>(), cu, H, Dq, Dv, scale);
+  } else {
+    varlen_fwd(out.data<float>(), probs.defined() ? probs.data<float>() : nullptr, q.data<float>(),
+               k.data<float>(), v.data<float>(), cu, H, Dq, Dv, scale);
+  }
+}
+
+void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& probs,
+                          const std::vector<int64_t>& cu, double scale) {
+  const int64_t H = q.size(1), Dq = q.size(2), Dv = v.size(2);
+  if (q.dtype() == DType::F64) {
+    varlen_bwd(dq.data<double>(), dk.data<double>(), dv.data<double>(), dout.data<double>(), q.data<double>(),
+               k.data<double>(), v.data<double>(), probs.data<double>(), cu, H, Dq, Dv, scale);
+  } else {
+    varlen_bwd(dq.data<float>(), dk.data<float>(), dv.data<float>(), dout.data<float>(), q.data<float>(),
+               k.data<float>(), v.data<float>(), probs.data<float>(), cu, H, Dq, Dv, scale);
   }
 }
 

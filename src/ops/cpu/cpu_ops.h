@@ -5,6 +5,7 @@
 #include "core/tensor.h"
 #include "ops/adamw.h"
 #include "ops/cross_entropy.h"
+#include "ops/moe.h"
 #include "ops/router.h"
 
 namespace dseek::ops::cpu {
@@ -16,6 +17,11 @@ void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t
               double attention_factor);
 void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                    int64_t q_pos0);
+void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const std::vector<int64_t>& cu_seqlens, double scale);
+void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& probs,
+                          const std::vector<int64_t>& cu_seqlens, double scale);
 void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double scale, int64_t q_pos0);
 void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up);
 void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table);
@@ -42,6 +48,14 @@ CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, 
                                          const Tensor& targets, double scale);
 void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p);
 double sum_squares(const Tensor& t);
+void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan);
+void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan);
+void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
+void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
+                        const std::vector<Tensor>& w, const MoePlan& plan);
+void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan);
+void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
+                       const MoePlan& plan);
 
 // y[n, o] = Σ_i x[n, i] · bf16(w[o, i]) for n < N (f32 accumulation), rows o in [o0, o1).
 // Vectorised (AVX2 or AVX-512, chosen at run time); single-threaded: the caller splits rows.

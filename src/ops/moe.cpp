@@ -1,0 +1,153 @@
+// moe.cpp — the MoE plan and checks / device dispatch for the permutation ops (ops/moe.h).
+#include "ops/moe.h"
+
+#include "ops/check.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+MoePlan MoePlan::build(const Tensor& topk_idx, int64_t experts) {
+  check_ndim("MoePlan::build", "topk_idx", topk_idx, 2);
+  check_dtype("MoePlan::build", "topk_idx", topk_idx, {DType::I32});
+  MoePlan p;
+  p.tokens = topk_idx.size(0);
+  p.top_k = topk_idx.size(1);
+  p.experts = experts;
+  const int64_t M = p.tokens * p.top_k;
+  const int32_t* idx = topk_idx.data<int32_t>();
+  p.offsets.assign(size_t(experts) + 1, 0);
+  for (int64_t i = 0; i < M; ++i) {
+    DSEEK_CHECK(idx[i] >= 0 && idx[i] < experts, "MoePlan::build: expert ", idx[i], " out of range");
+    p.offsets[size_t(idx[i]) + 1]++;
+  }
+  for (int64_t e = 0; e < experts; ++e) p.offsets[size_t(e) + 1] += p.offsets[size_t(e)];
+  std::vector<int64_t> fill(p.offsets.begin(), p.offsets.end() - 1);
+  p.slot.resize(size_t(M));
+  p.row.resize(size_t(M));
+  for (int64_t i = 0; i < M; ++i) {  // stable: within an expert, tokens keep their order
+    const int64_t r = fill[size_t(idx[i])]++;
+    p.slot[size_t(r)] = i;
+    p.row[size_t(i)] = r;
+  }
+  return p;
+}
+
+namespace {
+void check_plan_rows(const char* op, const char* arg, const Tensor& t, const MoePlan& p) {
+  check_ndim(op, arg, t, 2);
+  DSEEK_CHECK(t.size(0) == p.tokens * p.top_k, op, ": ", arg, " ", t.str(),
+              " must have N·K = ", p.tokens * p.top_k, " rows");
+}
+void check_weights(const char* op, const std::vector<Tensor>& w, const MoePlan& p, int64_t O, int64_t I,
+                   DType dt) {
+  DSEEK_CHECK(int64_t(w.size()) == p.experts, op, ": ", w.size(), " expert weights for ", p.experts,
+              " experts");
+  for (const Tensor& t : w) {
+    check_shape(op, "w[e]", t, {O, I});
+    if (dt == DType::F64) {
+      check_dtype(op, "w[e]", t, {DType::F64});
+    } else {
+      check_dtype(op, "w[e]", t, {DType::F32, DType::BF16});
+    }
+  }
+}
+}  // namespace
+
+void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p, Stream) {
+  check_ndim("moe_permute", "x", x, 2);
+  check_act("moe_permute", "x", x);
+  DSEEK_CHECK(x.size(0) == p.tokens, "moe_permute: x has ", x.size(0), " rows for a plan of ", p.tokens,
+              " tokens");
+  check_plan_rows("moe_permute", "xp", xp, p);
+  DSEEK_CHECK(xp.size(1) == x.size(1) && xp.dtype() == x.dtype(), "moe_permute: xp/x mismatch");
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::moe_permute(xp, x, p);
+    default:
+      fail("moe_permute: no implementation for ", device_name(x.device()));
+  }
+}
+
+void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p, Stream) {
+  check_plan_rows("moe_permute_bwd", "dxp", dxp, p);
+  check_act("moe_permute_bwd", "dxp", dxp);
+  check_shape("moe_permute_bwd", "dx", dx, {p.tokens, dxp.size(1)});
+  DSEEK_CHECK(dx.dtype() == dxp.dtype(), "moe_permute_bwd: mixed dtypes");
+  switch (dx.device()) {
+    case Device::CPU:
+      return cpu::moe_permute_bwd(dx, dxp, p);
+    default:
+      fail("moe_permute_bwd: no implementation for ", device_name(dx.device()));
+  }
+}
+
+void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& p, Stream) {
+  check_plan_rows("grouped_linear", "x", x, p);
+  check_act("grouped_linear", "x", x);
+  DSEEK_CHECK(!w.empty(), "grouped_linear: no weights");
+  const int64_t O = w[0].size(0), I = x.size(1);
+  check_weights("grouped_linear", w, p, O, I, x.dtype());
+  check_shape("grouped_linear", "out", out, {x.size(0), O});
+  DSEEK_CHECK(out.dtype() == x.dtype(), "grouped_linear: out dtype differs from x");
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::grouped_linear(out, x, w, p);
+    default:
+      fail("grouped_linear: no implementation for ", device_name(x.device()));
+  }
+}
+
+void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
+                        const std::vector<Tensor>& w, const MoePlan& p, Stream) {
+  check_plan_rows("grouped_linear_bwd", "x", x, p);
+  check_act("grouped_linear_bwd", "x", x);
+  const int64_t O = w.at(0).size(0), I = x.size(1);
+  check_weights("grouped_linear_bwd", w, p, O, I, x.dtype());
+  check_shape("grouped_linear_bwd", "dy", dy, {x.size(0), O});
+  if (dx.defined()) check_shape("grouped_linear_bwd", "dx", dx, x.shape());
+  if (!dw.empty()) {
+    DSEEK_CHECK(int64_t(dw.size()) == p.experts, "grouped_linear_bwd: dw count");
+    for (const Tensor& t : dw) {
+      check_shape("grouped_linear_bwd", "dw[e]", t, {O, I});
+      DSEEK_CHECK(t.dtype() == x.dtype(), "grouped_linear_bwd: dw must have the activation dtype");
+    }
+  }
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::grouped_linear_bwd(dx, dw, dy, x, w, p);
+    default:
+      fail("grouped_linear_bwd: no implementation for ", device_name(x.device()));
+  }
+}
+
+void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& p, Stream) {
+  check_plan_rows("moe_unpermute", "yp", yp, p);
+  check_act("moe_unpermute", "yp", yp);
+  check_shape("moe_unpermute", "out", out, {p.tokens, yp.size(1)});
+  check_shape("moe_unpermute", "topk_w", topk_w, {p.tokens, p.top_k});
+  DSEEK_CHECK(out.dtype() == yp.dtype() && topk_w.dtype() == yp.dtype(), "moe_unpermute: mixed dtypes");
+  switch (yp.device()) {
+    case Device::CPU:
+      return cpu::moe_unpermute(out, yp, topk_w, p);
+    default:
+      fail("moe_unpermute: no implementation for ", device_name(yp.device()));
+  }
+}
+
+void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
+                       const MoePlan& p, Stream) {
+  check_plan_rows("moe_unpermute_bwd", "yp", yp, p);
+  check_act("moe_unpermute_bwd", "yp", yp);
+  check_shape("moe_unpermute_bwd", "dyp", dyp, yp.shape());
+  check_shape("moe_unpermute_bwd", "dout", dout, {p.tokens, yp.size(1)});
+  check_shape("moe_unpermute_bwd", "topk_w", topk_w, {p.tokens, p.top_k});
+  check_shape("moe_unpermute_bwd", "dtopk_w", dtopk_w, {p.tokens, p.top_k});
+  switch (yp.device()) {
+    case Device::CPU:
+      return cpu::moe_unpermute_bwd(dyp, dtopk_w, dout, yp, topk_w, p);
+    default:
+      fail("moe_unpermute_bwd: no implementation for ", device_name(yp.device()));
+  }
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,41 @@
+// moe.h — the token-permutation ops of DeepSeekMoE (spec/model.md §4): tokens regrouped by expert so
+// each expert's projection is one product over its rows (a grouped GEMM), then scattered back with the
+// gate weights. Forward and backward; the CPU version runs the experts' products in parallel.
+#pragma once
+
+#include <vector>
+
+#include "core/stream.h"
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+// Which permuted row holds each (token, slot) pair. Built on the host from topk_idx [N, K].
+struct MoePlan {
+  int64_t tokens = 0, top_k = 0, experts = 0;
+  std::vector<int64_t> offsets;  // [E + 1]: expert e owns permuted rows [offsets[e], offsets[e + 1])
+  std::vector<int64_t> slot;     // [N·K]: permuted row r holds slot n·K + k
+  std::vector<int64_t> row;      // [N·K]: slot n·K + k sits in permuted row row[n·K + k]
+  static MoePlan build(const Tensor& topk_idx, int64_t experts);  // topk_idx: [N, K] I32 (CPU)
+  int64_t rows(int64_t e) const { return offsets[size_t(e) + 1] - offsets[size_t(e)]; }
+};
+
+// xp[M, D] (M = N·K) = x[token of each permuted row].
+void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan, Stream s = {});
+// dx[N, D] (written) = Σ over a token's permuted rows of dxp.
+void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan, Stream s = {});
+
+// out[rows of e] = x[rows of e] · w[e]ᵀ for each expert e (w[e]: [O, I]).
+void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan,
+                    Stream s = {});
+// dx written; dw[e] accumulated (experts with no rows untouched).
+void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
+                        const std::vector<Tensor>& w, const MoePlan& plan, Stream s = {});
+
+// out[N, D] (written) = Σ_k topk_w[n, k] · yp[row(n, k)].
+void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan, Stream s = {});
+// dyp[M, D] = topk_w · dout[token]; dtopk_w[N, K] = dout[n] · yp[row(n, k)] (both written).
+void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
+                       const MoePlan& plan, Stream s = {});
+
+}  // namespace dseek::ops
