@@ -5,6 +5,8 @@
 //   decode_cpu_bench [--config PATH] [--prompt N] [--tokens N] [--threads N]
 #include <omp.h>
 
+#include "core/blas_env.h"
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -90,6 +92,7 @@ size_t bytes_per_token(const Model& m, int64_t cached_tokens) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  dseek::ensure_blas_kernels(argv);
   std::string config = std::string(DSEEK_BENCH_CONFIGS) + "/bench-1b.json";
   int64_t prompt_len = 32, tokens = 64;
   for (int i = 1; i + 1 < argc; i += 2) {

@@ -6,6 +6,8 @@
 //                   [--threads N] [--vocab V]
 #include <omp.h>
 
+#include "core/blas_env.h"
+
 #include <chrono>
 #include <cstdio>
 #include <random>
@@ -16,10 +18,14 @@
 #include "train/optimizer.h"
 #include "train/trainer.h"
 
+extern "C" char* openblas_get_corename();
+extern "C" char* openblas_get_config();
+
 using namespace dseek;
 using clk = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
+  dseek::ensure_blas_kernels(argv);
   std::string config, preset = "demo";
   int64_t B = 8, T = 256, steps = 10, vocab = 1024;
   double mtp_lambda = 0.0;
@@ -76,6 +82,7 @@ int main(int argc, char** argv) {
         "%.0f tokens/s\n",
         config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, (long long)B, (long long)T,
         num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
+    std::printf("openblas: %s (%s)\n", openblas_get_corename(), openblas_get_config());
     std::printf("DSEEK_TOKENS_PER_SECOND %.1f\n", double(B * T) / med);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train_cpu_bench: %s\n", e.what());

@@ -2,6 +2,8 @@
 // message on stderr and a nonzero exit (DESIGN.md cli/).
 #include <omp.h>
 
+#include "core/blas_env.h"
+
 #include <cstdio>
 #include <map>
 
@@ -9,6 +11,7 @@
 #include "core/error.h"
 
 int main(int argc, char** argv) {
+  dseek::ensure_blas_kernels(argv);
   CLI::App app{
       "dseek — one native engine for DeepSeek-V3-architecture models: inspect, initialise, run, generate."};
   app.require_subcommand(1);

@@ -1,6 +1,8 @@
 // tensor.cpp — Tensor views and host storage (DESIGN.md core/).
 #include "core/tensor.h"
 
+#include <malloc.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -26,6 +28,17 @@ int64_t shape_numel(const Shape& s) {
 }
 
 namespace {
+// Activations come and go every step in blocks of megabytes: keep freed memory in the heap instead of
+// returning it to the kernel (glibc would unmap blocks over its mmap threshold, and every later
+// allocation would fault its pages in again).
+struct HeapPolicy {
+  HeapPolicy() {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+};
+const HeapPolicy kHeapPolicy;
+
 class HostStorage : public Storage {
  public:
   HostStorage(void* p, size_t bytes) : Storage(p, bytes, Device::CPU) {}

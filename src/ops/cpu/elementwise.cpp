@@ -59,10 +59,11 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
   for (int64_t n = 0; n < N; ++n)
     DSEEK_CHECK(id[n] >= 0 && id[n] < V, "token id ", id[n], " is outside the vocabulary (", V, ")");
   const size_t es = dtype_size(table.dtype()), os = dtype_size(out.dtype());
-  for (int64_t n = 0; n < N; ++n) {
-    convert(static_cast<uint8_t*>(out.raw()) + size_t(n * D) * os, out.dtype(),
-            static_cast<const uint8_t*>(table.raw()) + size_t(id[n] * D) * es, table.dtype(), size_t(D));
-  }
+  parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      convert(static_cast<uint8_t*>(out.raw()) + size_t(n * D) * os, out.dtype(),
+              static_cast<const uint8_t*>(table.raw()) + size_t(id[n] * D) * es, table.dtype(), size_t(D));
+  });
 }
 
 void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
@@ -104,8 +105,10 @@ void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_
   const size_t es = dtype_size(dst.dtype());
   auto d = static_cast<uint8_t*>(dst.raw());
   auto s = static_cast<const uint8_t*>(src.raw());
-  for (int64_t r = 0; r < R; ++r)
-    std::memcpy(d + size_t(r * Wd + dcol) * es, s + size_t(r * Ws + scol) * es, size_t(width) * es);
+  parallel_for(R, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      std::memcpy(d + size_t(r * Wd + dcol) * es, s + size_t(r * Ws + scol) * es, size_t(width) * es);
+  });
 }
 
 }  // namespace dseek::ops::cpu
