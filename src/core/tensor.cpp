@@ -1,6 +1,8 @@
 // tensor.cpp — Tensor views and host storage (DESIGN.md core/).
 #include "core/tensor.h"
 
+#include "core/device.h"
+
 #include <malloc.h>
 
 #include <cstdlib>
@@ -54,10 +56,10 @@ std::shared_ptr<Storage> host_storage(size_t bytes) {
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  DSEEK_CHECK(device == Device::CPU, "Tensor::empty on ", device_name(device), ": use the device allocator");
   for (int64_t d : shape) DSEEK_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
   Tensor t;
-  t.storage_ = host_storage(size_t(shape_numel(shape)) * dtype_size(dtype));
+  const size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
+  t.storage_ = device == Device::CPU ? host_storage(bytes) : device_storage(bytes, device);
   t.shape_ = shape;
   t.dtype_ = dtype;
   return t;
@@ -65,7 +67,11 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  std::memset(t.raw(), 0, t.nbytes());
+  if (device == Device::CPU) {
+    std::memset(t.raw(), 0, t.nbytes());
+  } else {
+    device_memset(t.raw(), 0, t.nbytes());
+  }
   return t;
 }
 
@@ -104,24 +110,46 @@ Tensor Tensor::operator[](int64_t i) const {
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_);
-  std::memcpy(t.raw(), raw(), nbytes());
+  Tensor t = empty(shape_, dtype_, device());
+  copy_bytes(t.raw(), device(), raw(), device(), nbytes());
   return t;
 }
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return *this;
-  Tensor t = empty(shape_, dtype);
-  convert(t.raw(), dtype, raw(), dtype_, size_t(numel()));
+  Tensor t = empty(shape_, dtype, device());
+  t.copy_from(*this);
+  return t;
+}
+
+Tensor Tensor::to(Device d) const {
+  if (d == device()) return *this;
+  Tensor t = empty(shape_, dtype_, d);
+  copy_bytes(t.raw(), d, raw(), device(), nbytes());
   return t;
 }
 
 void Tensor::copy_from(const Tensor& src) {
   DSEEK_CHECK(src.numel() == numel(), "copy_from: ", src.str(), " into ", str());
-  convert(raw(), dtype_, src.raw(), src.dtype_, size_t(numel()));
+  const Device dd = device(), sd = src.device();
+  if (dd == Device::CPU && sd == Device::CPU) {
+    convert(raw(), dtype_, src.raw(), src.dtype_, size_t(numel()));
+  } else if (src.dtype_ == dtype_) {
+    copy_bytes(raw(), dd, src.raw(), sd, nbytes());
+  } else if (dd == sd) {
+    device_convert(raw(), dtype_, src.raw(), src.dtype_, size_t(numel()));
+  } else {  // across devices and dtypes: move first, convert where the data now is
+    copy_from(src.to(dd));
+  }
 }
 
 void Tensor::fill(double value) {
+  if (device() != Device::CPU) {
+    Tensor h = empty(shape_, dtype_);
+    h.fill(value);
+    copy_bytes(raw(), device(), h.raw(), Device::CPU, nbytes());
+    return;
+  }
   size_t n = size_t(numel());
   switch (dtype_) {
     case DType::F32:

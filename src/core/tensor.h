@@ -83,10 +83,11 @@ class Tensor {
   // Row i along dim 0 with that dim dropped.
   Tensor operator[](int64_t i) const;
 
-  Tensor clone() const;               // deep copy, same dtype (CPU)
-  Tensor to(DType dtype) const;       // converted copy (CPU); the same tensor if already that dtype
-  void copy_from(const Tensor& src);  // same shape; converts dtype (CPU)
-  void fill(double value);            // CPU; float dtypes and integers
+  Tensor clone() const;               // deep copy, same dtype and device
+  Tensor to(DType dtype) const;       // converted copy on the same device; itself if already that dtype
+  Tensor to(Device device) const;     // copy on another device; itself if already there
+  void copy_from(const Tensor& src);  // same element count; converts dtype; any devices
+  void fill(double value);            // float dtypes and integers; any device
   std::string str() const;            // "F32[2, 3]"
 
  private:

@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -18,14 +19,19 @@ void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, c
   check_shape("attention_fwd", "v", v, {S, H, v.size(2)});
   check_shape("attention_fwd", "out", out, {T, H, v.size(2)});
   if (probs.defined()) check_shape("attention_fwd", "probs", probs, {H, T, S});
-  for (const Tensor* t : {&k, &v, const_cast<const Tensor*>(&out), const_cast<const Tensor*>(&probs)})
-    if (t->defined()) DSEEK_CHECK(t->dtype() == q.dtype(), "attention_fwd: mixed dtypes");
+  for (const Tensor* t : {&k, &v, const_cast<const Tensor*>(&out)})
+    DSEEK_CHECK(t->dtype() == q.dtype(), "attention_fwd: mixed dtypes");
+  // The probabilities may be kept in f32 whatever the activations are.
+  if (probs.defined())
+    DSEEK_CHECK(probs.dtype() == q.dtype() || probs.dtype() == DType::F32, "attention_fwd: probs dtype");
   DSEEK_CHECK(q_pos0 >= 0 && q_pos0 + T <= S, "attention_fwd: queries at ", q_pos0, "..", q_pos0 + T,
               " need ", q_pos0 + T, " keys, have ", S);
   check_same_device("attention_fwd", {&out, &probs, &q, &k, &v});
   switch (q.device()) {
     case Device::CPU:
       return cpu::attention_fwd(out, probs, q, k, v, scale, q_pos0);
+    case Device::CUDA:
+      return cuda::attention_fwd(out, probs, q, k, v, scale, q_pos0);
     default:
       fail("attention_fwd: no implementation for ", device_name(q.device()));
   }
@@ -49,6 +55,8 @@ void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double 
   switch (q.device()) {
     case Device::CPU:
       return cpu::mla_absorbed_fwd(o_lat, q, rows, scale, q_pos0);
+    case Device::CUDA:
+      return cuda::mla_absorbed_fwd(o_lat, q, rows, scale, q_pos0);
     default:
       fail("mla_absorbed_fwd: no implementation for ", device_name(q.device()));
   }
@@ -112,6 +120,8 @@ void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tenso
   switch (q.device()) {
     case Device::CPU:
       return cpu::attention_fwd_varlen(out, probs, q, k, v, cu, scale);
+    case Device::CUDA:
+      return cuda::attention_fwd_varlen(out, probs, q, k, v, cu, scale);
     default:
       fail("attention_fwd_varlen: no implementation for ", device_name(q.device()));
   }

@@ -26,9 +26,13 @@ inline void check_same_device(const char* op, std::initializer_list<const Tensor
   for (auto* t : ts)
     if (t->defined()) DSEEK_CHECK(t->device() == d, op, ": tensors on different devices");
 }
-// Activation dtype: f32 or f64.
+// Activation dtype: f32 or f64 on the CPU; f32 or bf16 on CUDA.
 inline void check_act(const char* op, const char* arg, const Tensor& t) {
-  check_dtype(op, arg, t, {DType::F32, DType::F64});
+  if (t.device() == Device::CUDA) {
+    check_dtype(op, arg, t, {DType::F32, DType::BF16});
+  } else {
+    check_dtype(op, arg, t, {DType::F32, DType::F64});
+  }
 }
 
 }  // namespace dseek::ops

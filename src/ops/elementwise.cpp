@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -18,6 +19,8 @@ void axpy_(Tensor x, const Tensor& y, double alpha, Stream) {
   switch (x.device()) {
     case Device::CPU:
       return cpu::axpy_(x, y, alpha);
+    case Device::CUDA:
+      return cuda::axpy_(x, y, alpha);
     default:
       fail("axpy_: no implementation for ", device_name(x.device()));
   }
@@ -35,6 +38,8 @@ void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_
   switch (dst.device()) {
     case Device::CPU:
       return cpu::copy_cols(dst, dcol, src, scol, width);
+    case Device::CUDA:
+      return cuda::copy_cols(dst, dcol, src, scol, width);
     default:
       fail("copy_cols: no implementation for ", device_name(dst.device()));
   }

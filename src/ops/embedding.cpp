@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -17,6 +18,8 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table, Stream) {
   switch (out.device()) {
     case Device::CPU:
       return cpu::embedding_fwd(out, ids, table);
+    case Device::CUDA:
+      return cuda::embedding_fwd(out, ids, table);
     default:
       fail("embedding_fwd: no implementation for ", device_name(out.device()));
   }

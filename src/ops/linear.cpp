@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -29,6 +30,8 @@ void linear(Tensor out, const Tensor& x, const Tensor& w, Stream) {
   switch (x.device()) {
     case Device::CPU:
       return cpu::linear(out, x, w);
+    case Device::CUDA:
+      return cuda::linear(out, x, w);
     default:
       fail("linear: no implementation for ", device_name(x.device()));
   }
@@ -46,6 +49,8 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w, Stream) {
   switch (x.device()) {
     case Device::CPU:
       return cpu::matmul_nn(out, x, w);
+    case Device::CUDA:
+      return cuda::matmul_nn(out, x, w);
     default:
       fail("matmul_nn: no implementation for ", device_name(x.device()));
   }

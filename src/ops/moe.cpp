@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -63,6 +64,8 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p, Stream) {
   switch (x.device()) {
     case Device::CPU:
       return cpu::moe_permute(xp, x, p);
+    case Device::CUDA:
+      return cuda::moe_permute(xp, x, p);
     default:
       fail("moe_permute: no implementation for ", device_name(x.device()));
   }
@@ -92,6 +95,8 @@ void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, c
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear(out, x, w, p);
+    case Device::CUDA:
+      return cuda::grouped_linear(out, x, w, p);
     default:
       fail("grouped_linear: no implementation for ", device_name(x.device()));
   }
@@ -129,6 +134,8 @@ void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const Moe
   switch (yp.device()) {
     case Device::CPU:
       return cpu::moe_unpermute(out, yp, topk_w, p);
+    case Device::CUDA:
+      return cuda::moe_unpermute(out, yp, topk_w, p);
     default:
       fail("moe_unpermute: no implementation for ", device_name(yp.device()));
   }

@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -19,6 +20,8 @@ void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, doub
   switch (x.device()) {
     case Device::CPU:
       return cpu::rmsnorm_fwd(out, rstd, x, w, eps);
+    case Device::CUDA:
+      return cuda::rmsnorm_fwd(out, rstd, x, w, eps);
     default:
       fail("rmsnorm_fwd: no implementation for ", device_name(x.device()));
   }

@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -20,6 +21,8 @@ void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t
   switch (x.device()) {
     case Device::CPU:
       return cpu::rope_fwd(x, positions, inv_freq, col, attention_factor);
+    case Device::CUDA:
+      return cuda::rope_fwd(x, positions, inv_freq, col, attention_factor);
     default:
       fail("rope_fwd: no implementation for ", device_name(x.device()));
   }

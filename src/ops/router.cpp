@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -35,6 +36,8 @@ void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& log
   switch (logits.device()) {
     case Device::CPU:
       return cpu::router_fwd(topk_idx, topk_w, scores, logits, bias, p);
+    case Device::CUDA:
+      return cuda::router_fwd(topk_idx, topk_w, scores, logits, bias, p);
     default:
       fail("router_fwd: no implementation for ", device_name(logits.device()));
   }

@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -15,6 +16,8 @@ void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up, Stream) {
   switch (gate.device()) {
     case Device::CPU:
       return cpu::swiglu_fwd(out, gate, up);
+    case Device::CUDA:
+      return cuda::swiglu_fwd(out, gate, up);
     default:
       fail("swiglu_fwd: no implementation for ", device_name(gate.device()));
   }

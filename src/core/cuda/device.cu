@@ -1,0 +1,226 @@
+// device.cu — CUDA device memory (a caching allocator over plain cudaMalloc), copies and dtype
+// conversion on the device (core/device.h).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+
+#include "core/cuda/cuda_check.h"
+#include "core/device.h"
+
+namespace dseek {
+
+void cuda_launch_check(const char* what) {
+  DSEEK_CUDA_CHECK(cudaGetLastError(), what);
+  static const bool sync = std::getenv("DSEEK_CUDA_SYNC_CHECK") != nullptr;
+  if (sync) DSEEK_CUDA_CHECK(cudaDeviceSynchronize(), what);
+}
+
+bool cuda_built() {
+  return true;
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string cuda_device_name() {
+  cudaDeviceProp p;
+  if (cuda_device_count() == 0 || cudaGetDeviceProperties(&p, 0) != cudaSuccess) return "none";
+  return p.name;
+}
+
+namespace {
+
+// Blocks are rounded up to 512 B (small) or 2 MiB (large) and kept in free lists by size after use.
+class CachingAllocator {
+ public:
+  void* alloc(size_t bytes) {
+    const size_t sz = round(bytes);
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      auto it = free_.lower_bound(sz);
+      if (it != free_.end() && it->first <= sz * 2) {
+        void* p = it->second;
+        in_use_ += it->first;
+        sizes_[p] = it->first;
+        free_.erase(it);
+        return p;
+      }
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, sz);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      release();  // give cached blocks back and try once more
+      DSEEK_CUDA_CHECK(cudaMalloc(&p, sz), str_cat("device allocation of ", bytes, " bytes"));
+    }
+    std::lock_guard<std::mutex> g(mu_);
+    sizes_[p] = sz;
+    in_use_ += sz;
+    reserved_ += sz;
+    peak_ = std::max(peak_, reserved_);
+    return p;
+  }
+  void free(void* p) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = sizes_.find(p);
+    if (it == sizes_.end()) return;
+    in_use_ -= it->second;
+    free_.emplace(it->second, p);
+    sizes_.erase(it);
+  }
+  void release() {
+    std::lock_guard<std::mutex> g(mu_);
+    cudaDeviceSynchronize();
+    for (auto& [sz, p] : free_) {
+      cudaFree(p);
+      reserved_ -= sz;
+    }
+    free_.clear();
+  }
+  size_t reserved() const { return reserved_; }
+  size_t peak() const { return peak_; }
+
+ private:
+  static size_t round(size_t b) {
+    if (b <= (size_t(1) << 20)) return std::max<size_t>((b + 511) / 512 * 512, 512);
+    const size_t m = size_t(2) << 20;
+    return (b + m - 1) / m * m;
+  }
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  std::map<void*, size_t> sizes_;
+  size_t in_use_ = 0, reserved_ = 0, peak_ = 0;
+};
+
+CachingAllocator& allocator() {
+  static CachingAllocator* a = new CachingAllocator();  // never destroyed: outlives every tensor
+  return *a;
+}
+
+class CudaStorage : public Storage {
+ public:
+  CudaStorage(void* p, size_t n) : Storage(p, n, Device::CUDA) {}
+  ~CudaStorage() override { allocator().free(data_); }
+};
+
+template <typename D, typename S>
+__device__ __forceinline__ D cast_one(S s) {
+  return D(float(s));
+}
+template <>
+__device__ __forceinline__ double cast_one<double, double>(double s) {
+  return s;
+}
+template <>
+__device__ __forceinline__ double cast_one<double, float>(float s) {
+  return double(s);
+}
+template <>
+__device__ __forceinline__ float cast_one<float, double>(double s) {
+  return float(s);
+}
+
+template <typename D, typename S>
+__global__ void convert_kernel(D* dst, const S* src, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    dst[i] = cast_one<D, S>(src[i]);
+}
+
+template <typename S>
+void convert_from(void* dst, DType dt, const S* src, size_t n) {
+  const int threads = 256;
+  const int blocks = int(std::min<size_t>((n + threads - 1) / threads, 65535));
+  switch (dt) {
+    case DType::F32:
+      convert_kernel<<<blocks, threads>>>(static_cast<float*>(dst), src, n);
+      break;
+    case DType::F64:
+      convert_kernel<<<blocks, threads>>>(static_cast<double*>(dst), src, n);
+      break;
+    case DType::BF16:
+      convert_kernel<<<blocks, threads>>>(static_cast<__nv_bfloat16*>(dst), src, n);
+      break;
+    case DType::F16:
+      convert_kernel<<<blocks, threads>>>(static_cast<__half*>(dst), src, n);
+      break;
+    case DType::F8E4M3:
+      convert_kernel<<<blocks, threads>>>(static_cast<__nv_fp8_e4m3*>(dst), src, n);
+      break;
+    case DType::F8E5M2:
+      convert_kernel<<<blocks, threads>>>(static_cast<__nv_fp8_e5m2*>(dst), src, n);
+      break;
+    default:
+      fail("device_convert: unsupported target dtype ", dtype_name(dt));
+  }
+  DSEEK_CUDA_LAUNCH_CHECK("device_convert");
+}
+
+}  // namespace
+
+std::shared_ptr<Storage> device_storage(size_t bytes, Device d) {
+  DSEEK_CHECK(d == Device::CUDA, "device_storage: not a device");
+  DSEEK_CHECK(cuda_device_count() > 0, "device memory: no CUDA device is visible");
+  return std::make_shared<CudaStorage>(allocator().alloc(bytes), bytes);
+}
+
+size_t device_bytes_reserved() {
+  return allocator().reserved();
+}
+size_t device_bytes_peak() {
+  return allocator().peak();
+}
+void device_release_cache() {
+  allocator().release();
+}
+
+void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
+  if (n == 0) return;
+  cudaMemcpyKind k = dd == Device::CPU
+                         ? (sd == Device::CPU ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost)
+                         : (sd == Device::CPU ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice);
+  DSEEK_CUDA_CHECK(cudaMemcpy(dst, src, n, k), "copy_bytes");
+}
+
+void device_memset(void* p, int v, size_t n) {
+  DSEEK_CUDA_CHECK(cudaMemset(p, v, n), "device_memset");
+}
+
+void device_convert(void* dst, DType dt, const void* src, DType st, size_t n) {
+  if (n == 0) return;
+  if (dt == st) {
+    DSEEK_CUDA_CHECK(cudaMemcpy(dst, src, n * dtype_size(dt), cudaMemcpyDeviceToDevice), "device_convert");
+    return;
+  }
+  switch (st) {
+    case DType::F32:
+      return convert_from(dst, dt, static_cast<const float*>(src), n);
+    case DType::F64:
+      return convert_from(dst, dt, static_cast<const double*>(src), n);
+    case DType::BF16:
+      return convert_from(dst, dt, static_cast<const __nv_bfloat16*>(src), n);
+    case DType::F16:
+      return convert_from(dst, dt, static_cast<const __half*>(src), n);
+    case DType::F8E4M3:
+      return convert_from(dst, dt, static_cast<const __nv_fp8_e4m3*>(src), n);
+    case DType::F8E5M2:
+      return convert_from(dst, dt, static_cast<const __nv_fp8_e5m2*>(src), n);
+    default:
+      fail("device_convert: unsupported source dtype ", dtype_name(st));
+  }
+}
+
+void device_synchronize() {
+  DSEEK_CUDA_CHECK(cudaDeviceSynchronize(), "device_synchronize");
+}
+
+}  // namespace dseek

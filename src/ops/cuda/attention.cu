@@ -1,0 +1,176 @@
+// attention.cu — causal attention on the GPU (spec/model.md §2.2, §2.5): the naive multi-head form
+// (one block per query row and head: scores in shared memory, f32 softmax, weighted sum of values),
+// its varlen batch form, and the absorbed MLA form over the latent cache rows. These are the correctness
+// baseline the flash-style and decode kernels are checked against.
+#include <vector>
+
+#include "core/device.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+// One (query row, head): q at qrow (Dq values), keys/values at rows key0 .. key0 + nvis − 1 with row
+// strides ldk/ldv (elements); output Dv values at orow; probabilities (optional) to prow[0 .. ncols).
+template <typename T>
+__device__ void attend_row(T* orow, float* prow, int64_t ncols, const T* qrow, const T* k, int64_t ldk,
+                           const T* v, int64_t ldv, int64_t nvis, int Dq, int Dv, float scale, float* sc,
+                           float* qs) {
+  for (int i = threadIdx.x; i < Dq; i += blockDim.x) qs[i] = ld(qrow[i]);
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int64_t s = threadIdx.x; s < nvis; s += blockDim.x) {
+    const T* kr = k + s * ldk;
+    float d = 0;
+    for (int i = 0; i < Dq; ++i) d += qs[i] * ld(kr[i]);
+    sc[s] = d * scale;
+    mx = fmaxf(mx, sc[s]);
+  }
+  mx = block_max(mx);
+  float sum = 0;
+  for (int64_t s = threadIdx.x; s < nvis; s += blockDim.x) {
+    sc[s] = __expf(sc[s] - mx);
+    sum += sc[s];
+  }
+  sum = block_sum(sum);
+  const float inv = 1.0f / sum;
+  for (int64_t s = threadIdx.x; s < nvis; s += blockDim.x) sc[s] *= inv;
+  if (prow)
+    for (int64_t s = threadIdx.x; s < ncols; s += blockDim.x) prow[s] = s < nvis ? sc[s] : 0.0f;
+  __syncthreads();
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float acc = 0;
+    for (int64_t s = 0; s < nvis; ++s) acc += sc[s] * ld(v[s * ldv + d]);
+    orow[d] = st<T>(acc);
+  }
+}
+
+template <typename T>
+__global__ void attention_kernel(T* out, float* probs, const T* q, const T* k, const T* v, int64_t T_,
+                                 int64_t H, int Dq, int Dv, int64_t S, float scale, int64_t q_pos0) {
+  extern __shared__ float smem[];
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  float* qs = smem;
+  float* sc = smem + Dq;
+  attend_row(out + (t * H + h) * Dv, probs ? probs + (h * T_ + t) * S : nullptr, S, q + (t * H + h) * Dq,
+             k + h * Dq, H * Dq, v + h * Dv, H * Dv, q_pos0 + t + 1, Dq, Dv, scale, sc, qs);
+}
+
+template <typename T>
+__global__ void varlen_kernel(T* out, float* probs, const T* q, const T* k, const T* v, const int64_t* cu,
+                              const int64_t* poff, int64_t B, int64_t H, int Dq, int Dv, float scale) {
+  extern __shared__ float smem[];
+  const int64_t n = blockIdx.x, h = blockIdx.y;
+  int64_t lo = 0, hi = B;  // the sequence b with cu[b] <= n < cu[b + 1]
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (cu[mid] <= n) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  const int64_t b = lo, r0 = cu[b], L = cu[b + 1] - r0, t = n - r0;
+  float* qs = smem;
+  float* sc = smem + Dq;
+  attend_row(out + (n * H + h) * Dv, probs ? probs + poff[b] + (h * L + t) * L : nullptr, L,
+             q + (n * H + h) * Dq, k + r0 * H * Dq + h * Dq, H * Dq, v + r0 * H * Dv + h * Dv, H * Dv, t + 1,
+             Dq, Dv, scale, sc, qs);
+}
+
+template <typename T>
+__global__ void absorbed_kernel(T* o_lat, const T* q, const T* rows, int64_t H, int W, int C, float scale,
+                                int64_t q_pos0) {
+  extern __shared__ float smem[];
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  float* qs = smem;
+  float* sc = smem + W;
+  attend_row(o_lat + (t * H + h) * C, static_cast<float*>(nullptr), 0, q + (t * H + h) * W, rows, W, rows, W,
+             q_pos0 + t + 1, W, C, scale, sc, qs);
+}
+
+size_t smem_for(int64_t keys, int64_t qdim) {
+  const size_t b = size_t(keys + qdim) * sizeof(float);
+  DSEEK_CHECK(b <= 200 * 1024, "attention (CUDA): ", keys, " keys exceed the shared-memory score buffer");
+  return b;
+}
+
+template <typename K>
+void set_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+                     "attention: shared memory");
+}
+
+// Probabilities are kept in f32 on the GPU; the op's probs tensor may be bf16, then they are converted.
+Tensor probs_f32(const Tensor& probs) {
+  if (!probs.defined() || probs.dtype() == DType::F32) return probs;
+  return Tensor::empty(probs.shape(), DType::F32, Device::CUDA);
+}
+
+}  // namespace
+
+void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                   int64_t q_pos0) {
+  const int64_t T = q.size(0), H = q.size(1), Dq = q.size(2), S = k.size(0), Dv = v.size(2);
+  if (T == 0) return;
+  Tensor pf = probs_f32(probs);
+  const size_t sm = smem_for(q_pos0 + T, Dq);
+  with_act(q.dtype(), "attention_fwd", [&](auto t) {
+    using Tt = decltype(t);
+    set_smem(attention_kernel<Tt>, sm);
+    attention_kernel<<<dim3(unsigned(T), unsigned(H)), 128, sm>>>(
+        static_cast<Tt*>(out.raw()), pf.defined() ? pf.data<float>() : nullptr,
+        static_cast<const Tt*>(q.raw()), static_cast<const Tt*>(k.raw()), static_cast<const Tt*>(v.raw()), T,
+        H, int(Dq), int(Dv), S, float(scale), q_pos0);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("attention_fwd");
+  if (pf.defined() && pf.raw() != probs.raw()) probs.copy_from(pf);
+}
+
+void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const std::vector<int64_t>& cu, double scale) {
+  const int64_t N = q.size(0), H = q.size(1), Dq = q.size(2), Dv = v.size(2), B = int64_t(cu.size()) - 1;
+  if (N == 0) return;
+  std::vector<int64_t> poff(size_t(B) + 1, 0);
+  int64_t Lmax = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t L = cu[size_t(b) + 1] - cu[size_t(b)];
+    poff[size_t(b) + 1] = poff[size_t(b)] + H * L * L;
+    Lmax = std::max(Lmax, L);
+  }
+  Tensor dcu = Tensor::empty({B + 1}, DType::I64, Device::CUDA),
+         dpo = Tensor::empty({B + 1}, DType::I64, Device::CUDA);
+  copy_bytes(dcu.raw(), Device::CUDA, cu.data(), Device::CPU, cu.size() * 8);
+  copy_bytes(dpo.raw(), Device::CUDA, poff.data(), Device::CPU, poff.size() * 8);
+  Tensor pf = probs_f32(probs);
+  const size_t sm = smem_for(Lmax, Dq);
+  with_act(q.dtype(), "attention_fwd_varlen", [&](auto t) {
+    using Tt = decltype(t);
+    set_smem(varlen_kernel<Tt>, sm);
+    varlen_kernel<<<dim3(unsigned(N), unsigned(H)), 128, sm>>>(
+        static_cast<Tt*>(out.raw()), pf.defined() ? pf.data<float>() : nullptr,
+        static_cast<const Tt*>(q.raw()), static_cast<const Tt*>(k.raw()), static_cast<const Tt*>(v.raw()),
+        dcu.data<int64_t>(), dpo.data<int64_t>(), B, H, int(Dq), int(Dv), float(scale));
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("attention_fwd_varlen");
+  if (pf.defined() && pf.raw() != probs.raw()) probs.copy_from(pf);
+}
+
+void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double scale, int64_t q_pos0) {
+  const int64_t T = q.size(0), H = q.size(1), W = q.size(2), C = o_lat.size(2);
+  if (T == 0) return;
+  const size_t sm = smem_for(q_pos0 + T, W);
+  with_act(q.dtype(), "mla_absorbed_fwd", [&](auto t) {
+    using Tt = decltype(t);
+    set_smem(absorbed_kernel<Tt>, sm);
+    absorbed_kernel<<<dim3(unsigned(T), unsigned(H)), 128, sm>>>(
+        static_cast<Tt*>(o_lat.raw()), static_cast<const Tt*>(q.raw()), static_cast<const Tt*>(rows.raw()), H,
+        int(W), int(C), float(scale), q_pos0);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("mla_absorbed_fwd");
+}
+
+}  // namespace dseek::ops::cuda

@@ -1,0 +1,34 @@
+// cuda_ops.h — the CUDA implementations, with the dispatchers' signatures (DESIGN.md ops/). Each is
+// checked against its CPU twin in tests/cuda/. Arguments arrive already checked. Built from ops/cuda/*.cu
+// with CUDA, else ops/cuda_nocuda.cpp provides versions that say dseek was built without CUDA.
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+#include "ops/moe.h"
+#include "ops/router.h"
+
+namespace dseek::ops::cuda {
+
+void linear(Tensor out, const Tensor& x, const Tensor& w);
+void matmul_nn(Tensor out, const Tensor& x, const Tensor& w);
+void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps);
+void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor);
+void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                   int64_t q_pos0);
+void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const std::vector<int64_t>& cu_seqlens, double scale);
+void mla_absorbed_fwd(Tensor o_lat, const Tensor& q, const Tensor& rows, double scale, int64_t q_pos0);
+void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up);
+void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table);
+void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
+                const RouterParams& p);
+void axpy_(Tensor x, const Tensor& y, double alpha);
+void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width);
+void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan);
+void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
+void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan);
+
+}  // namespace dseek::ops::cuda

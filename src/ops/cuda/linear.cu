@@ -1,0 +1,129 @@
+// linear.cu — matrix products through cuBLASLt (DESIGN.md "CUDA backend"): bf16 × bf16 or f32 × f32
+// operands, f32 accumulation (no TF32 on the f32 path, so it matches the CPU to ~1e-6), row-major
+// tensors mapped onto cuBLASLt's column-major view. A mixed f32-activation × bf16-weight product casts
+// the activation to bf16 first.
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "core/device.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+struct Lt {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = size_t(32) << 20;
+  std::mutex mu;
+  using Key = std::tuple<int, int, int64_t, int64_t, int64_t, int, int>;
+  std::map<Key, cublasLtMatmulAlgo_t> algos;
+  Lt() {
+    DSEEK_CUBLAS_CHECK(cublasLtCreate(&handle), "cublasLtCreate");
+    DSEEK_CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes), "cuBLASLt workspace");
+  }
+};
+Lt& lt() {
+  static Lt* l = new Lt();
+  return *l;
+}
+
+cudaDataType_t cuda_type(DType d) {
+  switch (d) {
+    case DType::F32:
+      return CUDA_R_32F;
+    case DType::BF16:
+      return CUDA_R_16BF;
+    default:
+      fail("cuBLASLt: unsupported dtype ", dtype_name(d));
+  }
+}
+
+// C[m, n] (col-major, ld m) = op(A) · op(B): A is [k, m] when trans_a else [m, k]; B is [n, k] when
+// trans_b else [k, n] (col-major shapes, leading dims given).
+void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
+               const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c_type, float beta) {
+  Lt& L = lt();
+  cublasLtMatmulDesc_t op;
+  DSEEK_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "linear: desc");
+  cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+  cublasLtMatrixLayout_t la, lb, lc;
+  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, cuda_type(ab), trans_a ? k : m, trans_a ? m : k, lda),
+                     "layout A");
+  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, cuda_type(ab), trans_b ? n : k, trans_b ? k : n, ldb),
+                     "layout B");
+  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, cuda_type(c_type), m, n, ldc), "layout C");
+  const Lt::Key key{int(trans_a) * 2 + int(trans_b),
+                    int(ab) * 16 + int(c_type),
+                    m,
+                    n,
+                    k,
+                    int(lda % 8 == 0),
+                    int(beta != 0.0f)};
+  cublasLtMatmulAlgo_t algo;
+  bool have = false;
+  {
+    std::lock_guard<std::mutex> g(L.mu);
+    auto it = L.algos.find(key);
+    if (it != L.algos.end()) {
+      algo = it->second;
+      have = true;
+    }
+  }
+  if (!have) {
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &L.workspace_bytes,
+                                         sizeof L.workspace_bytes);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    DSEEK_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(L.handle, op, la, lb, lc, lc, pref, 1, &res, &found),
+                       "linear: heuristic");
+    cublasLtMatmulPreferenceDestroy(pref);
+    DSEEK_CHECK(found > 0, "linear: cuBLASLt found no algorithm for ", m, "x", n, "x", k);
+    algo = res.algo;
+    std::lock_guard<std::mutex> g(L.mu);
+    L.algos[key] = algo;
+  }
+  const float alpha = 1.0f;
+  DSEEK_CUBLAS_CHECK(cublasLtMatmul(L.handle, op, &alpha, A, la, B, lb, &beta, C, lc, C, lc, &algo,
+                                    L.workspace, L.workspace_bytes, nullptr),
+                     "linear: cublasLtMatmul");
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(op);
+}
+
+}  // namespace
+
+void linear(Tensor out, const Tensor& x, const Tensor& w) {
+  const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
+  if (N == 0 || O == 0) return;
+  Tensor xa = x.dtype() == w.dtype() ? x : x.to(w.dtype());
+  Tensor o = out.dtype() == w.dtype() || out.dtype() == DType::F32
+                 ? out
+                 : Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+  // out[N, O] row-major = col-major [O, N] = W_cm[I, O]ᵀ · x_cm[I, N]
+  lt_matmul(true, false, O, N, I, w.raw(), I, xa.raw(), I, o.raw(), O, w.dtype(), o.dtype(), 0.0f);
+  if (o.raw() != out.raw()) out.copy_from(o);
+}
+
+void matmul_nn(Tensor out, const Tensor& x, const Tensor& w) {
+  const int64_t N = x.size(0), I = x.size(1), O = w.size(1);
+  if (N == 0 || O == 0) return;
+  Tensor xa = x.dtype() == w.dtype() ? x : x.to(w.dtype());
+  Tensor o = out.dtype() == w.dtype() || out.dtype() == DType::F32
+                 ? out
+                 : Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+  // out[N, O] = x[N, I] · W[I, O]: col-major [O, N] = W_cm[O, I] · x_cm[I, N]
+  lt_matmul(false, false, O, N, I, w.raw(), O, xa.raw(), I, o.raw(), O, w.dtype(), o.dtype(), 0.0f);
+  if (o.raw() != out.raw()) out.copy_from(o);
+}
+
+}  // namespace dseek::ops::cuda

@@ -1,0 +1,69 @@
+// moe.cu — token permutation by expert, grouped expert products (one cuBLASLt product per expert with
+// rows) and the weighted un-permutation, on the GPU (spec/model.md §4).
+#include "core/device.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+Tensor to_device_i64(const std::vector<int64_t>& v) {
+  Tensor t = Tensor::empty({int64_t(v.size())}, DType::I64, Device::CUDA);
+  copy_bytes(t.raw(), Device::CUDA, v.data(), Device::CPU, v.size() * 8);
+  return t;
+}
+
+template <typename T>
+__global__ void permute_kernel(T* xp, const T* x, const int64_t* slot, int64_t K, int64_t D) {
+  const int64_t r = blockIdx.x;
+  const T* src = x + (slot[r] / K) * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) xp[r * D + i] = src[i];
+}
+
+template <typename T>
+__global__ void unpermute_kernel(T* out, const T* yp, const T* w, const int64_t* row, int64_t K, int64_t D) {
+  const int64_t n = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float acc = 0;
+    for (int64_t k = 0; k < K; ++k) acc += ld(w[n * K + k]) * ld(yp[row[n * K + k] * D + i]);
+    out[n * D + i] = st<T>(acc);
+  }
+}
+
+}  // namespace
+
+void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
+  const int64_t M = p.tokens * p.top_k, D = x.size(1);
+  if (M == 0) return;
+  Tensor slot = to_device_i64(p.slot);
+  with_act(x.dtype(), "moe_permute", [&](auto t) {
+    using T = decltype(t);
+    permute_kernel<<<int(M), 128>>>(static_cast<T*>(xp.raw()), static_cast<const T*>(x.raw()),
+                                    slot.data<int64_t>(), p.top_k, D);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("moe_permute");
+}
+
+void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& p) {
+  for (int64_t e = 0; e < p.experts; ++e) {
+    const int64_t n = p.rows(e);
+    if (n == 0) continue;
+    const int64_t r0 = p.offsets[size_t(e)];
+    linear(out.slice(r0, n), x.slice(r0, n), w[size_t(e)]);
+  }
+}
+
+void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& p) {
+  const int64_t N = p.tokens, D = yp.size(1);
+  if (N == 0) return;
+  Tensor row = to_device_i64(p.row);
+  with_act(yp.dtype(), "moe_unpermute", [&](auto t) {
+    using T = decltype(t);
+    unpermute_kernel<<<int(N), 128>>>(static_cast<T*>(out.raw()), static_cast<const T*>(yp.raw()),
+                                      static_cast<const T*>(topk_w.raw()), row.data<int64_t>(), p.top_k, D);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("moe_unpermute");
+}
+
+}  // namespace dseek::ops::cuda

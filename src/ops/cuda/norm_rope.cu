@@ -1,0 +1,76 @@
+// norm_rope.cu — RMSNorm (one block per row, f32 statistics) and interleaved-pair RoPE on the GPU
+// (spec/model.md §2.1, §2.4, §3).
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+template <typename T, typename W>
+__global__ void rmsnorm_kernel(T* out, T* rstd, const T* x, const W* w, int64_t D, float eps) {
+  const int64_t n = blockIdx.x;
+  const T* xr = x + n * D;
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const float v = ld(xr[i]);
+    ss += v * v;
+  }
+  ss = block_sum(ss);
+  const float r = rsqrtf(ss / float(D) + eps);
+  if (rstd && threadIdx.x == 0) rstd[n] = st<T>(r);
+  T* o = out + n * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) o[i] = st<T>(ld(w[i]) * (ld(xr[i]) * r));
+}
+
+template <typename T>
+__global__ void rope_kernel(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64_t H, int64_t W,
+                            int64_t col, int64_t half, float af) {
+  const int64_t total = N * H * half;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = t % half, nh = t / half, n = nh / H;
+    float s, c;
+    sincosf(float(pos[n]) * inv_freq[i], &s, &c);
+    c *= af;
+    s *= af;
+    T* v = x + nh * W + col + 2 * i;
+    const float a = ld(v[0]), b = ld(v[1]);
+    v[0] = st<T>(a * c - b * s);
+    v[1] = st<T>(a * s + b * c);
+  }
+}
+
+}  // namespace
+
+void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps) {
+  const int64_t N = x.size(0), D = x.size(1);
+  if (N == 0) return;
+  with_act(x.dtype(), "rmsnorm_fwd", [&](auto t) {
+    using T = decltype(t);
+    T* r = rstd.defined() ? static_cast<T*>(rstd.raw()) : nullptr;
+    if (w.dtype() == DType::F32) {
+      rmsnorm_kernel<<<int(N), 256>>>(static_cast<T*>(out.raw()), r, static_cast<const T*>(x.raw()),
+                                      static_cast<const float*>(w.raw()), D, float(eps));
+    } else {
+      rmsnorm_kernel<<<int(N), 256>>>(static_cast<T*>(out.raw()), r, static_cast<const T*>(x.raw()),
+                                      static_cast<const T*>(w.raw()), D, float(eps));
+    }
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_fwd");
+}
+
+void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor) {
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), half = inv_freq.size(0);
+  if (N == 0) return;
+  with_act(x.dtype(), "rope_fwd", [&](auto t) {
+    using T = decltype(t);
+    rope_kernel<<<blocks_for(N * H * half, 256), 256>>>(static_cast<T*>(x.raw()), positions.data<int64_t>(),
+                                                        inv_freq.data<float>(), N, H, W, col, half,
+                                                        float(attention_factor));
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("rope_fwd");
+}
+
+}  // namespace dseek::ops::cuda

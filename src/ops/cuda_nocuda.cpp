@@ -1,0 +1,59 @@
+// cuda_nocuda.cpp — the CUDA op entry points of a build without CUDA: each says so.
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+[[noreturn]] void none(const char* op) {
+  fail(op, ": this dseek was built without CUDA");
+}
+}  // namespace
+
+void linear(Tensor, const Tensor&, const Tensor&) {
+  none("linear");
+}
+void matmul_nn(Tensor, const Tensor&, const Tensor&) {
+  none("matmul_nn");
+}
+void rmsnorm_fwd(Tensor, Tensor, const Tensor&, const Tensor&, double) {
+  none("rmsnorm_fwd");
+}
+void rope_fwd(Tensor, const Tensor&, const Tensor&, int64_t, double) {
+  none("rope_fwd");
+}
+void attention_fwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, double, int64_t) {
+  none("attention_fwd");
+}
+void attention_fwd_varlen(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&,
+                          const std::vector<int64_t>&, double) {
+  none("attention_fwd_varlen");
+}
+void mla_absorbed_fwd(Tensor, const Tensor&, const Tensor&, double, int64_t) {
+  none("mla_absorbed_fwd");
+}
+void swiglu_fwd(Tensor, const Tensor&, const Tensor&) {
+  none("swiglu_fwd");
+}
+void embedding_fwd(Tensor, const Tensor&, const Tensor&) {
+  none("embedding_fwd");
+}
+void router_fwd(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, const RouterParams&) {
+  none("router_fwd");
+}
+void axpy_(Tensor, const Tensor&, double) {
+  none("axpy_");
+}
+void copy_cols(Tensor, int64_t, const Tensor&, int64_t, int64_t) {
+  none("copy_cols");
+}
+void moe_permute(Tensor, const Tensor&, const MoePlan&) {
+  none("moe_permute");
+}
+void grouped_linear(Tensor, const Tensor&, const std::vector<Tensor>&, const MoePlan&) {
+  none("grouped_linear");
+}
+void moe_unpermute(Tensor, const Tensor&, const Tensor&, const MoePlan&) {
+  none("moe_unpermute");
+}
+
+}  // namespace dseek::ops::cuda
