@@ -17,7 +17,7 @@ namespace dseek::cli {
 
 Runner add_generate(CLI::App& app) {
   struct Opts {
-    std::string dir, prompt_ids, prompt, chat, tmpl = "auto", dtype;
+    std::string dir, prompt_ids, prompt, chat, tmpl = "auto", dtype, device = "cpu";
     int64_t max_new = 16;
     bool greedy = false, json = false;
     double temperature = 1.0, top_p = 1.0;
@@ -46,7 +46,8 @@ Runner add_generate(CLI::App& app) {
       ->excludes(g)
       ->capture_default_str();
   app.add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
-  app.add_option("--dtype", o->dtype, "Weights in memory: f32 or bf16 (default: the checkpoint's)");
+  app.add_option("--dtype", o->dtype, "Weights in memory: f32 or bf16 (default: the checkpoint's; bf16 on cuda)");
+  app.add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   app.add_flag("--json", o->json, "Print one JSON object with the new token ids");
   return [o, ids_opt, text_opt, chat_opt]() {
     DSEEK_CHECK(ids_opt->count() + text_opt->count() + chat_opt->count() == 1,
@@ -70,8 +71,6 @@ Runner add_generate(CLI::App& app) {
                                  tok::parse_template_kind(o->tmpl));
       prompt.assign(ids.begin(), ids.end());
     }
-    LoadOptions lo{.dtype = o->dtype.empty() ? default_weight_dtype(cfg)
-                                             : parse_weight_dtype(o->dtype, "--dtype")};
     infer::GenerateOptions go;
     go.max_new_tokens = o->max_new;
     go.sampling = {.greedy = o->greedy,
@@ -84,7 +83,7 @@ Runner add_generate(CLI::App& app) {
     for (int64_t id : prompt)
       DSEEK_CHECK(id < cfg.vocab_size, ids_opt->count() ? "--prompt-ids" : "the tokenized prompt", ": token ",
                   id, " is outside the vocabulary (", cfg.vocab_size, ")");
-    Model m = Model::load(o->dir, lo);
+    Model m = load_model(o->dir, o->dtype, o->device);
     // With a tokenizer and no --json, the text is streamed as the tokens arrive.
     std::optional<tok::StreamDecoder> stream;
     if (tk && !o->json) stream.emplace(*tk, /*skip_special=*/true);

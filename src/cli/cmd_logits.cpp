@@ -10,13 +10,14 @@ namespace dseek::cli {
 
 Runner add_logits(CLI::App& app) {
   struct Opts {
-    std::string dir, in, out, dtype;
+    std::string dir, in, out, dtype, device = "cpu";
   };
   auto o = std::make_shared<Opts>();
   app.add_option("MODEL_DIR", o->dir, "Model directory")->required();
   app.add_option("--input-ids", o->in, "safetensors file holding input_ids (I64 [B, T])")->required();
   app.add_option("--out", o->out, "safetensors file to write logits (F32 [B, T, V]) to")->required();
-  app.add_option("--dtype", o->dtype, "Weights in memory: f32 or bf16 (default: the checkpoint's)");
+  app.add_option("--dtype", o->dtype, "Weights in memory: f32 or bf16 (default: the checkpoint's; bf16 on cuda)");
+  app.add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   return [o]() {
     auto f = io::SafetensorsFile::open(o->in);
     DSEEK_CHECK(f->find("input_ids"), o->in, ": no tensor named \"input_ids\"");
@@ -26,9 +27,7 @@ Runner add_logits(CLI::App& app) {
                 ": input_ids must be I64, got ", dtype_name(ids.dtype()));
     ids = ids.to(DType::I64);
     ModelConfig cfg = ModelConfig::load(o->dir);
-    LoadOptions lo{.dtype = o->dtype.empty() ? default_weight_dtype(cfg)
-                                             : parse_weight_dtype(o->dtype, "--dtype")};
-    Model m = Model::load(o->dir, lo);
+    Model m = load_model(o->dir, o->dtype, o->device);
     const int64_t* p = ids.data<int64_t>();
     for (int64_t i = 0; i < ids.numel(); ++i)
       DSEEK_CHECK(p[i] >= 0 && p[i] < cfg.vocab_size, o->in, ": input_ids holds token ", p[i],

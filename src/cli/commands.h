@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
+#include "model/model.h"
 #include "tokenizer/chat_template.h"
 
 namespace dseek::cli {
@@ -28,7 +30,12 @@ Runner add_data(CLI::App& app);  // the `data` group: prepare, demo-corpus
 // Shared helpers.
 std::vector<int64_t> parse_id_list(const std::string& s, const char* flag);
 DType parse_weight_dtype(const std::string& s, const char* flag);  // "f32" | "bf16"
+Device parse_device(const std::string& s);                        // "cpu" | "cuda"
 // Chat messages from a JSON file (an array, or {"messages": [...]}).
 std::vector<tok::ChatMessage> read_chat_file(const std::string& path);
+
+// Loads MODEL_DIR for --device/--dtype: on the CPU in --dtype (default: the checkpoint's); on CUDA
+// loaded in f32 (fp8 dequantized exactly) and moved with matrices in --dtype (default bf16).
+Model load_model(const std::string& dir, const std::string& dtype_flag, const std::string& device_flag);
 
 }  // namespace dseek::cli

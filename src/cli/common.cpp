@@ -2,6 +2,7 @@
 #include <charconv>
 
 #include "cli/commands.h"
+#include "core/device.h"
 #include "core/error.h"
 
 namespace dseek::cli {
@@ -30,6 +31,27 @@ DType parse_weight_dtype(const std::string& s, const char* flag) {
   if (s == "f32") return DType::F32;
   if (s == "bf16") return DType::BF16;
   fail(flag, ": \"", s, "\" is not a weight dtype (f32 or bf16)");
+}
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::CPU;
+  if (s == "cuda") return Device::CUDA;
+  fail("--device: \"", s, "\" is not a device (cpu or cuda)");
+}
+
+Model load_model(const std::string& dir, const std::string& dtype_flag, const std::string& device_flag) {
+  const Device dev = parse_device(device_flag.empty() ? "cpu" : device_flag);
+  ModelConfig cfg = ModelConfig::load(dir);
+  if (dev == Device::CPU) {
+    const DType dt = dtype_flag.empty() ? default_weight_dtype(cfg) : parse_weight_dtype(dtype_flag, "--dtype");
+    return Model::load(dir, {.dtype = dt});
+  }
+  DSEEK_CHECK(cuda_built(), "--device cuda: this dseek was built without CUDA");
+  DSEEK_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is visible");
+  const DType dt = dtype_flag.empty() ? DType::BF16 : parse_weight_dtype(dtype_flag, "--dtype");
+  Model m = Model::load(dir, {.dtype = DType::F32});
+  m.to(Device::CUDA, dt);
+  return m;
 }
 
 }  // namespace dseek::cli

@@ -3,10 +3,10 @@
 
 namespace dseek {
 
-LatentCache::LatentCache(const ModelConfig& cfg, int64_t layers, int64_t capacity, DType dtype)
+LatentCache::LatentCache(const ModelConfig& cfg, int64_t layers, int64_t capacity, DType dtype, Device device)
     : length_(0), capacity_(capacity), width_(cfg.cache_width()) {
   DSEEK_CHECK(capacity > 0, "latent cache capacity must be positive");
-  for (int64_t l = 0; l < layers; ++l) rows_.push_back(Tensor::zeros({capacity, width_}, dtype));
+  for (int64_t l = 0; l < layers; ++l) rows_.push_back(Tensor::zeros({capacity, width_}, dtype, device));
 }
 
 void LatentCache::advance(int64_t n) {

@@ -14,7 +14,8 @@ class LatentCache {
  public:
   LatentCache() = default;
   // `layers` decoder layers, rows of width C + R, room for `capacity` tokens, activations of `dtype`.
-  LatentCache(const ModelConfig& cfg, int64_t layers, int64_t capacity, DType dtype = DType::F32);
+  LatentCache(const ModelConfig& cfg, int64_t layers, int64_t capacity, DType dtype = DType::F32,
+              Device device = Device::CPU);
 
   int64_t length() const { return length_; }  // tokens cached (positions 0 .. length-1)
   int64_t capacity() const { return capacity_; }

@@ -10,8 +10,9 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
   const ModelConfig& c = ctx.cfg;
   const int64_t N = h.size(0), D = h.size(1);
   const DType dt = h.dtype();
-  Tensor xn = Tensor::empty({N, D}, dt), y = Tensor::empty({N, D}, dt);  // xn, y: [N, D]
-  Tensor rstd = s ? Tensor::empty({N}, dt) : Tensor();
+  const Device dev = h.device();
+  Tensor xn = Tensor::empty({N, D}, dt, dev), y = Tensor::empty({N, D}, dt, dev);  // xn, y: [N, D]
+  Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
   if (s) s->h_in = h.clone();
   ops::rmsnorm_fwd(xn, rstd, h, w.input_layernorm, c.rms_norm_eps);
   if (s) {
@@ -22,10 +23,10 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
   ops::add_(h, y);
   if (s) {
     s->h_mid = h.clone();
-    rstd = Tensor::empty({N}, dt);
+    rstd = Tensor::empty({N}, dt, dev);
     s->rstd2 = rstd;
   }
-  Tensor xn2 = s ? Tensor::empty({N, D}, dt) : xn;
+  Tensor xn2 = s ? Tensor::empty({N, D}, dt, dev) : xn;
   ops::rmsnorm_fwd(xn2, rstd, h, w.post_attention_layernorm, c.rms_norm_eps);
   if (w.is_moe) {
     moe_fwd(y, xn2, w.moe, c, trace, s ? &s->moe : nullptr, ctx.moe);
@@ -45,8 +46,9 @@ void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerCon
   const ModelConfig& c = ctx.cfg;
   const int64_t N = dh.size(0), D = dh.size(1);
   const DType dt = dh.dtype();
+  const Device dev = dh.device();
   if (s.recompute) {
-    Tensor xn1 = Tensor::empty({N, D}, dt), xn2 = Tensor::empty({N, D}, dt);
+    Tensor xn1 = Tensor::empty({N, D}, dt, dev), xn2 = Tensor::empty({N, D}, dt, dev);
     ops::rmsnorm_fwd(xn1, Tensor(), s.h_in, w.input_layernorm, c.rms_norm_eps);
     ops::rmsnorm_fwd(xn2, Tensor(), s.h_mid, w.post_attention_layernorm, c.rms_norm_eps);
     s.attn.x = xn1;
@@ -57,7 +59,7 @@ void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerCon
       s.mlp.x = xn2;
     }
   }
-  Tensor dxn = Tensor::empty({N, D}, dt), tmp = Tensor::empty({N, D}, dt);
+  Tensor dxn = Tensor::empty({N, D}, dt, dev), tmp = Tensor::empty({N, D}, dt, dev);
   // h_out = h_mid + FFN(rms2(h_mid))
   if (w.is_moe) {
     moe_bwd(dxn, g.moe, dh, w.moe, c, s.moe, ctx.moe);

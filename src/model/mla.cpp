@@ -40,10 +40,11 @@ void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeig
   const Dims d(c);
   const int64_t N = x.size(0);
   const DType dt = x.dtype();
-  q = Tensor::empty({N, d.H * d.dq}, dt);  // q: [N, H, dn + R]
+  const Device dev = x.device();
+  q = Tensor::empty({N, d.H * d.dq}, dt, dev);  // q: [N, H, dn + R]
   if (c.q_lora_rank > 0) {
-    Tensor cq = Tensor::empty({N, c.q_lora_rank}, dt), cqn = Tensor::empty({N, c.q_lora_rank}, dt);
-    Tensor rstd = s ? Tensor::empty({N}, dt) : Tensor();
+    Tensor cq = Tensor::empty({N, c.q_lora_rank}, dt, dev), cqn = Tensor::empty({N, c.q_lora_rank}, dt, dev);
+    Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
     ops::linear(cq, x, w.q_a_proj);
     ops::rmsnorm_fwd(cqn, rstd, cq, w.q_a_layernorm, c.rms_norm_eps);
     ops::linear(q, cqn, w.q_b_proj);
@@ -55,10 +56,10 @@ void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeig
   } else {
     ops::linear(q, x, w.q_proj);
   }
-  lat = Tensor::empty({N, d.C + d.R}, dt);  // lat: [N, C + R] = [c_kv | k_pe]
+  lat = Tensor::empty({N, d.C + d.R}, dt, dev);  // lat: [N, C + R] = [c_kv | k_pe]
   ops::linear(lat, x, w.kv_a_proj_with_mqa);
-  Tensor ckv = Tensor::empty({N, d.C}, dt), ckvn = Tensor::empty({N, d.C}, dt);  // ckv, ckvn: [N, C]
-  Tensor rstd = s ? Tensor::empty({N}, dt) : Tensor();
+  Tensor ckv = Tensor::empty({N, d.C}, dt, dev), ckvn = Tensor::empty({N, d.C}, dt, dev);  // ckv, ckvn: [N, C]
+  Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
   ops::copy_cols(ckv, 0, lat, 0, d.C);
   ops::rmsnorm_fwd(ckvn, rstd, ckv, w.kv_a_layernorm, c.rms_norm_eps);
   ops::copy_cols(lat, 0, ckvn, 0, d.C);
@@ -76,12 +77,13 @@ void decompress(Tensor& k, Tensor& v, const Tensor& src, const MlaWeights& w, co
   const Dims d(c);
   const int64_t S = src.size(0);
   const DType dt = src.dtype();
-  Tensor ckv = Tensor::empty({S, d.C}, dt);  // ckv: [S, C] the normed latents
+  const Device dev = src.device();
+  Tensor ckv = Tensor::empty({S, d.C}, dt, dev);  // ckv: [S, C] the normed latents
   ops::copy_cols(ckv, 0, src, 0, d.C);
-  Tensor kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, dt);  // kv: [S, H, dn + dv] = per head [k_nope | v]
+  Tensor kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, dt, dev);  // kv: [S, H, dn + dv] = per head [k_nope | v]
   ops::linear(kv, ckv, w.kv_b_proj);
-  k = Tensor::empty({S, d.H * d.dq}, dt);
-  v = Tensor::empty({S, d.H * d.dv}, dt);
+  k = Tensor::empty({S, d.H * d.dq}, dt, dev);
+  v = Tensor::empty({S, d.H * d.dv}, dt, dev);
   for (int64_t h = 0; h < d.H; ++h) {
     ops::copy_cols(k, h * d.dq, kv, h * (d.dn + d.dv), d.dn);
     ops::copy_cols(k, h * d.dq + d.dn, src, d.C, d.R);
@@ -96,19 +98,20 @@ void attend_absorbed(Tensor oc, const Tensor& qc, const Tensor& rows, const MlaW
   const Dims d(c);
   const int64_t W = d.C + d.R, len = qc.size(0);
   const DType dt = qc.dtype();
-  Tensor qn = Tensor::empty({len, d.dn}, dt);     // qn: [len, dn] one head's q_nope
-  Tensor ql = Tensor::empty({len, d.C}, dt);      // ql: [len, C] its absorbed query
-  Tensor qa = Tensor::empty({len, d.H * W}, dt);  // qa: [len, H, C + R] = [q_lat | q_pe]
+  const Device dev = qc.device();
+  Tensor qn = Tensor::empty({len, d.dn}, dt, dev);     // qn: [len, dn] one head's q_nope
+  Tensor ql = Tensor::empty({len, d.C}, dt, dev);      // ql: [len, C] its absorbed query
+  Tensor qa = Tensor::empty({len, d.H * W}, dt, dev);  // qa: [len, H, C + R] = [q_lat | q_pe]
   for (int64_t h = 0; h < d.H; ++h) {
     ops::copy_cols(qn, 0, qc, h * d.dq, d.dn);
     ops::matmul_nn(ql, qn, w.kv_b_proj.slice(h * (d.dn + d.dv), d.dn));  // W_UK[h]: [dn, C]
     ops::copy_cols(qa, h * W, ql, 0, d.C);
     ops::copy_cols(qa, h * W + d.C, qc, h * d.dq + d.dn, d.R);
   }
-  Tensor olat = Tensor::empty({len, d.H * d.C}, dt);  // olat: [len, H, C]
+  Tensor olat = Tensor::empty({len, d.H * d.C}, dt, dev);  // olat: [len, H, C]
   ops::mla_absorbed_fwd(olat.view({len, d.H, d.C}), qa.view({len, d.H, W}), rows.slice(0, pos0 + len),
                         c.softmax_scale(), pos0);
-  Tensor oh = Tensor::empty({len, d.dv}, dt);  // oh: [len, dv] one head's output
+  Tensor oh = Tensor::empty({len, d.dv}, dt, dev);  // oh: [len, dv] one head's output
   for (int64_t h = 0; h < d.H; ++h) {
     ops::copy_cols(ql, 0, olat, h * d.C, d.C);
     ops::linear(oh, ql, w.kv_b_proj.slice(h * (d.dn + d.dv) + d.dn, d.dv));  // W_UV[h]: [dv, C]
@@ -124,9 +127,10 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   const Dims d(c);
   const int64_t N = x.size(0);
   const DType dt = x.dtype();
+  const Device dev = x.device();
   Tensor q, lat;
   project(q, lat, saved, x, w, c, rope, positions);
-  Tensor o = Tensor::empty({N, d.H * d.dv}, dt);  // o: [N, H, dv]
+  Tensor o = Tensor::empty({N, d.H * d.dv}, dt, dev);  // o: [N, H, dv]
   // Whole sequences without a cache (training, a plain forward): decompress every row at once and run
   // all (sequence, head) pairs in one varlen attention.
   bool whole = true;
@@ -140,7 +144,7 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   if (whole) {
     Tensor k, v;
     decompress(k, v, lat, w, c);
-    Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, dt) : Tensor();
+    Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, dt, dev) : Tensor();
     ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
                               v.view({N, d.H, d.dv}), cu, c.softmax_scale());
     if (saved) {
@@ -195,6 +199,7 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   const Dims d(c);
   const int64_t N = s.x.size(0);
   const DType dt = s.x.dtype();
+  const Device dev = s.x.device();
   Tensor q = s.q, lat = s.lat, k = s.k, v = s.v, cqn = s.cqn;
   if (s.recompute) {  // rebuild the norms' outputs and the up-projections from the saved input
     MlaSaved tmp;
@@ -204,19 +209,19 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   }
   (void)chunks;
   // out = o · Woᵀ
-  Tensor d_o = Tensor::empty({N, d.H * d.dv}, dt);
+  Tensor d_o = Tensor::empty({N, d.H * d.dv}, dt, dev);
   ops::linear_bwd(d_o, g.o_proj, dout, s.o, w.o_proj);
   // attention: dq [N, H, dq], dk [N, H, dq], dv [N, H, dv]
-  Tensor dq = Tensor::empty({N, d.H * d.dq}, dt), dk = Tensor::empty({N, d.H * d.dq}, dt),
-         dvv = Tensor::empty({N, d.H * d.dv}, dt);
+  Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev), dk = Tensor::empty({N, d.H * d.dq}, dt, dev),
+         dvv = Tensor::empty({N, d.H * d.dv}, dt, dev);
   ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
                             d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
                             v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
   // Keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe: gather dkv [N, H, dn + dv] and
   // dlat [N, C + R] (the k_pe part summed over heads).
-  Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt);
-  Tensor dlat = Tensor::zeros({N, d.C + d.R}, dt);
-  Tensor dpe = Tensor::empty({N, d.R}, dt), tmp = Tensor::empty({N, d.R}, dt);
+  Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt, dev);
+  Tensor dlat = Tensor::zeros({N, d.C + d.R}, dt, dev);
+  Tensor dpe = Tensor::empty({N, d.R}, dt, dev), tmp = Tensor::empty({N, d.R}, dt, dev);
   for (int64_t h = 0; h < d.H; ++h) {
     ops::copy_cols(dkv, h * (d.dn + d.dv), dk, h * d.dq, d.dn);
     ops::copy_cols(dkv, h * (d.dn + d.dv) + d.dn, dvv, h * d.dv, d.dv);
@@ -227,11 +232,11 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
       ops::add_(dpe, tmp);
     }
   }
-  Tensor ckvn = Tensor::empty({N, d.C}, dt), dckvn = Tensor::empty({N, d.C}, dt);
+  Tensor ckvn = Tensor::empty({N, d.C}, dt, dev), dckvn = Tensor::empty({N, d.C}, dt, dev);
   ops::copy_cols(ckvn, 0, lat, 0, d.C);
   ops::linear_bwd(dckvn, g.kv_b_proj, dkv, ckvn, w.kv_b_proj);
   // dlat = [rmsnorm_bwd(dckvn) | rope_bwd(dpe)]
-  Tensor dckv = Tensor::empty({N, d.C}, dt);
+  Tensor dckv = Tensor::empty({N, d.C}, dt, dev);
   ops::rmsnorm_bwd(dckv, g.kv_a_layernorm, dckvn, s.ckv, w.kv_a_layernorm, s.ckv_rstd);
   ops::rope_bwd(dpe.view({N, 1, d.R}), positions, rope.inv_freq, 0, rope.attention_factor);
   ops::copy_cols(dlat, 0, dckv, 0, d.C);
@@ -239,9 +244,9 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   ops::linear_bwd(dx, g.kv_a_proj_with_mqa, dlat, s.x, w.kv_a_proj_with_mqa);
   // Queries: undo the rope on the pe columns, then the q projections.
   ops::rope_bwd(dq.view({N, d.H, d.dq}), positions, rope.inv_freq, d.dn, rope.attention_factor);
-  Tensor dxq = Tensor::empty({N, d.D}, dt);
+  Tensor dxq = Tensor::empty({N, d.D}, dt, dev);
   if (c.q_lora_rank > 0) {
-    Tensor dcqn = Tensor::empty({N, c.q_lora_rank}, dt), dcq = Tensor::empty({N, c.q_lora_rank}, dt);
+    Tensor dcqn = Tensor::empty({N, c.q_lora_rank}, dt, dev), dcq = Tensor::empty({N, c.q_lora_rank}, dt, dev);
     ops::linear_bwd(dcqn, g.q_b_proj, dq, cqn, w.q_b_proj);
     ops::rmsnorm_bwd(dcq, g.q_a_layernorm, dcqn, s.cq, w.q_a_layernorm, s.cq_rstd);
     ops::linear_bwd(dxq, g.q_a_proj, dcq, s.x, w.q_a_proj);

@@ -23,11 +23,21 @@ Model Model::from_weights(ModelConfig cfg, Weights w) {
   return m;
 }
 
+void Model::to(Device dev, DType dtype) {
+  for (auto& r : param_table(w, cfg, w.has_mtp)) {
+    if (!r.tensor->defined()) continue;
+    const bool big = r.kind == ParamKind::Matrix || r.kind == ParamKind::Embedding;
+    *r.tensor = r.tensor->to(big ? dtype : DType::F32).to(dev);
+  }
+  rope.inv_freq = rope.inv_freq.to(dev);
+}
+
 Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<SeqChunk>& chunks,
                   AttnPath path, ForwardTrace* trace) const {
   const int64_t N = ids.size(0), D = cfg.hidden_size;
   const DType dt = act_dtype();
-  Tensor h = Tensor::empty({N, D}, dt);  // h: [N, D] the residual stream
+  const Device dev = device();
+  Tensor h = Tensor::empty({N, D}, dt, dev);  // h: [N, D] the residual stream
   ops::embedding_fwd(h, ids, w.embed_tokens);
   if (trace) trace->hidden.push_back(h.clone());
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
@@ -45,7 +55,7 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
     if (trace && L.is_moe) trace->routers.push_back(rt);
     if (trace && l + 1 < cfg.num_hidden_layers) trace->hidden.push_back(h.clone());
   }
-  Tensor xn = Tensor::empty({N, D}, dt);
+  Tensor xn = Tensor::empty({N, D}, dt, dev);
   ops::rmsnorm_fwd(xn, Tensor(), h, w.norm, cfg.rms_norm_eps);
   if (trace) trace->hidden.push_back(xn.clone());
   return xn;
@@ -62,10 +72,10 @@ Tensor Model::forward(const Tensor& ids, ForwardTrace* trace) const {
     for (int64_t t = 0; t < T; ++t) pos.data<int64_t>()[b * T + t] = t;
     chunks.push_back({.row0 = b * T, .len = T, .pos0 = 0, .cache = nullptr});
   }
-  Tensor hn = run(flat, pos, chunks, AttnPath::Naive, trace);
-  Tensor logits = Tensor::empty({N, cfg.vocab_size}, hn.dtype());
+  Tensor hn = run(flat.to(device()), pos.to(device()), chunks, AttnPath::Naive, trace);
+  Tensor logits = Tensor::empty({N, cfg.vocab_size}, hn.dtype(), device());
   ops::linear(logits, hn, lm_head());
-  return logits.to(DType::F32).view({B, T, cfg.vocab_size});
+  return logits.to(DType::F32).to(Device::CPU).view({B, T, cfg.vocab_size});
 }
 
 Tensor Model::forward_cached(const std::vector<int64_t>& tokens, LatentCache& cache, bool last_only,
@@ -77,12 +87,13 @@ Tensor Model::forward_cached(const std::vector<int64_t>& tokens, LatentCache& ca
     ids.data<int64_t>()[t] = tokens[size_t(t)];
     pos.data<int64_t>()[t] = p0 + t;
   }
-  Tensor hn = run(ids, pos, {{.row0 = 0, .len = T, .pos0 = p0, .cache = &cache}}, path, nullptr);
+  Tensor hn = run(ids.to(device()), pos.to(device()), {{.row0 = 0, .len = T, .pos0 = p0, .cache = &cache}}, path,
+                  nullptr);
   cache.advance(T);
   Tensor rows = last_only ? hn.slice(T - 1, 1) : hn;
-  Tensor logits = Tensor::empty({rows.size(0), cfg.vocab_size}, rows.dtype());
+  Tensor logits = Tensor::empty({rows.size(0), cfg.vocab_size}, rows.dtype(), device());
   ops::linear(logits, rows, lm_head());
-  return logits.to(DType::F32);
+  return logits.to(DType::F32).to(Device::CPU);
 }
 
 }  // namespace dseek

@@ -64,6 +64,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
               "forward_backward: targets must be I64 like ids");
   const int64_t B = ids.size(0), T = ids.size(1), N = B * T, D = cfg.hidden_size, E = cfg.n_routed_experts;
   const DType dt = act_dtype();
+  const Device dev = device();
   const bool mtp_on = opt.mtp_lambda > 0 && cfg.num_nextn_predict_layers > 0;
   DSEEK_CHECK(!mtp_on || w.has_mtp, "forward_backward: MTP loss asked for but the model has no MTP weights");
   const int64_t depth = mtp_on ? cfg.num_nextn_predict_layers : 0;
@@ -75,7 +76,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   TrainResult res;
 
   // ---- forward: embedding, layers, final norm, LM head + cross-entropy
-  Tensor h = Tensor::empty({N, D}, dt);  // h: [N, D]
+  Tensor h = Tensor::empty({N, D}, dt, dev);  // h: [N, D]
   ops::embedding_fwd(h, flat, w.embed_tokens);
   std::vector<LayerSaved> saved(static_cast<size_t>(cfg.num_hidden_layers));
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
@@ -97,12 +98,12 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
       res.balance_loss += rt.balance_loss;
     }
   }
-  Tensor h_final = h, rstd = Tensor::empty({N}, dt), hn = Tensor::empty({N, D}, dt);
+  Tensor h_final = h, rstd = Tensor::empty({N}, dt, dev), hn = Tensor::empty({N, D}, dt, dev);
   ops::rmsnorm_fwd(hn, rstd, h_final, w.norm, cfg.rms_norm_eps);
   const Tensor& head = lm_head();
   res.tokens = count_targets(tflat);
   DSEEK_CHECK(res.tokens > 0, "forward_backward: no targets");
-  Tensor dhn = train ? Tensor::empty({N, D}, dt) : Tensor();
+  Tensor dhn = train ? Tensor::empty({N, D}, dt, dev) : Tensor();
   Tensor dhead = train ? (cfg.tie_word_embeddings ? grads->embed_tokens : grads->lm_head) : Tensor();
   auto ce = ops::lm_head_cross_entropy(dhn, dhead, hn, head, tflat, opt.grad_scale / double(res.tokens));
   res.main_loss = ce.loss_sum / double(ce.count);
@@ -118,17 +119,17 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     s.ids = gather_seq(flat, B, T, L, k);
     s.targets = gather_seq(tflat, B, T, L, k);
     s.prev = k == 1 ? gather_seq(hn, B, T, L, 0) : gather_seq(ms[size_t(k - 2)].out, B, L + 1, L, 0);
-    s.e = Tensor::empty({Nk, D}, dt);
+    s.e = Tensor::empty({Nk, D}, dt, dev);
     ops::embedding_fwd(s.e, s.ids, w.embed_tokens);
-    Tensor en = Tensor::empty({Nk, D}, dt), pn = Tensor::empty({Nk, D}, dt);
-    s.e_rstd = Tensor::empty({Nk}, dt);
-    s.p_rstd = Tensor::empty({Nk}, dt);
+    Tensor en = Tensor::empty({Nk, D}, dt, dev), pn = Tensor::empty({Nk, D}, dt, dev);
+    s.e_rstd = Tensor::empty({Nk}, dt, dev);
+    s.p_rstd = Tensor::empty({Nk}, dt, dev);
     ops::rmsnorm_fwd(en, s.e_rstd, s.e, M.enorm, cfg.rms_norm_eps);
     ops::rmsnorm_fwd(pn, s.p_rstd, s.prev, M.hnorm, cfg.rms_norm_eps);
-    s.cat = Tensor::empty({Nk, 2 * D}, dt);  // cat: [Nk, 2D], embedding first (spec §5.3)
+    s.cat = Tensor::empty({Nk, 2 * D}, dt, dev);  // cat: [Nk, 2D], embedding first (spec §5.3)
     ops::copy_cols(s.cat, 0, en, 0, D);
     ops::copy_cols(s.cat, D, pn, 0, D);
-    Tensor x = Tensor::empty({Nk, D}, dt);
+    Tensor x = Tensor::empty({Nk, D}, dt, dev);
     ops::linear(x, s.cat, M.eh_proj);
     s.layer.recompute = opt.recompute;
     RouterTrace rt;
@@ -147,8 +148,8 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
       res.balance_loss += rt.balance_loss;
     }
     s.out = x;
-    s.out_rstd = Tensor::empty({Nk}, dt);
-    s.outn = Tensor::empty({Nk, D}, dt);
+    s.out_rstd = Tensor::empty({Nk}, dt, dev);
+    s.outn = Tensor::empty({Nk, D}, dt, dev);
     ops::rmsnorm_fwd(s.outn, s.out_rstd, s.out, M.shared_head_norm, cfg.rms_norm_eps);
     s.count = count_targets(s.targets);
     DSEEK_CHECK(s.count > 0, "forward_backward: no targets for MTP depth ", k);
@@ -167,7 +168,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     MtpWeights& G = grads->mtp[size_t(k - 1)];
     MtpSaved& s = ms[size_t(k - 1)];
     const int64_t L = T - k, Nk = B * L;
-    Tensor doutn = Tensor::empty({Nk, D}, dt), dout = Tensor::empty({Nk, D}, dt);
+    Tensor doutn = Tensor::empty({Nk, D}, dt, dev), dout = Tensor::empty({Nk, D}, dt, dev);
     ops::lm_head_cross_entropy(doutn, dhead, s.outn, head, s.targets,
                                opt.grad_scale * opt.mtp_lambda / double(depth) / double(s.count));
     ops::rmsnorm_bwd(dout, G.shared_head_norm, doutn, s.out, M.shared_head_norm, s.out_rstd);
@@ -183,10 +184,10 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
                .path = AttnPath::Naive,
                .moe = mo},
               s.layer);
-    Tensor dcat = Tensor::empty({Nk, 2 * D}, dt);
+    Tensor dcat = Tensor::empty({Nk, 2 * D}, dt, dev);
     ops::linear_bwd(dcat, G.eh_proj, dout, s.cat, M.eh_proj);
-    Tensor den = Tensor::empty({Nk, D}, dt), dpn = Tensor::empty({Nk, D}, dt),
-           tmp = Tensor::empty({Nk, D}, dt);
+    Tensor den = Tensor::empty({Nk, D}, dt, dev), dpn = Tensor::empty({Nk, D}, dt, dev),
+           tmp = Tensor::empty({Nk, D}, dt, dev);
     ops::copy_cols(den, 0, dcat, 0, D);
     ops::copy_cols(dpn, 0, dcat, D, D);
     ops::rmsnorm_bwd(tmp, G.enorm, den, s.e, M.enorm, s.e_rstd);
@@ -194,11 +195,11 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     ops::rmsnorm_bwd(tmp, G.hnorm, dpn, s.prev, M.hnorm, s.p_rstd);
     // tmp: ∂/∂prev rows; scatter back into the previous level's rows i < L of each sequence.
     const int64_t Tp = k == 1 ? T : L + 1;
-    Tensor dprev = k == 1 ? dhn : Tensor::zeros({B * Tp, D}, dt);
+    Tensor dprev = k == 1 ? dhn : Tensor::zeros({B * Tp, D}, dt, dev);
     for (int64_t b = 0; b < B; ++b) ops::add_(dprev.slice(b * Tp, L), tmp.slice(b * L, L));
     if (k > 1) dnext = dprev;
   }
-  Tensor dh = Tensor::empty({N, D}, dt);
+  Tensor dh = Tensor::empty({N, D}, dt, dev);
   ops::rmsnorm_bwd(dh, grads->norm, dhn, h_final, w.norm, rstd);
   for (int64_t l = cfg.num_hidden_layers - 1; l >= 0; --l) {
     MoeOptions mo = bal;

@@ -13,10 +13,10 @@ namespace dseek {
 
 void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) {
   const int64_t N = x.size(0), F = w.gate_proj.size(0);
-  Tensor g = Tensor::empty({N, F}, x.dtype()), u = Tensor::empty({N, F}, x.dtype());  // g, u: [N, F]
+  Tensor g = Tensor::empty({N, F}, x.dtype(), x.device()), u = Tensor::empty({N, F}, x.dtype(), x.device());  // g, u: [N, F]
   ops::linear(g, x, w.gate_proj);
   ops::linear(u, x, w.up_proj);
-  Tensor h = saved ? Tensor::empty({N, F}, x.dtype()) : g;  // h: [N, F] silu(g)·u
+  Tensor h = saved ? Tensor::empty({N, F}, x.dtype(), x.device()) : g;  // h: [N, F] silu(g)·u
   ops::swiglu_fwd(h, g, u);
   ops::linear(out, h, w.down_proj);
   if (saved) *saved = {x, g, u, h};
@@ -25,10 +25,11 @@ void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) 
 void mlp_bwd(Tensor dx, MlpWeights& gr, const Tensor& dy, const MlpWeights& w, const MlpSaved& s) {
   const int64_t N = s.x.size(0), F = s.g.size(1);
   const DType dt = s.x.dtype();
-  Tensor dh = Tensor::empty({N, F}, dt), dg = Tensor::empty({N, F}, dt), du = Tensor::empty({N, F}, dt);
+  const Device dev = s.x.device();
+  Tensor dh = Tensor::empty({N, F}, dt, dev), dg = Tensor::empty({N, F}, dt, dev), du = Tensor::empty({N, F}, dt, dev);
   ops::linear_bwd(dh, gr.down_proj, dy, s.h, w.down_proj);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
-  Tensor tmp = Tensor::empty(dx.shape(), dt);
+  Tensor tmp = Tensor::empty(dx.shape(), dt, dev);
   ops::linear_bwd(dx, gr.gate_proj, dg, s.x, w.gate_proj);
   ops::linear_bwd(tmp, gr.up_proj, du, s.x, w.up_proj);
   ops::add_(dx, tmp);
@@ -59,11 +60,14 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   const int64_t N = x.size(0), D = x.size(1), E = c.n_routed_experts, K = c.num_experts_per_tok,
                 F = c.moe_intermediate_size, M = N * K;
   const DType dt = x.dtype();
-  Tensor logits = Tensor::empty({N, E}, dt);  // logits: [N, E]
-  ops::linear(logits, x, gate_for(w, dt));
-  Tensor idx = Tensor::empty({N, K}, DType::I32), gw = Tensor::empty({N, K}, dt);
+  const Device dev = x.device();
+  // The router runs in f32 at least (spec §4.2), whatever the activations are.
+  const DType rdt = dt == DType::BF16 ? DType::F32 : dt;
+  Tensor logits = Tensor::empty({N, E}, rdt, dev);  // logits: [N, E]
+  ops::linear(logits, x, gate_for(w, rdt));
+  Tensor idx = Tensor::empty({N, K}, DType::I32, dev), gw = Tensor::empty({N, K}, rdt, dev);
   const bool balance = opt.balance_alpha > 0;
-  Tensor scores = saved || balance ? Tensor::empty({N, E}, dt) : Tensor();
+  Tensor scores = saved || balance ? Tensor::empty({N, E}, rdt, dev) : Tensor();
   const Tensor bias =
       w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
   const auto rp = ops::RouterParams::from(c);
@@ -74,18 +78,18 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
 
   // Routed experts: permute tokens by expert, one grouped product per projection, un-permute with the
   // gate weights. xp, yp: [M, D]; g, u, h: [M, F].
-  ops::MoePlan plan = ops::MoePlan::build(idx, E);
+  ops::MoePlan plan = ops::MoePlan::build(idx.to(Device::CPU), E);
   const ExpertMats mats(w.experts);
-  Tensor xp = Tensor::empty({M, D}, dt), g = Tensor::empty({M, F}, dt), u = Tensor::empty({M, F}, dt);
+  Tensor xp = Tensor::empty({M, D}, dt, dev), g = Tensor::empty({M, F}, dt, dev), u = Tensor::empty({M, F}, dt, dev);
   ops::moe_permute(xp, x, plan);
   ops::grouped_linear(g, xp, mats.gate, plan);
   ops::grouped_linear(u, xp, mats.up, plan);
-  Tensor h = saved ? Tensor::empty({M, F}, dt) : g;
+  Tensor h = saved ? Tensor::empty({M, F}, dt, dev) : g;
   ops::swiglu_fwd(h, g, u);
-  Tensor yp = Tensor::empty({M, D}, dt);
+  Tensor yp = Tensor::empty({M, D}, dt, dev);
   ops::grouped_linear(yp, h, mats.down, plan);
-  Tensor routed = Tensor::empty({N, D}, dt);  // routed: [N, D] Σ_k w_k · expert(x)
-  ops::moe_unpermute(routed, yp, gw, plan);
+  Tensor routed = Tensor::empty({N, D}, dt, dev);  // routed: [N, D] Σ_k w_k · expert(x)
+  ops::moe_unpermute(routed, yp, gw.to(dt), plan);
   if (saved) {
     saved->x = x;
     saved->scores = scores;
@@ -111,25 +115,26 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
   const int64_t N = s.x.size(0), D = s.x.size(1), E = c.n_routed_experts, K = c.num_experts_per_tok,
                 F = c.moe_intermediate_size, M = N * K;
   const DType dt = s.x.dtype();
+  const Device dev = s.x.device();
   if (c.n_shared_experts > 0) {
     mlp_bwd(dx, g.shared, dy, w.shared, s.shared);
   } else {
     dx.fill(0);
   }
   const ExpertMats mats(w.experts), grads(g.experts);
-  Tensor dyp = Tensor::empty({M, D}, dt), dgw = Tensor::empty({N, K}, dt);
+  Tensor dyp = Tensor::empty({M, D}, dt, dev), dgw = Tensor::empty({N, K}, dt, dev);
   ops::moe_unpermute_bwd(dyp, dgw, dy, s.yp, s.route.topk_w, s.plan);
-  Tensor dh = Tensor::empty({M, F}, dt), dg = Tensor::empty({M, F}, dt), du = Tensor::empty({M, F}, dt);
+  Tensor dh = Tensor::empty({M, F}, dt, dev), dg = Tensor::empty({M, F}, dt, dev), du = Tensor::empty({M, F}, dt, dev);
   ops::grouped_linear_bwd(dh, grads.down, dyp, s.h, mats.down, s.plan);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
-  Tensor dxp = Tensor::empty({M, D}, dt), dxp2 = Tensor::empty({M, D}, dt);
+  Tensor dxp = Tensor::empty({M, D}, dt, dev), dxp2 = Tensor::empty({M, D}, dt, dev);
   ops::grouped_linear_bwd(dxp, grads.gate, dg, s.xp, mats.gate, s.plan);
   ops::grouped_linear_bwd(dxp2, grads.up, du, s.xp, mats.up, s.plan);
   ops::add_(dxp, dxp2);
-  Tensor dxr = Tensor::empty({N, D}, dt);
+  Tensor dxr = Tensor::empty({N, D}, dt, dev);
   ops::moe_permute_bwd(dxr, dxp, s.plan);
   ops::add_(dx, dxr);
-  Tensor dlogits = Tensor::empty({N, E}, dt);  // dlogits: [N, E]
+  Tensor dlogits = Tensor::empty({N, E}, dt, dev);  // dlogits: [N, E]
   const auto rp = ops::RouterParams::from(c);
   ops::router_bwd(dlogits, dgw, s.route.topk_idx, s.scores, rp);
   if (opt.balance_alpha > 0)

@@ -5,6 +5,7 @@
 #include <cuda_fp8.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -185,6 +186,10 @@ void device_release_cache() {
 
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (n == 0) return;
+  if (dd == Device::CPU && sd == Device::CPU) {  // no driver needed (and none may be there)
+    std::memcpy(dst, src, n);
+    return;
+  }
   cudaMemcpyKind k = dd == Device::CPU
                          ? (sd == Device::CPU ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost)
                          : (sd == Device::CPU ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice);
