@@ -46,7 +46,8 @@ Runner add_generate(CLI::App& app) {
       ->excludes(g)
       ->capture_default_str();
   app.add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
-  app.add_option("--dtype", o->dtype, "Weights in memory: f32 or bf16 (default: the checkpoint's; bf16 on cuda)");
+  app.add_option("--dtype", o->dtype,
+                 "Weights in memory: f32 or bf16 (default: the checkpoint's; bf16 on cuda)");
   app.add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   app.add_flag("--json", o->json, "Print one JSON object with the new token ids");
   return [o, ids_opt, text_opt, chat_opt]() {

@@ -16,7 +16,8 @@ Runner add_logits(CLI::App& app) {
   app.add_option("MODEL_DIR", o->dir, "Model directory")->required();
   app.add_option("--input-ids", o->in, "safetensors file holding input_ids (I64 [B, T])")->required();
   app.add_option("--out", o->out, "safetensors file to write logits (F32 [B, T, V]) to")->required();
-  app.add_option("--dtype", o->dtype, "Weights in memory: f32 or bf16 (default: the checkpoint's; bf16 on cuda)");
+  app.add_option("--dtype", o->dtype,
+                 "Weights in memory: f32 or bf16 (default: the checkpoint's; bf16 on cuda)");
   app.add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   return [o]() {
     auto f = io::SafetensorsFile::open(o->in);

@@ -30,7 +30,7 @@ Runner add_data(CLI::App& app);  // the `data` group: prepare, demo-corpus
 // Shared helpers.
 std::vector<int64_t> parse_id_list(const std::string& s, const char* flag);
 DType parse_weight_dtype(const std::string& s, const char* flag);  // "f32" | "bf16"
-Device parse_device(const std::string& s);                        // "cpu" | "cuda"
+Device parse_device(const std::string& s);                         // "cpu" | "cuda"
 // Chat messages from a JSON file (an array, or {"messages": [...]}).
 std::vector<tok::ChatMessage> read_chat_file(const std::string& path);
 

@@ -43,7 +43,8 @@ Model load_model(const std::string& dir, const std::string& dtype_flag, const st
   const Device dev = parse_device(device_flag.empty() ? "cpu" : device_flag);
   ModelConfig cfg = ModelConfig::load(dir);
   if (dev == Device::CPU) {
-    const DType dt = dtype_flag.empty() ? default_weight_dtype(cfg) : parse_weight_dtype(dtype_flag, "--dtype");
+    const DType dt =
+        dtype_flag.empty() ? default_weight_dtype(cfg) : parse_weight_dtype(dtype_flag, "--dtype");
     return Model::load(dir, {.dtype = dt});
   }
   DSEEK_CHECK(cuda_built(), "--device cuda: this dseek was built without CUDA");

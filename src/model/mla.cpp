@@ -58,7 +58,8 @@ void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeig
   }
   lat = Tensor::empty({N, d.C + d.R}, dt, dev);  // lat: [N, C + R] = [c_kv | k_pe]
   ops::linear(lat, x, w.kv_a_proj_with_mqa);
-  Tensor ckv = Tensor::empty({N, d.C}, dt, dev), ckvn = Tensor::empty({N, d.C}, dt, dev);  // ckv, ckvn: [N, C]
+  Tensor ckv = Tensor::empty({N, d.C}, dt, dev),
+         ckvn = Tensor::empty({N, d.C}, dt, dev);  // ckv, ckvn: [N, C]
   Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
   ops::copy_cols(ckv, 0, lat, 0, d.C);
   ops::rmsnorm_fwd(ckvn, rstd, ckv, w.kv_a_layernorm, c.rms_norm_eps);
@@ -80,7 +81,8 @@ void decompress(Tensor& k, Tensor& v, const Tensor& src, const MlaWeights& w, co
   const Device dev = src.device();
   Tensor ckv = Tensor::empty({S, d.C}, dt, dev);  // ckv: [S, C] the normed latents
   ops::copy_cols(ckv, 0, src, 0, d.C);
-  Tensor kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, dt, dev);  // kv: [S, H, dn + dv] = per head [k_nope | v]
+  Tensor kv =
+      Tensor::empty({S, d.H * (d.dn + d.dv)}, dt, dev);  // kv: [S, H, dn + dv] = per head [k_nope | v]
   ops::linear(kv, ckv, w.kv_b_proj);
   k = Tensor::empty({S, d.H * d.dq}, dt, dev);
   v = Tensor::empty({S, d.H * d.dv}, dt, dev);
@@ -246,7 +248,8 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   ops::rope_bwd(dq.view({N, d.H, d.dq}), positions, rope.inv_freq, d.dn, rope.attention_factor);
   Tensor dxq = Tensor::empty({N, d.D}, dt, dev);
   if (c.q_lora_rank > 0) {
-    Tensor dcqn = Tensor::empty({N, c.q_lora_rank}, dt, dev), dcq = Tensor::empty({N, c.q_lora_rank}, dt, dev);
+    Tensor dcqn = Tensor::empty({N, c.q_lora_rank}, dt, dev),
+           dcq = Tensor::empty({N, c.q_lora_rank}, dt, dev);
     ops::linear_bwd(dcqn, g.q_b_proj, dq, cqn, w.q_b_proj);
     ops::rmsnorm_bwd(dcq, g.q_a_layernorm, dcqn, s.cq, w.q_a_layernorm, s.cq_rstd);
     ops::linear_bwd(dxq, g.q_a_proj, dcq, s.x, w.q_a_proj);

@@ -87,8 +87,8 @@ Tensor Model::forward_cached(const std::vector<int64_t>& tokens, LatentCache& ca
     ids.data<int64_t>()[t] = tokens[size_t(t)];
     pos.data<int64_t>()[t] = p0 + t;
   }
-  Tensor hn = run(ids.to(device()), pos.to(device()), {{.row0 = 0, .len = T, .pos0 = p0, .cache = &cache}}, path,
-                  nullptr);
+  Tensor hn = run(ids.to(device()), pos.to(device()), {{.row0 = 0, .len = T, .pos0 = p0, .cache = &cache}},
+                  path, nullptr);
   cache.advance(T);
   Tensor rows = last_only ? hn.slice(T - 1, 1) : hn;
   Tensor logits = Tensor::empty({rows.size(0), cfg.vocab_size}, rows.dtype(), device());

@@ -65,13 +65,11 @@ class Model {
     return LatentCache(cfg, cfg.num_hidden_layers, capacity, act_dtype(), device());
   }
   Device device() const { return w.embed_tokens.device(); }
-  // Activations follow the weights: f64 weights (gradient checks) run in f64; on CUDA, bf16 weights
-  // run bf16 activations (f32 statistics and accumulation inside the ops); otherwise f32.
-  DType act_dtype() const {
-    const DType e = w.embed_tokens.dtype();
-    if (device() == Device::CUDA) return e == DType::F32 ? DType::F32 : DType::BF16;
-    return e == DType::F64 ? DType::F64 : DType::F32;
-  }
+  // Activations: f64 with f64 weights (gradient checks), else f32. With bf16 weights on CUDA the products
+  // take bf16 operands (each op casts its input) and accumulate in f32, while the residual stream,
+  // norms, router, softmax and latent cache stay f32: measured on the fixtures, bf16 activations
+  // throughout drift 1.2 % from the reference and flip routing choices.
+  DType act_dtype() const { return w.embed_tokens.dtype() == DType::F64 ? DType::F64 : DType::F32; }
   // The model moved to `device` with matrices and embeddings in `dtype` (norms, router and bias stay f32).
   void to(Device device, DType dtype);
   const Tensor& lm_head() const { return cfg.tie_word_embeddings ? w.embed_tokens : w.lm_head; }

@@ -13,7 +13,8 @@ namespace dseek {
 
 void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) {
   const int64_t N = x.size(0), F = w.gate_proj.size(0);
-  Tensor g = Tensor::empty({N, F}, x.dtype(), x.device()), u = Tensor::empty({N, F}, x.dtype(), x.device());  // g, u: [N, F]
+  Tensor g = Tensor::empty({N, F}, x.dtype(), x.device()),
+         u = Tensor::empty({N, F}, x.dtype(), x.device());  // g, u: [N, F]
   ops::linear(g, x, w.gate_proj);
   ops::linear(u, x, w.up_proj);
   Tensor h = saved ? Tensor::empty({N, F}, x.dtype(), x.device()) : g;  // h: [N, F] silu(g)·u
@@ -26,7 +27,8 @@ void mlp_bwd(Tensor dx, MlpWeights& gr, const Tensor& dy, const MlpWeights& w, c
   const int64_t N = s.x.size(0), F = s.g.size(1);
   const DType dt = s.x.dtype();
   const Device dev = s.x.device();
-  Tensor dh = Tensor::empty({N, F}, dt, dev), dg = Tensor::empty({N, F}, dt, dev), du = Tensor::empty({N, F}, dt, dev);
+  Tensor dh = Tensor::empty({N, F}, dt, dev), dg = Tensor::empty({N, F}, dt, dev),
+         du = Tensor::empty({N, F}, dt, dev);
   ops::linear_bwd(dh, gr.down_proj, dy, s.h, w.down_proj);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
   Tensor tmp = Tensor::empty(dx.shape(), dt, dev);
@@ -80,7 +82,8 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   // gate weights. xp, yp: [M, D]; g, u, h: [M, F].
   ops::MoePlan plan = ops::MoePlan::build(idx.to(Device::CPU), E);
   const ExpertMats mats(w.experts);
-  Tensor xp = Tensor::empty({M, D}, dt, dev), g = Tensor::empty({M, F}, dt, dev), u = Tensor::empty({M, F}, dt, dev);
+  Tensor xp = Tensor::empty({M, D}, dt, dev), g = Tensor::empty({M, F}, dt, dev),
+         u = Tensor::empty({M, F}, dt, dev);
   ops::moe_permute(xp, x, plan);
   ops::grouped_linear(g, xp, mats.gate, plan);
   ops::grouped_linear(u, xp, mats.up, plan);
@@ -124,7 +127,8 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
   const ExpertMats mats(w.experts), grads(g.experts);
   Tensor dyp = Tensor::empty({M, D}, dt, dev), dgw = Tensor::empty({N, K}, dt, dev);
   ops::moe_unpermute_bwd(dyp, dgw, dy, s.yp, s.route.topk_w, s.plan);
-  Tensor dh = Tensor::empty({M, F}, dt, dev), dg = Tensor::empty({M, F}, dt, dev), du = Tensor::empty({M, F}, dt, dev);
+  Tensor dh = Tensor::empty({M, F}, dt, dev), dg = Tensor::empty({M, F}, dt, dev),
+         du = Tensor::empty({M, F}, dt, dev);
   ops::grouped_linear_bwd(dh, grads.down, dyp, s.h, mats.down, s.plan);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
   Tensor dxp = Tensor::empty({M, D}, dt, dev), dxp2 = Tensor::empty({M, D}, dt, dev);

@@ -25,7 +25,8 @@ void linear(Tensor out, const Tensor& x, const Tensor& w, Stream) {
   DSEEK_CHECK(x.size(1) == w.size(1), "linear: x ", x.str(), " and w ", w.str(),
               " disagree on the input dim");
   check_shape("linear", "out", out, {x.size(0), w.size(0)});
-  DSEEK_CHECK(out.dtype() == x.dtype(), "linear: out dtype differs from x");
+  DSEEK_CHECK(out.dtype() == x.dtype() || (x.device() == Device::CUDA && out.dtype() == DType::F32),
+              "linear: out dtype differs from x");
   check_same_device("linear", {&out, &x, &w});
   switch (x.device()) {
     case Device::CPU:
@@ -44,7 +45,8 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w, Stream) {
   DSEEK_CHECK(x.size(1) == w.size(0), "matmul_nn: x ", x.str(), " and w ", w.str(),
               " disagree on the inner dim");
   check_shape("matmul_nn", "out", out, {x.size(0), w.size(1)});
-  DSEEK_CHECK(out.dtype() == x.dtype(), "matmul_nn: out dtype differs from x");
+  DSEEK_CHECK(out.dtype() == x.dtype() || (x.device() == Device::CUDA && out.dtype() == DType::F32),
+              "matmul_nn: out dtype differs from x");
   check_same_device("matmul_nn", {&out, &x, &w});
   switch (x.device()) {
     case Device::CPU:

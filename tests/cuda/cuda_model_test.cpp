@@ -17,7 +17,9 @@ namespace {
 
 class CudaModel : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { ASSERT_GT(cuda_device_count(), 0) << "no CUDA device (these tests run on the GPU machine)"; }
+  void SetUp() override {
+    ASSERT_GT(cuda_device_count(), 0) << "no CUDA device (these tests run on the GPU machine)";
+  }
 };
 
 Model on_gpu(const std::string& dir, DType dt) {
@@ -37,13 +39,16 @@ TEST_P(CudaModel, LogitsMatchTransformers) {
     Tensor logits = m.forward(ids, &tr);
     test::Diff d = test::diff(logits, ref->get("logits"));
     EXPECT_FALSE(d.nan);
-    EXPECT_LE(d.rel, dt == DType::BF16 ? 1e-2 : 1e-5) << GetParam() << " " << dtype_name(dt) << ": " << test::str(d);
+    EXPECT_LE(d.rel, dt == DType::BF16 ? 1e-2 : 1e-5)
+        << GetParam() << " " << dtype_name(dt) << ": " << test::str(d);
     std::printf("[%s on cuda, %s] logits %s\n", GetParam().c_str(), dtype_name(dt), test::str(d).c_str());
     if (ref->find("router_topk.0") && dt == DType::F32) {
       for (size_t j = 0; j < tr.routers.size(); ++j) {
-        Tensor want = ref->get("router_topk." + std::to_string(j)), got = tr.routers[j].topk_idx.to(Device::CPU);
+        Tensor want = ref->get("router_topk." + std::to_string(j)),
+               got = tr.routers[j].topk_idx.to(Device::CPU);
         for (int64_t i = 0; i < want.numel(); ++i)
-          ASSERT_EQ(got.data<int32_t>()[i], want.data<int32_t>()[i]) << "router_topk." << j << " element " << i;
+          ASSERT_EQ(got.data<int32_t>()[i], want.data<int32_t>()[i])
+              << "router_topk." << j << " element " << i;
       }
     }
   }
