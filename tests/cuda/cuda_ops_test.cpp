@@ -81,6 +81,18 @@ TEST_F(Cuda, Linear) {
     }
 }
 
+TEST_F(Cuda, LinearF32ActivationsBf16Weights) {
+  // Decode sizes go through the GEMV kernel (f32 activations kept); larger through cuBLASLt (bf16 operands).
+  for (auto [N, I, O] : {std::tuple{1, 1024, 129}, {3, 7168, 64}, {8, 96, 100}, {5, 30, 7}, {33, 256, 64}}) {
+    Tensor x = randn({N, I});
+    Pair w = upload(randn({O, I}, 0.05), DType::BF16);
+    Tensor ref = Tensor::empty({N, O}, DType::F32), out = poisoned({N, O}, DType::F32);
+    ops::linear(ref, x, w.cpu);
+    ops::linear(out, x.to(Device::CUDA), w.gpu);
+    expect_close("linear f32 x bf16", out, ref, N <= 8 ? DType::F32 : DType::BF16);
+  }
+}
+
 TEST_F(Cuda, RmsNormRopeSwigluAxpyCopy) {
   for (int64_t N : {1, 9, 300})
     for (DType dt : kTypes) {

@@ -9,6 +9,7 @@
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/gemv.h"
 
 namespace dseek::ops::cuda {
 
@@ -105,6 +106,7 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
 void linear(Tensor out, const Tensor& x, const Tensor& w) {
   const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
   if (N == 0 || O == 0) return;
+  if (gemv_applies(out, x, w)) return gemv_bf16(out, x, w);  // decoding: bandwidth-bound, f32 activations
   Tensor xa = x.dtype() == w.dtype() ? x : x.to(w.dtype());
   Tensor o = out.dtype() == w.dtype() || out.dtype() == DType::F32
                  ? out
