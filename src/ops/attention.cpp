@@ -87,10 +87,15 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Te
   }
 }
 
+std::vector<int64_t> varlen_probs_offsets(const std::vector<int64_t>& cu, int64_t heads) {
+  std::vector<int64_t> off(cu.empty() ? 1 : cu.size(), 0);
+  for (size_t i = 0; i + 1 < cu.size(); ++i)
+    off[i + 1] = off[i] + heads * (cu[i + 1] - cu[i]) * (cu[i + 1] - cu[i]);
+  return off;
+}
+
 int64_t varlen_probs_size(const std::vector<int64_t>& cu, int64_t heads) {
-  int64_t n = 0;
-  for (size_t i = 0; i + 1 < cu.size(); ++i) n += heads * (cu[i + 1] - cu[i]) * (cu[i + 1] - cu[i]);
-  return n;
+  return varlen_probs_offsets(cu, heads).back();
 }
 
 namespace {

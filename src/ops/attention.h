@@ -30,6 +30,8 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Te
 // is rows [cu_seqlens[i], cu_seqlens[i + 1]) of q [N, H, Dq], k [N, H, Dq], v [N, H, Dv], out [N, H, Dv].
 // probs (for the backward) holds every sequence's [H, L_i, L_i] one after another: Σ H·L_i² values.
 int64_t varlen_probs_size(const std::vector<int64_t>& cu_seqlens, int64_t heads);
+// Where each sequence's probabilities start in that buffer ([B + 1], the last one its size).
+std::vector<int64_t> varlen_probs_offsets(const std::vector<int64_t>& cu_seqlens, int64_t heads);
 void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
                           const std::vector<int64_t>& cu_seqlens, double scale, Stream s = {});
 void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,

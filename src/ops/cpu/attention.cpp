@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "ops/attention.h"
 #include "ops/cpu/blas.h"
 #include "ops/cpu/cpu_ops.h"
 
@@ -139,9 +140,7 @@ template <typename T>
 void varlen_fwd(T* out, T* probs, const T* q, const T* k, const T* v, const std::vector<int64_t>& cu,
                 int64_t H, int64_t Dq, int64_t Dv, double scale) {
   const int64_t B = int64_t(cu.size()) - 1;
-  std::vector<int64_t> poff(size_t(B) + 1, 0);  // start of each sequence's probs
-  for (int64_t b = 0; b < B; ++b)
-    poff[size_t(b) + 1] = poff[size_t(b)] + H * (cu[b + 1] - cu[b]) * (cu[b + 1] - cu[b]);
+  const std::vector<int64_t> poff = varlen_probs_offsets(cu, H);  // start of each sequence's probs
 #pragma omp parallel
   {
     std::vector<T> local;
@@ -163,9 +162,7 @@ template <typename T>
 void varlen_bwd(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* probs,
                 const std::vector<int64_t>& cu, int64_t H, int64_t Dq, int64_t Dv, double scale) {
   const int64_t B = int64_t(cu.size()) - 1;
-  std::vector<int64_t> poff(size_t(B) + 1, 0);
-  for (int64_t b = 0; b < B; ++b)
-    poff[size_t(b) + 1] = poff[size_t(b)] + H * (cu[b + 1] - cu[b]) * (cu[b + 1] - cu[b]);
+  const std::vector<int64_t> poff = varlen_probs_offsets(cu, H);  // start of each sequence's probs
 #pragma omp parallel
   {
     std::vector<T> dP;

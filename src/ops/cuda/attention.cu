@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "ops/attention.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -134,13 +135,9 @@ void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tenso
                           const std::vector<int64_t>& cu, double scale) {
   const int64_t N = q.size(0), H = q.size(1), Dq = q.size(2), Dv = v.size(2), B = int64_t(cu.size()) - 1;
   if (N == 0) return;
-  std::vector<int64_t> poff(size_t(B) + 1, 0);
+  const std::vector<int64_t> poff = varlen_probs_offsets(cu, H);
   int64_t Lmax = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t L = cu[size_t(b) + 1] - cu[size_t(b)];
-    poff[size_t(b) + 1] = poff[size_t(b)] + H * L * L;
-    Lmax = std::max(Lmax, L);
-  }
+  for (int64_t b = 0; b < B; ++b) Lmax = std::max(Lmax, cu[size_t(b) + 1] - cu[size_t(b)]);
   Tensor dcu = Tensor::empty({B + 1}, DType::I64, Device::CUDA),
          dpo = Tensor::empty({B + 1}, DType::I64, Device::CUDA);
   copy_bytes(dcu.raw(), Device::CUDA, cu.data(), Device::CPU, cu.size() * 8);
