@@ -34,8 +34,8 @@ Device parse_device(const std::string& s);                         // "cpu" | "c
 // Chat messages from a JSON file (an array, or {"messages": [...]}).
 std::vector<tok::ChatMessage> read_chat_file(const std::string& path);
 
-// Loads MODEL_DIR for --device/--dtype: on the CPU in --dtype (default: the checkpoint's); on CUDA
-// loaded in f32 (fp8 dequantized exactly) and moved with matrices in --dtype (default bf16).
+// Loads MODEL_DIR for --device/--dtype: on the CPU in --dtype (default: the checkpoint's); on CUDA,
+// fp8 matrices stay fp8 with their block scales and the others move in --dtype (default bf16).
 Model load_model(const std::string& dir, const std::string& dtype_flag, const std::string& device_flag);
 
 }  // namespace dseek::cli

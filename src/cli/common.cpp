@@ -50,7 +50,7 @@ Model load_model(const std::string& dir, const std::string& dtype_flag, const st
   DSEEK_CHECK(cuda_built(), "--device cuda: this dseek was built without CUDA");
   DSEEK_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is visible");
   const DType dt = dtype_flag.empty() ? DType::BF16 : parse_weight_dtype(dtype_flag, "--dtype");
-  Model m = Model::load(dir, {.dtype = DType::F32});
+  Model m = Model::load(dir, {.dtype = DType::F32, .keep_fp8 = true});  // fp8 stays fp8 on the GPU
   m.to(Device::CUDA, dt);
   return m;
 }

@@ -89,9 +89,35 @@ Tensor Tensor::wrap(std::shared_ptr<Storage> storage, size_t offset, const Shape
 Tensor Tensor::view(const Shape& shape) const {
   DSEEK_CHECK(shape_numel(shape) == numel(), "view ", shape_str(shape), " of ", str(),
               ": element counts differ");
+  DSEEK_CHECK(!qscale_ || shape == shape_, "view of a block-scaled tensor ", str());
   Tensor t = *this;
   t.shape_ = shape;
   return t;
+}
+
+Tensor Tensor::with_block_scale(const Tensor& scale, int64_t br, int64_t bc) const {
+  DSEEK_CHECK(ndim() == 2 && dtype_ == DType::F8E4M3, "block scales belong to fp8 matrices, not ", str());
+  DSEEK_CHECK(scale.dtype() == DType::F32 && scale.ndim() == 2 && scale.size(0) == (size(0) + br - 1) / br &&
+                  scale.size(1) == (size(1) + bc - 1) / bc && scale.device() == device(),
+              "block scale ", scale.str(), " does not fit ", str(), " with blocks ", br, "x", bc);
+  Tensor t = *this;
+  t.qscale_ = std::make_shared<BlockScale>(BlockScale{scale, br, bc});
+  t.qrow0_ = 0;
+  return t;
+}
+
+Tensor Tensor::dequantize(DType dtype) const {
+  if (!qscale_) return to(dtype);
+  const Tensor codes = device() == Device::CPU ? *this : to(Device::CPU);
+  const Tensor sc = qscale_->scale.to(Device::CPU);
+  const int64_t R = size(0), C = size(1), SC = sc.size(1), br = qscale_->block_rows, bc = qscale_->block_cols;
+  Tensor v = empty({R, C}, DType::F32);
+  const uint8_t* q = static_cast<const uint8_t*>(codes.raw());
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c)
+      v.data<float>()[r * C + c] =
+          f8e4m3_to_f32(q[r * C + c]) * sc.data<float>()[((qrow0_ + r) / br) * SC + c / bc];
+  return v.to(dtype).to(device());
 }
 
 Tensor Tensor::slice(int64_t start, int64_t len) const {
@@ -100,6 +126,7 @@ Tensor Tensor::slice(int64_t start, int64_t len) const {
   Tensor t = *this;
   t.shape_[0] = len;
   t.offset_ = offset_ + size_t(start) * (numel() / std::max<int64_t>(shape_[0], 1)) * dtype_size(dtype_);
+  t.qrow0_ = qrow0_ + start;
   return t;
 }
 
@@ -112,10 +139,13 @@ Tensor Tensor::operator[](int64_t i) const {
 Tensor Tensor::clone() const {
   Tensor t = empty(shape_, dtype_, device());
   copy_bytes(t.raw(), device(), raw(), device(), nbytes());
+  t.qscale_ = qscale_;
+  t.qrow0_ = qrow0_;
   return t;
 }
 
 Tensor Tensor::to(DType dtype) const {
+  if (qscale_) return dtype == dtype_ ? *this : dequantize(dtype);
   if (dtype == dtype_) return *this;
   Tensor t = empty(shape_, dtype, device());
   t.copy_from(*this);
@@ -126,6 +156,11 @@ Tensor Tensor::to(Device d) const {
   if (d == device()) return *this;
   Tensor t = empty(shape_, dtype_, d);
   copy_bytes(t.raw(), d, raw(), device(), nbytes());
+  if (qscale_) {  // the whole scale travels; the view keeps its row offset into it
+    t.qscale_ = std::make_shared<BlockScale>(
+        BlockScale{qscale_->scale.to(d), qscale_->block_rows, qscale_->block_cols});
+    t.qrow0_ = qrow0_;
+  }
   return t;
 }
 

@@ -50,6 +50,12 @@ constexpr bool dtype_matches(DType t) {
   return false;
 }
 
+class Tensor;
+
+// Block scales of an fp8 matrix (DeepSeek's `weight_scale_inv`, spec/model.md §6.4): value[r][c] =
+// fp8[r][c] · scale[(row0 + r) / block_rows][c / block_cols], row0 being where a row-slice view starts.
+struct BlockScale;
+
 class Tensor {
  public:
   Tensor() = default;
@@ -83,8 +89,15 @@ class Tensor {
   // Row i along dim 0 with that dim dropped.
   Tensor operator[](int64_t i) const;
 
+  // fp8 matrices that keep their block scales (GPU weights): attach, query, and the value as `dtype`.
+  Tensor with_block_scale(const Tensor& scale, int64_t block_rows, int64_t block_cols) const;
+  const BlockScale* block_scale() const { return qscale_.get(); }
+  int64_t block_row0() const { return qrow0_; }
+  Tensor dequantize(DType dtype) const;  // scale applied (the same tensor converted if it has none)
+
   Tensor clone() const;               // deep copy, same dtype and device
   Tensor to(DType dtype) const;       // converted copy on the same device; itself if already that dtype
+                                      // (a block-scaled fp8 tensor converts to its scaled values)
   Tensor to(Device device) const;     // copy on another device; itself if already there
   void copy_from(const Tensor& src);  // same element count; converts dtype; any devices
   void fill(double value);            // float dtypes and integers; any device
@@ -95,6 +108,13 @@ class Tensor {
   size_t offset_ = 0;
   Shape shape_;
   DType dtype_ = DType::F32;
+  std::shared_ptr<const BlockScale> qscale_;
+  int64_t qrow0_ = 0;
+};
+
+struct BlockScale {
+  Tensor scale;  // [ceil(rows / block_rows), ceil(cols / block_cols)] f32, same device as the data
+  int64_t block_rows = 128, block_cols = 128;
 };
 
 }  // namespace dseek

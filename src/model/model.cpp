@@ -26,6 +26,10 @@ Model Model::from_weights(ModelConfig cfg, Weights w) {
 void Model::to(Device dev, DType dtype) {
   for (auto& r : param_table(w, cfg, w.has_mtp)) {
     if (!r.tensor->defined()) continue;
+    if (r.tensor->block_scale()) {  // fp8 with block scales: stays fp8, dequantized on the fly
+      *r.tensor = r.tensor->to(dev);
+      continue;
+    }
     const bool big = r.kind == ParamKind::Matrix || r.kind == ParamKind::Embedding;
     *r.tensor = r.tensor->to(big ? dtype : DType::F32).to(dev);
   }

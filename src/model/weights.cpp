@@ -170,7 +170,8 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& c, const Lo
       if (si.dtype != DType::F32 || si.shape != sshape)
         fail(src.dir(), ": \"", sname, "\" is ", dtype_name(si.dtype), shape_str(si.shape), ", expected F32",
              shape_str(sshape), " for weight_block_size [", br, ", ", bc, "]");
-      *r.tensor = dequantize_fp8(t, src.get(sname), br, bc, want);
+      *r.tensor = opt.keep_fp8 ? t.with_block_scale(src.get(sname), br, bc)
+                               : dequantize_fp8(t, src.get(sname), br, bc, want);
     } else {
       DSEEK_CHECK(dtype_is_float(info.dtype), src.dir(), ": tensor \"", r.name, "\" has non-float dtype ",
                   dtype_name(info.dtype));

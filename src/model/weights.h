@@ -91,6 +91,7 @@ struct LoadOptions {
                              // parameter in f64, for gradient checks)
   bool load_mtp = true;      // load MTP modules when the checkpoint has them
   bool writable = false;     // own every tensor (training); else matching dtypes stay read-only file views
+  bool keep_fp8 = false;     // fp8 checkpoint matrices stay fp8 with their block scales (for the GPU)
 };
 
 // The dtype a checkpoint's torch_dtype suggests for compute (bf16 stays bf16, otherwise f32).

@@ -12,6 +12,9 @@ void check_weight_dtype(const char* op, const Tensor& x, const Tensor& w) {
   check_act(op, "x", x);
   if (x.dtype() == DType::F64) {
     check_dtype(op, "w", w, {DType::F64});
+  } else if (w.dtype() == DType::F8E4M3) {
+    DSEEK_CHECK(w.device() == Device::CUDA && w.block_scale(), op,
+                ": fp8 weights need their block scales and run on CUDA (the CPU dequantizes at load)");
   } else {
     check_dtype(op, "w", w, {DType::F32, DType::BF16});
   }

@@ -47,6 +47,9 @@ void check_weights(const char* op, const std::vector<Tensor>& w, const MoePlan& 
     check_shape(op, "w[e]", t, {O, I});
     if (dt == DType::F64) {
       check_dtype(op, "w[e]", t, {DType::F64});
+    } else if (t.dtype() == DType::F8E4M3) {
+      DSEEK_CHECK(t.device() == Device::CUDA && t.block_scale(), op,
+                  ": fp8 expert weights need block scales, on CUDA");
     } else {
       check_dtype(op, "w[e]", t, {DType::F32, DType::BF16});
     }

@@ -23,7 +23,7 @@ class CudaModel : public ::testing::TestWithParam<std::string> {
 };
 
 Model on_gpu(const std::string& dir, DType dt) {
-  Model m = Model::load(dir, {.dtype = DType::F32});
+  Model m = Model::load(dir, {.dtype = DType::F32, .keep_fp8 = true});
   m.to(Device::CUDA, dt);
   return m;
 }
@@ -35,6 +35,11 @@ TEST_P(CudaModel, LogitsMatchTransformers) {
   for (DType dt : {DType::BF16, DType::F32}) {
     Model m = on_gpu(dir, dt);
     ASSERT_EQ(m.device(), Device::CUDA);
+    if (GetParam() == "tiny-v3-fp8") {  // fp8 matrices stay fp8 in GPU memory
+      EXPECT_EQ(m.w.layers[1].attn.q_b_proj.dtype(), DType::F8E4M3);
+      EXPECT_NE(m.w.layers[1].attn.q_b_proj.block_scale(), nullptr);
+      EXPECT_EQ(m.w.layers[1].moe.experts[3].down_proj.dtype(), DType::F8E4M3);
+    }
     ForwardTrace tr;
     Tensor logits = m.forward(ids, &tr);
     test::Diff d = test::diff(logits, ref->get("logits"));

@@ -93,6 +93,41 @@ TEST_F(Cuda, LinearF32ActivationsBf16Weights) {
   }
 }
 
+TEST_F(Cuda, LinearFp8BlockScaledWeights) {
+  // fp8 weights with [32, 32] and [128, 128] blocks, partial edge blocks, row slices starting inside a
+  // block; against the CPU product with the dequantized weights (f32: exact dequantization).
+  for (auto [N, I, O, B] : {std::tuple{1, 96, 40, 32},
+                            {5, 1024, 200, 128},
+                            {8, 60, 33, 32},
+                            {40, 256, 130, 128},
+                            {17, 48, 96, 32}}) {
+    Tensor wf = randn({O, I}, 0.05);
+    Tensor q = wf.to(DType::F8E4M3);  // codes
+    Tensor scale = Tensor::empty({(O + B - 1) / B, (I + B - 1) / B}, DType::F32);
+    for (int64_t i = 0; i < scale.numel(); ++i) scale.data<float>()[i] = 0.5f + 0.25f * float(i % 5);
+    Tensor wq = q.with_block_scale(scale, B, B);
+    Tensor wd = wq.dequantize(DType::F32);
+    Tensor wg = wq.to(Device::CUDA);
+    ASSERT_EQ(wg.dtype(), DType::F8E4M3);
+    Tensor x = randn({N, I});
+    Tensor ref = Tensor::empty({N, O}, DType::F32), out = poisoned({N, O}, DType::F32);
+    ops::linear(ref, x, wd);
+    ops::linear(out, x.to(Device::CUDA), wg);
+    expect_close("linear fp8", out, ref, DType::F32);
+    // A row slice starting inside a block (as W_UK[h] of kv_b_proj), used as x · W.
+    const int64_t r0 = 3, rows = std::min<int64_t>(O - r0, 20);
+    Tensor xs = randn({N, rows});
+    Tensor ref2 = Tensor::empty({N, I}, DType::F32), out2 = poisoned({N, I}, DType::F32);
+    ops::matmul_nn(ref2, xs, wd.slice(r0, rows));
+    ops::matmul_nn(out2, xs.to(Device::CUDA), wg.slice(r0, rows));
+    expect_close("matmul_nn fp8 slice", out2, ref2, DType::F32);
+    Tensor ref3 = Tensor::empty({N, rows}, DType::F32), out3 = poisoned({N, rows}, DType::F32);
+    ops::linear(ref3, x, wd.slice(r0, rows));
+    ops::linear(out3, x.to(Device::CUDA), wg.slice(r0, rows));
+    expect_close("linear fp8 slice", out3, ref3, DType::F32);
+  }
+}
+
 TEST_F(Cuda, RmsNormRopeSwigluAxpyCopy) {
   for (int64_t N : {1, 9, 300})
     for (DType dt : kTypes) {

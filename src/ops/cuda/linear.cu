@@ -9,6 +9,7 @@
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/fp8.h"
 #include "ops/cuda/gemv.h"
 
 namespace dseek::ops::cuda {
@@ -103,9 +104,36 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
 
 }  // namespace
 
+namespace {
+
+// Products with a block-scaled fp8 weight: the GEMV for decode sizes, else the weight dequantized to f32 in
+// row chunks (bounded scratch) and an f32 product.
+void linear_fp8(Tensor out, const Tensor& x, const Tensor& w) {
+  const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
+  Tensor xf = x.to(DType::F32);
+  Tensor of = out.dtype() == DType::F32 ? out : Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+  if (N <= 8) {
+    gemv_fp8(of, xf, w);
+  } else {
+    const int64_t chunk =
+        std::max<int64_t>(1, (int64_t(64) << 20) / std::max<int64_t>(I, 1));  // ≤ 256 MB f32
+    for (int64_t r0 = 0; r0 < O; r0 += chunk) {
+      const int64_t n = std::min(chunk, O - r0);
+      Tensor wf = dequantize_rows(w, r0, n);  // [n, I] f32
+      // of[:, r0:r0+n] (ld O) = x · wfᵀ
+      lt_matmul(true, false, n, N, I, wf.raw(), I, xf.raw(), I, static_cast<float*>(of.raw()) + r0, O,
+                DType::F32, DType::F32, 0.0f);
+    }
+  }
+  if (of.raw() != out.raw()) out.copy_from(of);
+}
+
+}  // namespace
+
 void linear(Tensor out, const Tensor& x, const Tensor& w) {
   const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
   if (N == 0 || O == 0) return;
+  if (w.block_scale()) return linear_fp8(out, x, w);
   if (gemv_applies(out, x, w)) return gemv_bf16(out, x, w);  // decoding: bandwidth-bound, f32 activations
   Tensor xa = x.dtype() == w.dtype() ? x : x.to(w.dtype());
   Tensor o = out.dtype() == w.dtype() || out.dtype() == DType::F32
@@ -119,6 +147,13 @@ void linear(Tensor out, const Tensor& x, const Tensor& w) {
 void matmul_nn(Tensor out, const Tensor& x, const Tensor& w) {
   const int64_t N = x.size(0), I = x.size(1), O = w.size(1);
   if (N == 0 || O == 0) return;
+  if (w.block_scale()) {  // x · W for an fp8 W [I, O] (the absorbed W_UK slice): dequantize it whole
+    Tensor wf = dequantize_rows(w, 0, I), xf = x.to(DType::F32);
+    Tensor of = out.dtype() == DType::F32 ? out : Tensor::empty(out.shape(), DType::F32, Device::CUDA);
+    lt_matmul(false, false, O, N, I, wf.raw(), O, xf.raw(), I, of.raw(), O, DType::F32, DType::F32, 0.0f);
+    if (of.raw() != out.raw()) out.copy_from(of);
+    return;
+  }
   Tensor xa = x.dtype() == w.dtype() ? x : x.to(w.dtype());
   Tensor o = out.dtype() == w.dtype() || out.dtype() == DType::F32
                  ? out
