@@ -1,8 +1,10 @@
-// decode_cpu_bench.cpp — CPU decode speed on bench-1b (random bf16 weights) next to the memory-
-// bandwidth bound for the bytes each token must read, measured with a copy loop in the same run
-// (issue: foundation, "a benchmark (not a test)"). Prints one table and the ratio.
+// decode_cpu_bench.cpp — decode speed on bench-1b (random bf16 weights) next to the memory-bandwidth
+// bound for the bytes each token must read, measured with a copy loop in the same run (issue: foundation,
+// "a benchmark (not a test)"). Prints one table and the ratio. With --device cuda the same model runs on
+// the GPU and the bound uses the device's copy bandwidth (the transformers side is
+// tools/torch_decode_bench.py, run beside it by scripts/bench-decode-gpu).
 //
-//   decode_cpu_bench [--config PATH] [--prompt N] [--tokens N] [--threads N]
+//   decode_cpu_bench [--config PATH] [--prompt N] [--tokens N] [--threads N] [--device cpu|cuda]
 #include <omp.h>
 
 #include "core/blas_env.h"
@@ -13,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/device.h"
 #include "core/parallel.h"
 #include "infer/sampler.h"
 #include "model/model.h"
@@ -59,6 +62,20 @@ double read_bandwidth(size_t bytes) {
   return best;
 }
 
+// Device-to-device copy bandwidth (bytes read + written per second), best of several.
+double device_copy_bandwidth(size_t bytes) {
+  Tensor a = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA), b = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA);
+  double best = 0;
+  for (int it = 0; it < 8; ++it) {
+    device_synchronize();
+    auto t = clk::now();
+    copy_bytes(b.raw(), Device::CUDA, a.raw(), Device::CUDA, bytes);
+    device_synchronize();
+    best = std::max(best, 2.0 * double(bytes) / seconds_since(t));
+  }
+  return best;
+}
+
 size_t bytes_of(const Tensor& t) {
   return t.defined() ? t.nbytes() : 0;
 }
@@ -95,6 +112,7 @@ int main(int argc, char** argv) {
   dseek::ensure_blas_kernels(argv);
   std::string config = std::string(DSEEK_BENCH_CONFIGS) + "/bench-1b.json";
   int64_t prompt_len = 32, tokens = 64;
+  std::string device = "cpu";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--config")
@@ -103,6 +121,8 @@ int main(int argc, char** argv) {
       prompt_len = std::stoll(argv[i + 1]);
     else if (k == "--tokens")
       tokens = std::stoll(argv[i + 1]);
+    else if (k == "--device")
+      device = argv[i + 1];
     else if (k == "--threads")
       omp_set_num_threads(std::stoi(argv[i + 1]));
     else {
@@ -116,9 +136,17 @@ int main(int argc, char** argv) {
     auto t0 = clk::now();
     Model m = Model::from_weights(cfg, init_weights(cfg, DType::BF16, 1234, /*with_mtp=*/false));
     std::printf("random bf16 weights in %.1f s\n", seconds_since(t0));
-
-    const double copy_bw = copy_bandwidth(size_t(1) << 30);
-    const double read_bw = read_bandwidth(size_t(1) << 30);
+    const bool gpu = device == "cuda";
+    double copy_bw, read_bw;
+    if (gpu) {
+      m.to(Device::CUDA, DType::BF16);
+      copy_bw = device_copy_bandwidth(size_t(2) << 30);
+      read_bw = copy_bw;
+      std::printf("on %s\n", cuda_device_name().c_str());
+    } else {
+      copy_bw = copy_bandwidth(size_t(1) << 30);
+      read_bw = read_bandwidth(size_t(1) << 30);
+    }
 
     std::vector<int64_t> prompt(static_cast<size_t>(prompt_len));
     for (int64_t i = 0; i < prompt_len; ++i) prompt[size_t(i)] = (i * 7919 + 17) % cfg.vocab_size;
@@ -151,6 +179,7 @@ int main(int argc, char** argv) {
                 double(prompt_len) / prefill_s);
     std::printf("| decode batch 1, %lld tokens | %.2f tokens/s |\n", (long long)tokens, tps);
     std::printf("| achieved bandwidth | %.2f GB/s |\n", tps * double(bpt) / 1e9);
+    std::printf("DSEEK_DECODE_TOKENS_PER_SECOND %.2f\n", tps);
     std::printf("\nRATIO decode / bandwidth bound = %.1f %% (goal >= 60 %%); vs read-only bound %.1f %%\n",
                 100.0 * tps / bound, 100.0 * tps * double(bpt) / read_bw);
   } catch (const std::exception& e) {
