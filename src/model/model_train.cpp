@@ -72,6 +72,15 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
               " MTP depths");
   const Tensor flat = ids.view({N}), tflat = targets.view({N});
   Stack main(B, T);
+  auto context = [&](const Stack& st, int64_t layer, const MoeOptions& mo) {
+    return LayerContext{.cfg = cfg,
+                        .rope = rope,
+                        .positions = st.positions,
+                        .chunks = st.chunks,
+                        .layer = layer,
+                        .path = AttnPath::Naive,
+                        .moe = mo};
+  };
   const bool train = grads != nullptr;
   TrainResult res;
 
@@ -83,14 +92,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     const LayerWeights& L = w.layers[size_t(l)];
     saved[size_t(l)].recompute = opt.recompute;
     RouterTrace rt;
-    layer_fwd(h, L,
-              {.cfg = cfg,
-               .rope = rope,
-               .positions = main.positions,
-               .chunks = main.chunks,
-               .layer = l,
-               .path = AttnPath::Naive,
-               .moe = {.balance_alpha = opt.balance_alpha, .seq_len = T}},
+    layer_fwd(h, L, context(main, l, {.balance_alpha = opt.balance_alpha, .seq_len = T}),
               train ? &saved[size_t(l)] : nullptr, L.is_moe ? &rt : nullptr);
     if (L.is_moe) {
       res.expert_load.emplace_back();
@@ -134,13 +136,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     s.layer.recompute = opt.recompute;
     RouterTrace rt;
     layer_fwd(x, M.layer,
-              {.cfg = cfg,
-               .rope = rope,
-               .positions = stacks[size_t(k - 1)].positions,
-               .chunks = stacks[size_t(k - 1)].chunks,
-               .layer = 0,
-               .path = AttnPath::Naive,
-               .moe = {.balance_alpha = opt.balance_alpha, .seq_len = L}},
+              context(stacks[size_t(k - 1)], 0, {.balance_alpha = opt.balance_alpha, .seq_len = L}),
               train ? &s.layer : nullptr, M.layer.is_moe ? &rt : nullptr);
     if (M.layer.is_moe) {
       res.expert_load.emplace_back();
@@ -175,15 +171,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     if (dnext.defined()) ops::add_(dout, dnext);
     MoeOptions mo = bal;
     mo.seq_len = L;
-    layer_bwd(dout, G.layer, M.layer,
-              {.cfg = cfg,
-               .rope = rope,
-               .positions = stacks[size_t(k - 1)].positions,
-               .chunks = stacks[size_t(k - 1)].chunks,
-               .layer = 0,
-               .path = AttnPath::Naive,
-               .moe = mo},
-              s.layer);
+    layer_bwd(dout, G.layer, M.layer, context(stacks[size_t(k - 1)], 0, mo), s.layer);
     Tensor dcat = Tensor::empty({Nk, 2 * D}, dt, dev);
     ops::linear_bwd(dcat, G.eh_proj, dout, s.cat, M.eh_proj);
     Tensor den = Tensor::empty({Nk, D}, dt, dev), dpn = Tensor::empty({Nk, D}, dt, dev),
@@ -204,15 +192,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   for (int64_t l = cfg.num_hidden_layers - 1; l >= 0; --l) {
     MoeOptions mo = bal;
     mo.seq_len = T;
-    layer_bwd(dh, grads->layers[size_t(l)], w.layers[size_t(l)],
-              {.cfg = cfg,
-               .rope = rope,
-               .positions = main.positions,
-               .chunks = main.chunks,
-               .layer = l,
-               .path = AttnPath::Naive,
-               .moe = mo},
-              saved[size_t(l)]);
+    layer_bwd(dh, grads->layers[size_t(l)], w.layers[size_t(l)], context(main, l, mo), saved[size_t(l)]);
   }
   ops::embedding_bwd(grads->embed_tokens, flat, dh);
   return res;

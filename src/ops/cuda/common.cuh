@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "core/cuda/cuda_check.h"
 #include "core/tensor.h"
@@ -62,6 +63,32 @@ __device__ __forceinline__ float block_max(float v) {
   __syncthreads();
   float r = lane < int(blockDim.x >> 5) ? part[lane] : -INFINITY;
   return warp_max(r);
+}
+
+// Calls fn(std::integral_constant<int, NB>{}) for NB = rows, 1 ≤ rows ≤ 8 (kernels templated on the
+// number of activation rows they accumulate at once).
+template <typename Fn>
+void with_rows(int64_t rows, const char* op, Fn&& fn) {
+  switch (rows) {
+    case 1:
+      return fn(std::integral_constant<int, 1>{});
+    case 2:
+      return fn(std::integral_constant<int, 2>{});
+    case 3:
+      return fn(std::integral_constant<int, 3>{});
+    case 4:
+      return fn(std::integral_constant<int, 4>{});
+    case 5:
+      return fn(std::integral_constant<int, 5>{});
+    case 6:
+      return fn(std::integral_constant<int, 6>{});
+    case 7:
+      return fn(std::integral_constant<int, 7>{});
+    case 8:
+      return fn(std::integral_constant<int, 8>{});
+    default:
+      fail(op, ": ", rows, " rows (at most 8)");
+  }
 }
 
 inline int blocks_for(int64_t n, int threads) {

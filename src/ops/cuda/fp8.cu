@@ -101,34 +101,11 @@ void gemv_fp8(Tensor out, const Tensor& x, const Tensor& w) {
                    (reinterpret_cast<uintptr_t>(wp) & 7) == 0;
   float* y = out.data<float>();
   const int64_t row0 = w.block_row0();
-  switch (N) {
-    case 1:
-      launch<1>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    case 2:
-      launch<2>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    case 3:
-      launch<3>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    case 4:
-      launch<4>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    case 5:
-      launch<5>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    case 6:
-      launch<6>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    case 7:
-      launch<7>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    case 8:
-      launch<8>(y, xp, wp, q, I, O, row0, vec);
-      break;
-    default:
-      fail("gemv_fp8: ", N, " rows (at most 8)");
-  }
+  with_rows(N, "gemv_fp8", [&](auto nb) {
+    using NB = decltype(nb);
+    launch<NB::value>(y, xp, wp, q, I, O, row0, vec);
+  });
+
   DSEEK_CUDA_LAUNCH_CHECK("linear (fp8 gemv)");
 }
 

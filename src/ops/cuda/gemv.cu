@@ -70,34 +70,11 @@ void gemv_bf16(Tensor out, const Tensor& x, const Tensor& w) {
   const bf16* wp = static_cast<const bf16*>(w.raw());
   const bool vec = I % 8 == 0 && (reinterpret_cast<uintptr_t>(xp) & 15) == 0 &&
                    (reinterpret_cast<uintptr_t>(wp) & 15) == 0;
-  switch (N) {
-    case 1:
-      launch<1>(y, xp, wp, I, O, vec);
-      break;
-    case 2:
-      launch<2>(y, xp, wp, I, O, vec);
-      break;
-    case 3:
-      launch<3>(y, xp, wp, I, O, vec);
-      break;
-    case 4:
-      launch<4>(y, xp, wp, I, O, vec);
-      break;
-    case 5:
-      launch<5>(y, xp, wp, I, O, vec);
-      break;
-    case 6:
-      launch<6>(y, xp, wp, I, O, vec);
-      break;
-    case 7:
-      launch<7>(y, xp, wp, I, O, vec);
-      break;
-    case 8:
-      launch<8>(y, xp, wp, I, O, vec);
-      break;
-    default:
-      fail("gemv_bf16: ", N, " rows (at most 8)");
-  }
+  with_rows(N, "gemv_bf16", [&](auto nb) {
+    using NB = decltype(nb);
+    launch<NB::value>(y, xp, wp, I, O, vec);
+  });
+
   DSEEK_CUDA_LAUNCH_CHECK("linear (bf16 gemv)");
 }
 
