@@ -29,5 +29,8 @@ void device_memset(void* p, int value, size_t n);
 // dst[i] = src[i] converted, both on the device (float dtypes: f32, f64, bf16, f16, f8).
 void device_convert(void* dst, DType dt, const void* src, DType st, size_t n);
 void device_synchronize();
+// With DSEEK_CUDA_PROFILE set, per-op times are kept (stderr table at exit); this restarts the clock so
+// that host work before a timed region is not charged to the next op. No-op otherwise.
+void cuda_profile_mark();
 
 }  // namespace dseek

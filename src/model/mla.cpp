@@ -2,8 +2,11 @@
 // §2.4 RoPE, §2.5 the absorbed form and what the cache holds).
 #include "model/mla.h"
 
+#include <algorithm>
+
 #include "ops/attention.h"
 #include "ops/elementwise.h"
+#include "ops/flash_attention.h"
 #include "ops/linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -93,6 +96,31 @@ void decompress(Tensor& k, Tensor& v, const Tensor& src, const MlaWeights& w, co
   }
 }
 
+// Sequences shorter than this take the exact attention kernel even when fp16 operands are allowed.
+constexpr int64_t kTensorCoreMinKeys = 256;
+
+// The flash kernel's inputs from latent rows src [S, C + R]: kv [S, H, dn + dv] = kv_b_proj(c_kv) (per
+// head [k_nope | v]) and the rope keys kpe [S, R]; fp16 when the attention takes fp16 operands on the GPU
+// (half the bytes the kernel streams, copied straight into shared memory).
+void flash_inputs(Tensor& kv, Tensor& kpe, const Tensor& src, const MlaWeights& w, const ModelConfig& c,
+                  bool fp16) {
+  const Dims d(c);
+  const int64_t S = src.size(0);
+  const Device dev = src.device();
+  const bool half = fp16 && dev == Device::CUDA;
+  Tensor ckvn = Tensor::empty({S, d.C}, src.dtype(), dev);  // ckvn: [S, C] the normed latents
+  ops::copy_cols(ckvn, 0, src, 0, d.C);
+  kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, src.dtype(), dev);
+  ops::linear(kv, ckvn, w.kv_b_proj);
+  Tensor pe = Tensor::empty({S, d.R}, src.dtype(), dev);  // pe: [S, R] the roped k_pe columns
+  ops::copy_cols(pe, 0, src, d.C, d.R);
+  kpe = pe;
+  if (half) {
+    kv = kv.to(DType::F16);
+    kpe = pe.to(DType::F16);
+  }
+}
+
 // Absorbed attention for one chunk against cache rows [0, pos0 + len): q_lat_h = q_nope_h · W_UK[h],
 // scores over [c_kv | k_pe], o_h = (P · c_kv) · W_UV[h]ᵀ.
 void attend_absorbed(Tensor oc, const Tensor& qc, const Tensor& rows, const MlaWeights& w,
@@ -125,7 +153,7 @@ void attend_absorbed(Tensor oc, const Tensor& qc, const Tensor& rows, const MlaW
 
 void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& c, const Rope& rope,
              const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer, AttnPath path,
-             MlaSaved* saved) {
+             MlaSaved* saved, bool fp16_attention) {
   const Dims d(c);
   const int64_t N = x.size(0);
   const DType dt = x.dtype();
@@ -143,7 +171,20 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   }
   whole = whole && cu.back() == N;
   DSEEK_CHECK(!saved || whole, "mla_fwd: a training forward takes whole sequences in order, without a cache");
-  if (whole) {
+  // Inference: the naive path's keys/values are read in place by the flash kernel (kv_b_proj's output and
+  // the roped k_pe columns of the latent rows).
+  // Tensor cores only where they pay: with few keys the exact kernel costs little, and bf16 products
+  // already put tiny fixtures near routing ties (on the H200, tiny-v3's [2, 16] batch flipped one
+  // router choice under fp16-operand attention: 4.9 % instead of 1.0 % from the reference).
+  int64_t max_keys = 0;
+  for (const SeqChunk& ch : chunks) max_keys = std::max(max_keys, ch.pos0 + ch.len);
+  const bool fp16_ops = fp16_attention && max_keys >= kTensorCoreMinKeys;
+  if (whole && !saved) {
+    Tensor kv, kpe;
+    flash_inputs(kv, kpe, lat, w, c, fp16_ops);
+    ops::mla_flash_fwd(o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), kv.view({N, d.H, d.dn + d.dv}), kpe,
+                       cu, cu, c.softmax_scale(), fp16_ops);
+  } else if (whole) {
     Tensor k, v;
     decompress(k, v, lat, w, c);
     Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, dt, dev) : Tensor();
@@ -158,7 +199,13 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
       }
     }
   }
-  for (const SeqChunk& ch : whole ? std::vector<SeqChunk>{} : chunks) {
+  // Chunks against caches: write their latent rows, then the absorbed form (decode) right away, and the
+  // naive form for the rest in one flash call over all of them.
+  std::vector<const SeqChunk*> naive_chunks;
+  bool in_place = true;  // the naive chunks are all the rows, in order, each from position 0
+  int64_t next_row = 0;
+  for (const SeqChunk& ch : chunks) {
+    if (whole) break;  // handled above
     Tensor qc = q.slice(ch.row0, ch.len), lc = lat.slice(ch.row0, ch.len), oc = o.slice(ch.row0, ch.len);
     Tensor rows;
     if (ch.cache) {
@@ -174,14 +221,44 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
     const bool naive = path == AttnPath::Naive || (path == AttnPath::Auto && ch.pos0 == 0) || !ch.cache;
     if (!naive) {
       attend_absorbed(oc, qc, rows, w, c, ch.pos0);
+      in_place = false;
       continue;
     }
-    const Tensor src = ch.pos0 == 0 ? lc : rows.slice(0, ch.pos0 + ch.len);
-    const int64_t S = src.size(0);
-    Tensor k, v;
-    decompress(k, v, src, w, c);
-    ops::attention_fwd(oc.view({ch.len, d.H, d.dv}), Tensor(), qc.view({ch.len, d.H, d.dq}),
-                       k.view({S, d.H, d.dq}), v.view({S, d.H, d.dv}), c.softmax_scale(), ch.pos0);
+    in_place = in_place && ch.pos0 == 0 && ch.row0 == next_row;
+    next_row = ch.row0 + ch.len;
+    naive_chunks.push_back(&ch);
+  }
+  in_place = in_place && next_row == N;
+  if (!naive_chunks.empty()) {
+    // Keys: each chunk's cached prefix and its own rows (srcs), queries: its rows; gathered unless they
+    // are already the whole of lat / q / o.
+    std::vector<int64_t> cu_q{0}, cu_k{0};
+    for (const SeqChunk* ch : naive_chunks) {
+      cu_q.push_back(cu_q.back() + ch->len);
+      cu_k.push_back(cu_k.back() + ch->pos0 + ch->len);
+    }
+    const int64_t Nq = cu_q.back(), Nk = cu_k.back();
+    Tensor qg = q, og = o, src = lat;  // qg: [Nq, H·dq], og: [Nq, H·dv], src: [Nk, C + R]
+    if (!in_place) {
+      qg = Tensor::empty({Nq, d.H * d.dq}, dt, dev);
+      og = Tensor::empty({Nq, d.H * d.dv}, dt, dev);
+      src = Tensor::empty({Nk, d.C + d.R}, dt, dev);
+      for (size_t i = 0; i < naive_chunks.size(); ++i) {
+        const SeqChunk& ch = *naive_chunks[i];
+        qg.slice(cu_q[i], ch.len).copy_from(q.slice(ch.row0, ch.len));
+        src.slice(cu_k[i], ch.pos0 + ch.len)
+            .copy_from(ch.pos0 == 0 ? lat.slice(ch.row0, ch.len)
+                                    : ch.cache->rows(layer).slice(0, ch.pos0 + ch.len));
+      }
+    }
+    Tensor kv, kpe;
+    flash_inputs(kv, kpe, src, w, c, fp16_ops);
+    ops::mla_flash_fwd(og.view({Nq, d.H, d.dv}), qg.view({Nq, d.H, d.dq}), kv.view({Nk, d.H, d.dn + d.dv}),
+                       kpe, cu_q, cu_k, c.softmax_scale(), fp16_ops);
+    if (!in_place)
+      for (size_t i = 0; i < naive_chunks.size(); ++i)
+        o.slice(naive_chunks[i]->row0, naive_chunks[i]->len)
+            .copy_from(og.slice(cu_q[i], naive_chunks[i]->len));
   }
   ops::linear(out, o, w.o_proj);
   if (saved) {

@@ -49,10 +49,12 @@ struct MlaSaved {
 // out[N, D] = MLA(x) for normed input x[N, D] at `positions` (I64 [N]). Chunks with a cache write
 // their latents and attend over everything cached; `path` Auto takes the naive form when a chunk
 // starts at position 0 and the absorbed form otherwise.
-// With `saved`, chunks must have no cache and start at position 0 (training).
+// With `saved`, chunks must have no cache and start at position 0 (training). `fp16_attention`: the
+// inference attention takes fp16 operands on the GPU's tensor cores (when the model's products are bf16),
+// else it is exact f32.
 void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& cfg, const Rope& rope,
              const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer,
-             AttnPath path = AttnPath::Auto, MlaSaved* saved = nullptr);
+             AttnPath path = AttnPath::Auto, MlaSaved* saved = nullptr, bool fp16_attention = false);
 
 // dx[N, D] written; parameter gradients accumulated into `g` (same struct, activation dtype).
 void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& cfg,

@@ -54,7 +54,8 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
                .chunks = chunks,
                .layer = l,
                .path = path,
-               .moe = {}},
+               .moe = {},
+               .fp16_attention = dev == Device::CUDA && w.embed_tokens.dtype() == DType::BF16},
               nullptr, trace && L.is_moe ? &rt : nullptr);
     if (trace && L.is_moe) trace->routers.push_back(rt);
     if (trace && l + 1 < cfg.num_hidden_layers) trace->hidden.push_back(h.clone());
@@ -96,6 +97,48 @@ Tensor Model::forward_cached(const std::vector<int64_t>& tokens, LatentCache& ca
   cache.advance(T);
   Tensor rows = last_only ? hn.slice(T - 1, 1) : hn;
   Tensor logits = Tensor::empty({rows.size(0), cfg.vocab_size}, rows.dtype(), device());
+  ops::linear(logits, rows, lm_head());
+  return logits.to(DType::F32).to(Device::CPU);
+}
+
+Tensor Model::forward_cached_batch(const std::vector<std::vector<int64_t>>& seqs,
+                                   const std::vector<LatentCache*>& caches, AttnPath path) const {
+  const int64_t B = int64_t(seqs.size());
+  DSEEK_CHECK(B > 0 && caches.size() == seqs.size(), "forward_cached_batch: ", seqs.size(), " sequences and ",
+              caches.size(), " caches");
+  int64_t N = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    DSEEK_CHECK(!seqs[size_t(b)].empty(), "forward_cached_batch: sequence ", b, " has no tokens");
+    DSEEK_CHECK(caches[size_t(b)] != nullptr, "forward_cached_batch: sequence ", b, " has no cache");
+    for (int64_t o = 0; o < b; ++o)
+      DSEEK_CHECK(caches[size_t(o)] != caches[size_t(b)], "forward_cached_batch: sequences ", o, " and ", b,
+                  " share one cache");
+    N += int64_t(seqs[size_t(b)].size());
+  }
+  Tensor ids = Tensor::empty({N}, DType::I64), pos = Tensor::empty({N}, DType::I64);
+  std::vector<SeqChunk> chunks;
+  std::vector<int64_t> last;  // row of each sequence's last token
+  int64_t r = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& sq = seqs[size_t(b)];
+    LatentCache* c = caches[size_t(b)];
+    const int64_t p0 = c->length(), T = int64_t(sq.size());
+    for (int64_t t = 0; t < T; ++t) {
+      DSEEK_CHECK(sq[size_t(t)] >= 0 && sq[size_t(t)] < cfg.vocab_size, "forward_cached_batch: token id ",
+                  sq[size_t(t)], " is outside the vocabulary (", cfg.vocab_size, ")");
+      ids.data<int64_t>()[r + t] = sq[size_t(t)];
+      pos.data<int64_t>()[r + t] = p0 + t;
+    }
+    chunks.push_back({.row0 = r, .len = T, .pos0 = p0, .cache = c});
+    r += T;
+    last.push_back(r - 1);
+  }
+  Tensor hn = run(ids.to(device()), pos.to(device()), chunks, path, nullptr);
+  for (int64_t b = 0; b < B; ++b) caches[size_t(b)]->advance(chunks[size_t(b)].len);
+  // rows: [B, D] the last hidden state of each sequence
+  Tensor rows = Tensor::empty({B, cfg.hidden_size}, hn.dtype(), device());
+  for (int64_t b = 0; b < B; ++b) rows.slice(b, 1).copy_from(hn.slice(last[size_t(b)], 1));
+  Tensor logits = Tensor::empty({B, cfg.vocab_size}, rows.dtype(), device());
   ops::linear(logits, rows, lm_head());
   return logits.to(DType::F32).to(Device::CPU);
 }

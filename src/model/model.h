@@ -56,6 +56,12 @@ class Model {
   Tensor forward_cached(const std::vector<int64_t>& tokens, LatentCache& cache, bool last_only = true,
                         AttnPath path = AttnPath::Auto) const;
 
+  // Prefill of several sequences in one pass (the decoder stack sees all their tokens at once): seqs[i] is
+  // appended to *caches[i] at its current length. Returns the logits of each sequence's last new token
+  // [B, V] f32 on the CPU.
+  Tensor forward_cached_batch(const std::vector<std::vector<int64_t>>& seqs,
+                              const std::vector<LatentCache*>& caches, AttnPath path = AttnPath::Auto) const;
+
   // Training / evaluation: ids and targets [B, T] I64 (target −1 = none). Forward, then, when grads is
   // given, the backward with gradients accumulated (+=) into it (zero_grads() makes one).
   TrainResult forward_backward(const Tensor& ids, const Tensor& targets, const TrainOptions& opt,

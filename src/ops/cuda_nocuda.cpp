@@ -56,4 +56,9 @@ void moe_unpermute(Tensor, const Tensor&, const Tensor&, const MoePlan&) {
   none("moe_unpermute");
 }
 
+void mla_flash_fwd(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<int64_t>&,
+                   const std::vector<int64_t>&, double, bool) {
+  none("mla_flash_fwd");
+}
+
 }  // namespace dseek::ops::cuda

@@ -4,12 +4,15 @@
 // Label "cuda": runs on the GPU machine (scripts/gpu-check), not in CI.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
+#include <string>
 
 #include "core/device.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
+#include "ops/flash_attention.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
 #include "ops/rmsnorm.h"
@@ -114,6 +117,13 @@ TEST_F(Cuda, LinearFp8BlockScaledWeights) {
     ops::linear(ref, x, wd);
     ops::linear(out, x.to(Device::CUDA), wg);
     expect_close("linear fp8", out, ref, DType::F32);
+    {  // bf16 activations in and out (the flash path's kv_b_proj product)
+      Pair xb = upload(x, DType::BF16);
+      Tensor refb = Tensor::empty({N, O}, DType::F32), outb = poisoned({N, O}, DType::BF16);
+      ops::linear(refb, xb.cpu, wd);
+      ops::linear(outb, xb.gpu, wg);
+      expect_close("linear fp8 bf16 activations", outb, refb, DType::BF16);
+    }
     // A row slice starting inside a block (as W_UK[h] of kv_b_proj), used as x · W.
     const int64_t r0 = 3, rows = std::min<int64_t>(O - r0, 20);
     Tensor xs = randn({N, rows});
@@ -259,6 +269,39 @@ TEST_F(Cuda, Attention) {
       expect_close("mla absorbed", ao, aref, dt);
     }
   }
+}
+
+// The flash prefill kernel (tensor cores, bf16 operands) and its exact fallback against the CPU: several
+// sequences, some continuing a cached prefix (more keys than queries), at the instantiated head dims
+// (fixtures, bench-1b, DeepSeek-V3) and one that is not (the fallback).
+TEST_F(Cuda, MlaFlashPrefill) {
+  const std::vector<std::pair<int64_t, int64_t>> lens = {{1, 1},   {69, 69}, {130, 200},
+                                                         {64, 64}, {3, 300}, {0, 5}};
+  std::vector<int64_t> cu_q{0}, cu_k{0};
+  for (auto [lq, lk] : lens) {
+    cu_q.push_back(cu_q.back() + lq);
+    cu_k.push_back(cu_k.back() + lk);
+  }
+  const int64_t Nq = cu_q.back(), Nk = cu_k.back();
+  for (auto [H, dn, R, dv] : {std::tuple{4, 16, 8, 16}, {16, 64, 32, 64}, {3, 128, 64, 128}, {2, 24, 8, 16}})
+    for (DType dt : kTypes)
+      for (int mode = 0; mode < 3; ++mode) {  // 0: exact; 1: fp16 operands; 2: fp16 operands, f16 kv/kpe
+        const bool fp16_ops = mode > 0;
+        const double scale = 1.0 / std::sqrt(double(dn + R));
+        const DType kdt = mode == 2 ? DType::F16 : dt;
+        Pair q = upload(randn({Nq, H, dn + R}), dt), kv = upload(randn({Nk, H, dn + dv}), kdt),
+             kpe = upload(randn({Nk, R}), kdt);
+        Tensor ref = Tensor::empty({Nq, H, dv}, DType::F32), out = poisoned({Nq, H, dv}, dt);
+        ops::mla_flash_fwd(ref, q.cpu, kv.cpu, kpe.cpu, cu_q, cu_k, scale, fp16_ops);
+        ops::mla_flash_fwd(out, q.gpu, kv.gpu, kpe.gpu, cu_q, cu_k, scale, fp16_ops);
+        const std::string what = "mla_flash H=" + std::to_string(H) + " dn=" + std::to_string(dn) + " mode " +
+                                 std::to_string(mode);
+        // fp16 operands (8× finer than bf16): held to 2e-3 in f32 activations
+        test::Diff dd = test::diff(down(out), ref);
+        EXPECT_FALSE(dd.nan) << what;
+        EXPECT_LE(dd.rel, dt == DType::BF16 ? 1e-2 : (fp16_ops ? 2e-3 : 1e-5))
+            << what << ": " << test::str(dd);
+      }
 }
 
 TEST_F(Cuda, MoePermuteGroupedUnpermute) {

@@ -4,20 +4,82 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "core/cuda/cuda_check.h"
 #include "core/device.h"
 
 namespace dseek {
 
+namespace {
+
+// DSEEK_CUDA_PROFILE set: every checked launch synchronizes, and the wall time since the previous check
+// (the op's kernels plus the host work that prepared them) is added to the op's row; the table goes to
+// stderr at exit. A diagnostic for finding where a forward spends its time (the device has no nsys).
+struct OpProfile {
+  using clock = std::chrono::steady_clock;
+  struct Row {
+    double seconds = 0;
+    int64_t calls = 0;
+  };
+  std::map<std::string, Row> rows;
+  clock::time_point last = clock::now();
+  std::mutex mu;
+  void add(const char* what) {
+    std::lock_guard<std::mutex> g(mu);
+    const auto now = clock::now();
+    Row& r = rows[what];
+    r.seconds += std::chrono::duration<double>(now - last).count();
+    r.calls += 1;
+    last = now;
+  }
+  ~OpProfile() {
+    std::vector<std::pair<double, std::string>> order;
+    double total = 0;
+    for (const auto& [k, r] : rows) {
+      order.push_back({r.seconds, k});
+      total += r.seconds;
+    }
+    std::sort(order.rbegin(), order.rend());
+    std::fprintf(stderr, "\nCUDA op profile (synchronized; %.3f s in all)\n%-34s %10s %8s %7s\n", total, "op",
+                 "ms", "calls", "share");
+    for (const auto& [sec, k] : order)
+      std::fprintf(stderr, "%-34s %10.3f %8lld %6.1f%%\n", k.c_str(), sec * 1e3, (long long)rows[k].calls,
+                   100.0 * sec / std::max(total, 1e-12));
+  }
+};
+OpProfile* op_profile() {
+  static OpProfile* p = std::getenv("DSEEK_CUDA_PROFILE") ? new OpProfile() : nullptr;
+  static const bool registered = p && std::atexit([] { delete op_profile(); }) == 0;
+  (void)registered;
+  return p;
+}
+
+}  // namespace
+
 void cuda_launch_check(const char* what) {
   DSEEK_CUDA_CHECK(cudaGetLastError(), what);
   static const bool sync = std::getenv("DSEEK_CUDA_SYNC_CHECK") != nullptr;
   if (sync) DSEEK_CUDA_CHECK(cudaDeviceSynchronize(), what);
+  if (OpProfile* p = op_profile()) {
+    DSEEK_CUDA_CHECK(cudaDeviceSynchronize(), what);
+    p->add(what);
+  }
+}
+
+void cuda_profile_mark() {
+  if (OpProfile* p = op_profile()) {
+    DSEEK_CUDA_CHECK(cudaDeviceSynchronize(), "cuda_profile_mark");
+    p->last = OpProfile::clock::now();
+  }
 }
 
 bool cuda_built() {

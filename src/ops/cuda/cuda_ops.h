@@ -31,4 +31,8 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan);
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan);
 
+void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
+                   const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, double scale,
+                   bool fp16_operands);
+
 }  // namespace dseek::ops::cuda

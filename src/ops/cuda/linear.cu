@@ -16,13 +16,22 @@ namespace dseek::ops::cuda {
 
 namespace {
 
+// One cached product shape: its descriptors and the algorithm the heuristic chose (descriptor creation and
+// the heuristic cost more host time than a small product takes on the GPU).
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
 struct Lt {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = size_t(32) << 20;
   std::mutex mu;
-  using Key = std::tuple<int, int, int64_t, int64_t, int64_t, int, int>;
-  std::map<Key, cublasLtMatmulAlgo_t> algos;
+  // (transposes, dtypes, m, n, k, lda, ldb, ldc, beta ≠ 0)
+  using Key = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
+  std::map<Key, Plan> plans;
   Lt() {
     DSEEK_CUBLAS_CHECK(cublasLtCreate(&handle), "cublasLtCreate");
     DSEEK_CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes), "cuBLASLt workspace");
@@ -44,62 +53,57 @@ cudaDataType_t cuda_type(DType d) {
   }
 }
 
+Plan make_plan(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+               int64_t ldc, DType ab, DType c_type) {
+  Lt& L = lt();
+  Plan p;
+  DSEEK_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "linear: desc");
+  cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+  cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.la, cuda_type(ab), trans_a ? k : m, trans_a ? m : k, lda),
+                     "layout A");
+  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lb, cuda_type(ab), trans_b ? n : k, trans_b ? k : n, ldb),
+                     "layout B");
+  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lc, cuda_type(c_type), m, n, ldc), "layout C");
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulPreferenceCreate(&pref);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &L.workspace_bytes,
+                                       sizeof L.workspace_bytes);
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  DSEEK_CUBLAS_CHECK(
+      cublasLtMatmulAlgoGetHeuristic(L.handle, p.op, p.la, p.lb, p.lc, p.lc, pref, 1, &res, &found),
+      "linear: heuristic");
+  cublasLtMatmulPreferenceDestroy(pref);
+  DSEEK_CHECK(found > 0, "linear: cuBLASLt found no algorithm for ", m, "x", n, "x", k);
+  p.algo = res.algo;
+  return p;
+}
+
 // C[m, n] (col-major, ld m) = op(A) · op(B): A is [k, m] when trans_a else [m, k]; B is [n, k] when
 // trans_b else [k, n] (col-major shapes, leading dims given).
 void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
                const void* B, int64_t ldb, void* C, int64_t ldc, DType ab, DType c_type, float beta) {
   Lt& L = lt();
-  cublasLtMatmulDesc_t op;
-  DSEEK_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "linear: desc");
-  cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-  cublasLtMatrixLayout_t la, lb, lc;
-  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, cuda_type(ab), trans_a ? k : m, trans_a ? m : k, lda),
-                     "layout A");
-  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, cuda_type(ab), trans_b ? n : k, trans_b ? k : n, ldb),
-                     "layout B");
-  DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, cuda_type(c_type), m, n, ldc), "layout C");
-  const Lt::Key key{int(trans_a) * 2 + int(trans_b),
-                    int(ab) * 16 + int(c_type),
-                    m,
-                    n,
-                    k,
-                    int(lda % 8 == 0),
-                    int(beta != 0.0f)};
-  cublasLtMatmulAlgo_t algo;
-  bool have = false;
+  const Lt::Key key{
+      int(trans_a) * 2 + int(trans_b), int(ab) * 16 + int(c_type), m, n, k, lda, ldb, ldc, int(beta != 0.0f)};
+  const Plan* plan = nullptr;
   {
     std::lock_guard<std::mutex> g(L.mu);
-    auto it = L.algos.find(key);
-    if (it != L.algos.end()) {
-      algo = it->second;
-      have = true;
-    }
+    auto it = L.plans.find(key);
+    if (it != L.plans.end()) plan = &it->second;
   }
-  if (!have) {
-    cublasLtMatmulPreference_t pref;
-    cublasLtMatmulPreferenceCreate(&pref);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &L.workspace_bytes,
-                                         sizeof L.workspace_bytes);
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    DSEEK_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(L.handle, op, la, lb, lc, lc, pref, 1, &res, &found),
-                       "linear: heuristic");
-    cublasLtMatmulPreferenceDestroy(pref);
-    DSEEK_CHECK(found > 0, "linear: cuBLASLt found no algorithm for ", m, "x", n, "x", k);
-    algo = res.algo;
+  if (!plan) {
+    Plan p = make_plan(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, c_type);
     std::lock_guard<std::mutex> g(L.mu);
-    L.algos[key] = algo;
+    plan = &L.plans.emplace(key, p).first->second;  // std::map nodes stay put
   }
   const float alpha = 1.0f;
-  DSEEK_CUBLAS_CHECK(cublasLtMatmul(L.handle, op, &alpha, A, la, B, lb, &beta, C, lc, C, lc, &algo,
-                                    L.workspace, L.workspace_bytes, nullptr),
+  DSEEK_CUBLAS_CHECK(cublasLtMatmul(L.handle, plan->op, &alpha, A, plan->la, B, plan->lb, &beta, C, plan->lc,
+                                    C, plan->lc, &plan->algo, L.workspace, L.workspace_bytes, nullptr),
                      "linear: cublasLtMatmul");
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(lc);
-  cublasLtMatmulDescDestroy(op);
+  DSEEK_CUDA_LAUNCH_CHECK("cublasLt matmul");
 }
 
 }  // namespace

@@ -46,11 +46,15 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
 }
 
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& p) {
+  // Activations cast to the experts' dtype (bf16) once, not once per expert; experts with at most 8 rows
+  // keep the f32 activations of the GEMV kernel (finer, and what decoding uses).
+  const bool cast = !w.empty() && w[0].dtype() == DType::BF16 && x.dtype() == DType::F32 && x.size(0) > 8;
+  const Tensor xa = cast ? x.to(DType::BF16) : x;
   for (int64_t e = 0; e < p.experts; ++e) {
     const int64_t n = p.rows(e);
     if (n == 0) continue;
     const int64_t r0 = p.offsets[size_t(e)];
-    linear(out.slice(r0, n), x.slice(r0, n), w[size_t(e)]);
+    linear(out.slice(r0, n), (n > 8 ? xa : x).slice(r0, n), w[size_t(e)]);
   }
 }
 
