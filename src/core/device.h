@@ -23,7 +23,9 @@ size_t device_bytes_reserved();
 size_t device_bytes_peak();
 void device_release_cache();
 
-// Synchronous copies between any two of host and device.
+// Copies between any two of host and device, in the order of the device's work. They return when the
+// source may be reused: small host → device copies are staged in pinned memory and finish asynchronously
+// (no stream synchronisation); copies to the host wait for the device.
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n);
 void device_memset(void* p, int value, size_t n);
 // dst[i] = src[i] converted, both on the device (float dtypes: f32, f64, bf16, f16, f8).

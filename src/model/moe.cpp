@@ -85,8 +85,13 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   Tensor xp = Tensor::empty({M, D}, dt, dev), g = Tensor::empty({M, F}, dt, dev),
          u = Tensor::empty({M, F}, dt, dev);
   ops::moe_permute(xp, x, plan);
-  ops::grouped_linear(g, xp, mats.gate, plan);
-  ops::grouped_linear(u, xp, mats.up, plan);
+  // Large batches on the GPU: the permuted rows cast to the experts' bf16 once for both products (the
+  // products would each cast them); small ones keep f32 rows for the GEMV kernel.
+  const bool cast_once = dev == Device::CUDA && M > 1024 && x.dtype() == DType::F32 &&
+                         w.experts[0].gate_proj.dtype() == DType::BF16;
+  const Tensor xpg = cast_once ? xp.to(DType::BF16) : xp;
+  ops::grouped_linear(g, xpg, mats.gate, plan);
+  ops::grouped_linear(u, xpg, mats.up, plan);
   Tensor h = saved ? Tensor::empty({M, F}, dt, dev) : g;
   ops::swiglu_fwd(h, g, u);
   Tensor yp = Tensor::empty({M, D}, dt, dev);

@@ -94,7 +94,8 @@ void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, c
   const int64_t O = w[0].size(0), I = x.size(1);
   check_weights("grouped_linear", w, p, O, I, x.dtype());
   check_shape("grouped_linear", "out", out, {x.size(0), O});
-  DSEEK_CHECK(out.dtype() == x.dtype(), "grouped_linear: out dtype differs from x");
+  DSEEK_CHECK(out.dtype() == x.dtype() || (x.device() == Device::CUDA && out.dtype() == DType::F32),
+              "grouped_linear: out dtype differs from x");
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear(out, x, w, p);

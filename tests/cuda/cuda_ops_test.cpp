@@ -338,6 +338,34 @@ TEST_F(Cuda, MoePermuteGroupedUnpermute) {
   }
 }
 
+// The one-launch grouped expert kernel at model sizes: experts with 0, a few (GEMV path), and many rows
+// (partial 128-row tiles), an inner dim that is not a multiple of 32, an output width that is not a
+// multiple of 128; f32 activations over bf16 weights (the model's case: cast once to bf16) and bf16 in/out.
+TEST_F(Cuda, GroupedLinearLargeExperts) {
+  const std::vector<int64_t> rows = {0, 1, 7, 9, 130, 300, 1000, 64, 0, 257, 8, 513};
+  const int64_t E = int64_t(rows.size()), I = 1064, O = 520;
+  ops::MoePlan plan;
+  plan.experts = E;
+  plan.top_k = 1;
+  plan.offsets = {0};
+  for (int64_t n : rows) plan.offsets.push_back(plan.offsets.back() + n);
+  const int64_t M = plan.offsets.back();
+  plan.tokens = M;
+  for (DType dt : kTypes) {
+    Pair x = upload(randn({M, I}), dt);
+    std::vector<Tensor> wc, wg;
+    for (int64_t e = 0; e < E; ++e) {
+      Pair w = upload(randn({O, I}, 0.05), DType::BF16);
+      wc.push_back(w.cpu);
+      wg.push_back(w.gpu);
+    }
+    Tensor ref = Tensor::empty({M, O}, DType::F32), out = poisoned({M, O}, dt);
+    ops::grouped_linear(ref, x.cpu, wc, plan);
+    ops::grouped_linear(out, x.gpu, wg, plan);
+    expect_close("grouped_linear (large experts)", out, ref, DType::BF16);
+  }
+}
+
 TEST_F(Cuda, TensorMovesAndConversions) {
   Tensor a = randn({1000});
   for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8E4M3}) {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <string>
@@ -246,8 +247,80 @@ void device_release_cache() {
   allocator().release();
 }
 
+namespace {
+
+// Small host → device copies go through a pinned staging ring and cudaMemcpyAsync: a copy from pageable
+// memory synchronizes the stream first (CUDA's documented behaviour), which left the GPU idle between a
+// layer's launches (routing plans, tile lists, sequence offsets are uploaded every layer). A region of
+// the ring is reused only after the event recorded behind its copy has completed.
+class StagingRing {
+ public:
+  static constexpr size_t kBytes = size_t(16) << 20, kMaxCopy = size_t(2) << 20;
+  bool upload(void* dst, const void* src, size_t n) {
+    if (n > kMaxCopy) return false;
+    std::lock_guard<std::mutex> g(mu_);
+    if (!buf_) {
+      DSEEK_CUDA_CHECK(cudaHostAlloc(&buf_, kBytes, cudaHostAllocDefault), "staging ring");
+    }
+    const size_t need = (n + 255) & ~size_t(255);
+    if (head_ + need > kBytes) head_ = 0;
+    const size_t a = head_, b = head_ + need;
+    // Regions are taken in ring order, so the oldest copies sit at the front: retire those that are done,
+    // and wait for those that still hold [a, b).
+    while (!inflight_.empty()) {
+      Region& r = inflight_.front();
+      const bool overlaps = r.start < b && a < r.end;
+      if (overlaps) {
+        DSEEK_CUDA_CHECK(cudaEventSynchronize(r.done), "staging ring: wait");
+      } else {
+        const cudaError_t q = cudaEventQuery(r.done);
+        if (q == cudaErrorNotReady) {
+          cudaGetLastError();  // "not ready" is an answer, not an error to report later
+          break;
+        }
+        DSEEK_CUDA_CHECK(q, "staging ring: query");
+      }
+      free_events_.push_back(r.done);
+      inflight_.pop_front();
+    }
+    std::memcpy(static_cast<char*>(buf_) + a, src, n);
+    DSEEK_CUDA_CHECK(cudaMemcpyAsync(dst, static_cast<char*>(buf_) + a, n, cudaMemcpyHostToDevice, nullptr),
+                     "copy_bytes (staged)");
+    cudaEvent_t ev;
+    if (free_events_.empty()) {
+      DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "staging ring: event");
+    } else {
+      ev = free_events_.back();
+      free_events_.pop_back();
+    }
+    DSEEK_CUDA_CHECK(cudaEventRecord(ev, nullptr), "staging ring: record");
+    inflight_.push_back({a, b, ev});
+    head_ = b;
+    return true;
+  }
+
+ private:
+  struct Region {
+    size_t start, end;
+    cudaEvent_t done;
+  };
+  std::mutex mu_;
+  void* buf_ = nullptr;
+  size_t head_ = 0;
+  std::deque<Region> inflight_;
+  std::vector<cudaEvent_t> free_events_;
+};
+
+StagingRing& staging() {
+  static StagingRing* r = new StagingRing();
+  return *r;
+}
+
+}  // namespace
+
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (n == 0) return;
+  if (dd == Device::CUDA && sd == Device::CPU && staging().upload(dst, src, n)) return;
   if (dd == Device::CPU && sd == Device::CPU) {  // no driver needed (and none may be there)
     std::memcpy(dst, src, n);
     return;

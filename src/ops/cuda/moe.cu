@@ -3,6 +3,7 @@
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/grouped_gemm.h"
 
 namespace dseek::ops::cuda {
 
@@ -46,13 +47,16 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
 }
 
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& p) {
-  // Activations cast to the experts' dtype (bf16) once, not once per expert; experts with at most 8 rows
-  // keep the f32 activations of the GEMV kernel (finer, and what decoding uses).
+  // Activations cast to the experts' dtype (bf16) once, not once per expert; experts with more than 8
+  // rows go through the one-launch grouped kernel, those with at most 8 keep the f32 activations of the
+  // GEMV kernel (finer, and what decoding uses).
   const bool cast = !w.empty() && w[0].dtype() == DType::BF16 && x.dtype() == DType::F32 && x.size(0) > 8;
   const Tensor xa = cast ? x.to(DType::BF16) : x;
+  const bool grouped = x.size(0) > 8 && grouped_gemm_applies(out, xa, w);
+  if (grouped) grouped_gemm(out, xa, w, p.offsets, 9);
   for (int64_t e = 0; e < p.experts; ++e) {
     const int64_t n = p.rows(e);
-    if (n == 0) continue;
+    if (n == 0 || (grouped && n > 8)) continue;
     const int64_t r0 = p.offsets[size_t(e)];
     linear(out.slice(r0, n), (n > 8 ? xa : x).slice(r0, n), w[size_t(e)]);
   }
