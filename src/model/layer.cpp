@@ -19,7 +19,8 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
     s->rstd1 = rstd;
     s->attn.recompute = s->recompute;
   }
-  mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path, s ? &s->attn : nullptr);
+  mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path, s ? &s->attn : nullptr,
+          ctx.paged);
   ops::add_(h, y);
   if (s) {
     s->h_mid = h.clone();

@@ -1,0 +1,25 @@
+// decode_impl.h — the per-backend implementations of the decode ops (ops/decode.h), with the dispatcher's
+// signatures: cpu:: in ops/cpu/decode.cpp (the reference), cuda:: in ops/cuda/decode_attention.cu (or
+// ops/decode_nocuda.cpp in builds without CUDA). Arguments arrive already checked; kv_b arrives in a
+// dtype the backend reads (the activation dtype on the CPU; f32 or bf16 on the GPU).
+#pragma once
+
+#include "core/tensor.h"
+
+namespace dseek::ops::cpu {
+void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots);
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                      const Tensor& seq_lens, double scale, int64_t max_len);
+void argmax_rows(Tensor ids, const Tensor& x);
+}  // namespace dseek::ops::cpu
+
+namespace dseek::ops::cuda {
+void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots);
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                      const Tensor& seq_lens, double scale, int64_t max_len);
+void argmax_rows(Tensor ids, const Tensor& x);
+}  // namespace dseek::ops::cuda
