@@ -4,6 +4,11 @@
 #include <algorithm>
 #include <chrono>
 
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "infer/decode_graph.h"
 #include "ops/decode.h"
 
 namespace dseek::infer {
@@ -61,6 +66,10 @@ std::vector<GenerateResult> Engine::generate(const std::vector<std::vector<int64
   Tensor logits = m_.forward_paged(step_tokens, step_seqs, cache);
   std::vector<int64_t> tok = choose(logits);
   const double prefill_s = std::chrono::duration<double>(clock::now() - t0).count();
+  const char* env = std::getenv("DSEEK_CUDA_GRAPHS");
+  std::unique_ptr<DecodeGraphs> graphs;
+  if (greedy && graphs_ && m_.device() == Device::CUDA && !(env && std::strcmp(env, "0") == 0))
+    graphs = std::make_unique<DecodeGraphs>(m_);
   auto t1 = clock::now();
   while (true) {
     // Record the chosen tokens; sequences that end leave the batch.
@@ -86,8 +95,14 @@ std::vector<GenerateResult> Engine::generate(const std::vector<std::vector<int64
     }
     active = still;
     if (active.empty()) break;
-    logits = m_.forward_paged(step_tokens, step_seqs, cache);
-    tok = choose(logits);
+    if (graphs) {
+      std::vector<int64_t> flat;
+      for (const auto& t : step_tokens) flat.push_back(t[0]);
+      tok = graphs->step(flat, step_seqs, cache);
+    } else {
+      logits = m_.forward_paged(step_tokens, step_seqs, cache);
+      tok = choose(logits);
+    }
   }
   const double decode_s = std::chrono::duration<double>(clock::now() - t1).count();
   for (auto& r : res) {

@@ -15,7 +15,9 @@ namespace dseek::infer {
 
 class Engine {
  public:
-  explicit Engine(const Model& m) : m_(m) {}
+  // cuda_graphs: greedy decode steps on the GPU replay CUDA graphs (infer/decode_graph.h); the
+  // environment variable DSEEK_CUDA_GRAPHS=0 turns them off too.
+  explicit Engine(const Model& m, bool cuda_graphs = true) : m_(m), graphs_(cuda_graphs) {}
 
   // Every prompt with the same options; result i belongs to prompt i. Each sequence samples with its own
   // Sampler seeded by opt.sampling.seed, so a prompt gives the same tokens alone or in a batch.
@@ -26,6 +28,7 @@ class Engine {
 
  private:
   const Model& m_;
+  bool graphs_;
 };
 
 }  // namespace dseek::infer

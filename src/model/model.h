@@ -69,6 +69,10 @@ class Model {
   // activation dtype (model_paged.cpp).
   Tensor forward_paged(const std::vector<std::vector<int64_t>>& tokens, const std::vector<int64_t>& seqs,
                        PagedLatentCache& cache) const;
+  // The device part of a decode step: ids/positions [B] I64 on the device, one token per sequence, the
+  // paged step's slots/block table/lengths already on the device. Returns logits [B, V] on the device.
+  // Nothing here waits for the host, so a CUDA graph can capture it (infer/decode_graph.h).
+  Tensor decode_logits(const Tensor& ids, const Tensor& positions, const PagedStep& step) const;
   PagedLatentCache make_paged_cache(int64_t num_blocks) const {
     return PagedLatentCache(cfg, cfg.num_hidden_layers, num_blocks, act_dtype(), device());
   }

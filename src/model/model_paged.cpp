@@ -21,6 +21,17 @@ Tensor host_i32(const std::vector<int32_t>& v, const Shape& shape) {
 
 }  // namespace
 
+Tensor Model::decode_logits(const Tensor& ids, const Tensor& positions, const PagedStep& step) const {
+  DSEEK_CHECK(step.decode && step.cache, "decode_logits: a decode step over a paged cache");
+  const int64_t B = ids.size(0);
+  std::vector<SeqChunk> chunks;  // one token per sequence (read by the attention only through `step`)
+  for (int64_t b = 0; b < B; ++b) chunks.push_back({.row0 = b, .len = 1, .pos0 = 1, .cache = nullptr});
+  Tensor hn = run(ids, positions, chunks, AttnPath::Auto, nullptr, &step);
+  Tensor logits = Tensor::empty({B, cfg.vocab_size}, hn.dtype(), device());  // logits: [B, V]
+  ops::linear(logits, hn, lm_head());
+  return logits;
+}
+
 Tensor Model::forward_paged(const std::vector<std::vector<int64_t>>& tokens, const std::vector<int64_t>& seqs,
                             PagedLatentCache& cache) const {
   const int64_t B = int64_t(seqs.size()), V = cfg.vocab_size;
@@ -70,18 +81,20 @@ Tensor Model::forward_paged(const std::vector<std::vector<int64_t>>& tokens, con
     step.seq_lens = host_i32(lens, {B}).to(dev);
     step.max_len = max_len;
   }
-  Tensor hn = run(host_i64(ids).to(dev), host_i64(pos).to(dev), chunks, AttnPath::Auto, nullptr, &step);
-  for (int64_t b = 0; b < B; ++b) cache.set_length(seqs[size_t(b)], lens[size_t(b)]);
-  Tensor last = hn;  // last: [B, D] each sequence's last row
-  if (!decode) {
-    last = Tensor::empty({B, cfg.hidden_size}, hn.dtype(), dev);
+  Tensor logits;
+  if (decode) {
+    logits = decode_logits(host_i64(ids).to(dev), host_i64(pos).to(dev), step);
+  } else {
+    Tensor hn = run(host_i64(ids).to(dev), host_i64(pos).to(dev), chunks, AttnPath::Auto, nullptr, &step);
+    Tensor last = Tensor::empty({B, cfg.hidden_size}, hn.dtype(), dev);  // last: [B, D] each last row
     for (int64_t b = 0; b < B; ++b) {
       const SeqChunk& ch = chunks[size_t(b)];
       last.slice(b, 1).copy_from(hn.slice(ch.row0 + ch.len - 1, 1));
     }
+    logits = Tensor::empty({B, V}, last.dtype(), dev);  // logits: [B, V]
+    ops::linear(logits, last, lm_head());
   }
-  Tensor logits = Tensor::empty({B, V}, last.dtype(), dev);  // logits: [B, V]
-  ops::linear(logits, last, lm_head());
+  for (int64_t b = 0; b < B; ++b) cache.set_length(seqs[size_t(b)], lens[size_t(b)]);
   return logits;
 }
 

@@ -9,11 +9,11 @@ namespace dseek::ops {
 namespace {
 
 // kv_b in a dtype the backend reads: the activation dtype on the CPU; f32 or bf16 on the GPU (a
-// block-scaled fp8 matrix is dequantized to bf16 for the call).
+// block-scaled fp8 matrix is dequantized to the activation dtype for the call, so f32 runs stay f32).
 Tensor kv_b_for(const Tensor& kv_b, DType act) {
   if (kv_b.device() == Device::CPU) return kv_b.dtype() == act ? kv_b : kv_b.to(act);
   if (kv_b.dtype() == DType::F32 || kv_b.dtype() == DType::BF16) return kv_b;
-  return kv_b.dequantize(DType::BF16);
+  return kv_b.dequantize(act);
 }
 
 void check_kv_b(const char* op, const Tensor& kv_b, int64_t H, int64_t dn, int64_t dv, int64_t C) {
@@ -130,6 +130,53 @@ void argmax_rows(Tensor ids, const Tensor& x) {
   if (x.size(0) == 0) return;
   if (x.device() == Device::CPU) return cpu::argmax_rows(ids, x);
   return cuda::argmax_rows(ids, x);
+}
+
+bool moe_experts_small_applies(const Tensor& x, int64_t top_k, const std::vector<Tensor>& gate) {
+  if (x.device() != Device::CUDA || x.dtype() != DType::F32 || x.ndim() != 2) return false;
+  if (x.size(0) < 1 || x.size(0) > kMoeSmallTokens || top_k < 1 || top_k > 16) return false;
+  if (gate.empty() || int64_t(gate.size()) > kMoeSmallExperts) return false;
+  return (gate[0].dtype() == DType::BF16 || gate[0].dtype() == DType::F32) && !gate[0].block_scale();
+}
+
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down) {
+  const char* op = "moe_experts_small";
+  check_ndim(op, "x", x, 2);
+  check_ndim(op, "topk_idx", topk_idx, 2);
+  const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size());
+  check_shape(op, "topk_idx", topk_idx, {N, K});
+  check_shape(op, "topk_w", topk_w, {N, K});
+  check_shape(op, "out", out, {N, D});
+  check_dtype(op, "topk_idx", topk_idx, {DType::I32});
+  check_dtype(op, "topk_w", topk_w, {DType::F32});
+  check_dtype(op, "x", x, {DType::F32});
+  check_dtype(op, "out", out, {DType::F32});
+  DSEEK_CHECK(E > 0 && up.size() == gate.size() && down.size() == gate.size(), op, ": ", gate.size(),
+              " gate, ", up.size(), " up and ", down.size(), " down matrices");
+  const int64_t F = gate[0].size(0);
+  for (int64_t e = 0; e < E; ++e) {
+    check_shape(op, "gate", gate[size_t(e)], {F, D});
+    check_shape(op, "up", up[size_t(e)], {F, D});
+    check_shape(op, "down", down[size_t(e)], {D, F});
+  }
+  check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
+  if (N == 0) return;
+  if (x.device() == Device::CPU) {
+    for (int64_t i = 0; i < N * K; ++i)
+      DSEEK_CHECK(topk_idx.data<int32_t>()[i] >= 0 && topk_idx.data<int32_t>()[i] < E, op, ": expert id ",
+                  topk_idx.data<int32_t>()[i], " outside 0 ..< ", E);
+    return cpu::moe_experts_small(out, x, topk_idx, topk_w, gate, up, down);
+  }
+  DSEEK_CHECK(moe_experts_small_applies(x, K, gate), op,
+              ": the GPU version takes f32 activations, bf16 or f32 ", "experts, at most ", kMoeSmallTokens,
+              " tokens and ", kMoeSmallExperts, " experts");
+  for (int64_t e = 0; e < E; ++e)
+    for (const Tensor* t : {&gate[size_t(e)], &up[size_t(e)], &down[size_t(e)]})
+      DSEEK_CHECK(t->dtype() == gate[0].dtype() && !t->block_scale(), op, ": expert ", e, " is ",
+                  dtype_name(t->dtype()), ", expert 0 ", dtype_name(gate[0].dtype()));
+  return cuda::moe_experts_small(out, x, topk_idx, topk_w, gate, up, down);
 }
 
 }  // namespace dseek::ops

@@ -4,6 +4,8 @@
 // cache blocks (all heads in one pass over the cached rows), and the greedy choice on the device.
 #pragma once
 
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace dseek::ops {
@@ -32,6 +34,19 @@ void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn,
 // of long sequences across thread blocks on the GPU; 0 means "read it from seq_lens".
 void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
                       const Tensor& seq_lens, double scale, int64_t max_len = 0);
+
+// Routed experts for a few tokens (a decode step) without a host-side plan: the expert ids and gate weights
+// stay in device memory. out[n] = Σ_k topk_w[n, k] · down_e(silu(gate_e · x[n]) ⊙ (up_e · x[n])), e =
+// topk_idx[n, k]. out, x: [N, D] f32; topk_idx: [N, K] I32; topk_w: [N, K] f32; gate/up[e]: [F, D],
+// down[e]: [D, F] (all of one dtype). On the GPU each chosen expert's weights are read once per step
+// whatever the batch.
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down);
+// Whether moe_experts_small takes these operands on the GPU (f32 activations, bf16 or f32 expert matrices,
+// at most kMoeSmallTokens tokens, at most kMoeSmallExperts experts).
+inline constexpr int64_t kMoeSmallTokens = 64, kMoeSmallExperts = 256;
+bool moe_experts_small_applies(const Tensor& x, int64_t top_k, const std::vector<Tensor>& gate);
 
 // ids[n] = argmax_v x[n, v] (the lowest index among equal maxima). ids: [N] I64, x: [N, V] f32/bf16.
 void argmax_rows(Tensor ids, const Tensor& x);

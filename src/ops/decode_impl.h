@@ -4,6 +4,8 @@
 // dtype the backend reads (the activation dtype on the CPU; f32 or bf16 on the GPU).
 #pragma once
 
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace dseek::ops::cpu {
@@ -13,6 +15,9 @@ void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn,
 void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
                       const Tensor& seq_lens, double scale, int64_t max_len);
 void argmax_rows(Tensor ids, const Tensor& x);
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down);
 }  // namespace dseek::ops::cpu
 
 namespace dseek::ops::cuda {
@@ -22,4 +27,7 @@ void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn,
 void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
                       const Tensor& seq_lens, double scale, int64_t max_len);
 void argmax_rows(Tensor ids, const Tensor& x);
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down);
 }  // namespace dseek::ops::cuda

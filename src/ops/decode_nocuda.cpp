@@ -24,5 +24,9 @@ void mla_decode_paged(Tensor, const Tensor&, const Tensor&, const Tensor&, const
 void argmax_rows(Tensor, const Tensor&) {
   none("argmax_rows");
 }
+void moe_experts_small(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<Tensor>&,
+                       const std::vector<Tensor>&, const std::vector<Tensor>&) {
+  none("moe_experts_small");
+}
 
 }  // namespace dseek::ops::cuda

@@ -14,6 +14,8 @@
 #include "ops/decode.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
+#include "ops/moe.h"
+#include "ops/swiglu.h"
 #include "test_util.h"
 
 namespace dseek {
@@ -119,6 +121,38 @@ TEST(DecodeOps, AbsorptionsEqualPerHeadProducts) {
   check_absorb(3, 4, 8, 6, 4, 16, DType::F32);
   check_absorb(9, 2, 16, 16, 8, 32, DType::BF16);  // bf16 weights, converted for the CPU
   check_absorb(1, 5, 4, 12, 0, 24, DType::F32);
+}
+
+// The device-plan-free routed experts against the host-plan path (permute, grouped products, SwiGLU,
+// weighted un-permute) that the prefill and training use.
+TEST(DecodeOps, SmallMoeEqualsThePlannedPath) {
+  const int64_t N = 5, K = 3, E = 7, D = 24, F = 16;
+  std::vector<Tensor> g, u, dn;
+  for (int64_t e = 0; e < E; ++e) {
+    g.push_back(random({F, D}, uint32_t(20 + e), DType::F32, 0.2));
+    u.push_back(random({F, D}, uint32_t(40 + e), DType::F32, 0.2));
+    dn.push_back(random({D, F}, uint32_t(60 + e), DType::F32, 0.2));
+  }
+  Tensor x = random({N, D}, 3), w = random({N, K}, 4).to(DType::F32);
+  Tensor idx = i32({0, 3, 6, 1, 2, 3, 6, 5, 4, 0, 1, 2, 3, 4, 5}, {N, K});
+  Tensor got = Tensor::empty({N, D}, DType::F32);
+  got.fill(std::nan(""));
+  ops::moe_experts_small(got, x, idx, w, g, u, dn);
+  ops::MoePlan plan = ops::MoePlan::build(idx, E);
+  Tensor xp = Tensor::empty({N * K, D}, DType::F32), gg = Tensor::empty({N * K, F}, DType::F32),
+         uu = Tensor::empty({N * K, F}, DType::F32), hh = Tensor::empty({N * K, F}, DType::F32),
+         yp = Tensor::empty({N * K, D}, DType::F32), want = Tensor::empty({N, D}, DType::F32);
+  ops::moe_permute(xp, x, plan);
+  ops::grouped_linear(gg, xp, g, plan);
+  ops::grouped_linear(uu, xp, u, plan);
+  ops::swiglu_fwd(hh, gg, uu);
+  ops::grouped_linear(yp, hh, dn, plan);
+  ops::moe_unpermute(want, yp, w, plan);
+  test::Diff d = test::diff(got, want);
+  EXPECT_FALSE(d.nan);
+  EXPECT_LE(d.rel, 1e-5) << test::str(d);
+  EXPECT_THROW(ops::moe_experts_small(got, x, i32(std::vector<int32_t>(N * K, 7), {N, K}), w, g, u, dn),
+               Error);
 }
 
 TEST(DecodeOps, ArgmaxTakesTheFirstMaximum) {

@@ -145,4 +145,37 @@ void argmax_rows(Tensor ids, const Tensor& x) {
   }
 }
 
+// Per (token, slot): the expert's three products in f64 from the matrices converted to f64.
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down) {
+  const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), F = gate[0].size(0);
+  const Tensor xd = x.to(DType::F64);
+  std::vector<double> h(static_cast<size_t>(F));
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<double> acc(static_cast<size_t>(D), 0.0);
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t e = topk_idx.data<int32_t>()[n * K + k];
+      const double wk = topk_w.data<float>()[n * K + k];
+      const Tensor g = gate[size_t(e)].to(DType::F64), u = up[size_t(e)].to(DType::F64),
+                   dn = down[size_t(e)].to(DType::F64);
+      const double* xr = xd.data<double>() + n * D;
+      for (int64_t f = 0; f < F; ++f) {
+        double a = 0, b = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          a += g.data<double>()[f * D + i] * xr[i];
+          b += u.data<double>()[f * D + i] * xr[i];
+        }
+        h[size_t(f)] = a / (1.0 + std::exp(-a)) * b;
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        double y = 0;
+        for (int64_t f = 0; f < F; ++f) y += dn.data<double>()[d * F + f] * h[size_t(f)];
+        acc[size_t(d)] += wk * y;
+      }
+    }
+    for (int64_t d = 0; d < D; ++d) out.data<float>()[n * D + d] = float(acc[size_t(d)]);
+  }
+}
+
 }  // namespace dseek::ops::cpu

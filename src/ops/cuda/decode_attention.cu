@@ -8,6 +8,8 @@
 //     combines the splits (FlashDecoding);
 //   * sm90_argmax_rows: greedy choice on the device, so only token ids go back to the host.
 #include <algorithm>
+#include <map>
+#include <mutex>
 
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
@@ -99,28 +101,49 @@ __device__ __forceinline__ float4 ld4(const bf16* p) {
   return make_float4(fa.x, fa.y, fb.x, fb.y);
 }
 
+// Row stride of the shared tile: with 16-byte loads (VEC, W % 4 == 0) W + 4, so rows start 4 banks
+// apart and each quarter-warp of lanes reading 8 different rows hits all 32 banks once; with scalar
+// loads W rounded up to odd, so 32 lanes reading 32 different rows hit 32 different banks.
+__host__ __device__ constexpr int tile_stride(int W, bool vec) {
+  return vec ? W + 4 : (W | 1);
+}
+__host__ __device__ constexpr int round4(int n) {
+  return (n + 3) & ~3;
+}
+// Offsets (floats) of rs and ps in the decode kernel's shared memory, and its size; ps 16-byte aligned.
+__host__ __device__ constexpr int rs_offset(int W) {
+  return round4(kHG * W);
+}
+__host__ __device__ constexpr int ps_offset(int W, bool vec) {
+  return round4(rs_offset(W) + kTK * tile_stride(W, vec));
+}
+__host__ __device__ constexpr int decode_smem_floats(int W, bool vec) {
+  return ps_offset(W, vec) + kHG * kTK + 3 * kHG;
+}
+
 // grid (splits, B, ceil(H / 16)), 256 threads. Shared memory: qs [16, W] (queries pre-scaled by
-// scale·log2 e), rs [32, RS] (a tile of cached rows, RS = W rounded up to odd so that 32 lanes reading 32
-// different rows hit 32 banks), ps [16, 32] (the tile's probabilities), and per head m, l, alpha.
+// scale·log2 e), rs [32, RS] (a tile of cached rows), ps [32 keys, 16 heads] (the tile's probabilities,
+// key-major so one key's 16 weights are 4 broadcast 16-byte loads), and per head m, l, alpha.
 // With splits == 1 the block writes the normalized result to out; else its unnormalized accumulator to
 // part_o [B, splits, H, C] and (m, l) to part_ml [B, splits, H, 2].
-template <typename T, int CPT>
+template <typename T, int CPT, bool VEC>
 __global__ void __launch_bounds__(kThreads)
     sm90_mla_decode_paged(T* out, float* part_o, float* part_ml, const T* q, const T* pool, const int32_t* bt,
                           const int32_t* lens, int H, int W, int C, int MB, int keys_per_split,
                           float qscale) {
-  extern __shared__ float sm[];
-  const int RS = W | 1;
+  extern __shared__ __align__(16) float sm[];
+  const int RS = tile_stride(W, VEC);
   float* qs = sm;
-  float* rs = qs + kHG * W;
-  float* ps = rs + kTK * RS;
+  float* rs = sm + rs_offset(W);
+  float* ps = sm + ps_offset(W, VEC);
   float* m = ps + kHG * kTK;
   float* l = m + kHG;
   float* alpha = l + kHG;
   const int split = blockIdx.x, splits = gridDim.x, b = blockIdx.y, h0 = blockIdx.z * kHG;
   const int nh = min(kHG, H - h0);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  for (int i = tid; i < nh * W; i += kThreads) qs[i] = ld(q[(int64_t(b) * H + h0) * W + i]) * qscale;
+  for (int i = tid; i < kHG * W; i += kThreads)
+    qs[i] = i < nh * W ? ld(q[(int64_t(b) * H + h0) * W + i]) * qscale : 0.0f;
   if (tid < kHG) {
     m[tid] = -INFINITY;
     l[tid] = 0.0f;
@@ -133,7 +156,6 @@ __global__ void __launch_bounds__(kThreads)
   for (int h = 0; h < kHG; ++h)
 #pragma unroll
     for (int j = 0; j < CPT; ++j) acc[h][j] = 0.0f;
-  const bool vec = (W & 3) == 0;
   for (int k0 = k_begin; k0 < k_end; k0 += kTK) {
     const int nk = min(kTK, k_end - k0);
     __syncthreads();  // the previous tile is consumed (and qs, m, l are ready on the first)
@@ -142,40 +164,58 @@ __global__ void __launch_bounds__(kThreads)
       const int key = k0 + kk;
       const T* src = pool + (int64_t(table[key / kCacheBlock]) * kCacheBlock + key % kCacheBlock) * W;
       float* dst = rs + kk * RS;
-      if (vec) {
-        for (int i = lane * 4; i < W; i += 128) {
-          const float4 v = ld4(src + i);
-          dst[i] = v.x;
-          dst[i + 1] = v.y;
-          dst[i + 2] = v.z;
-          dst[i + 3] = v.w;
-        }
+      if constexpr (VEC) {
+        for (int i = lane * 4; i < W; i += 128) *reinterpret_cast<float4*>(dst + i) = ld4(src + i);
       } else {
         for (int i = lane; i < W; i += 32) dst[i] = ld(src[i]);
       }
     }
     __syncthreads();
-    // Scores: warp w takes heads w and w + 8; lane = key of the tile. Then the online-softmax update.
-    for (int h = warp; h < nh; h += kWarps) {
-      float s = -INFINITY;
-      if (lane < nk) {
-        const float* qh = qs + h * W;
+    // Scores: warp w takes heads w and w + 8 (the second may be past nh: its query is zero), lane = key.
+    // Then the online-softmax update of both heads.
+    {
+      const int ha = warp, hb = warp + kWarps;
+      float da = 0.0f, db = 0.0f;
+      if (lane < nk && ha < nh) {
         const float* r = rs + lane * RS;
-        float d = 0.0f;
-        for (int i = 0; i < W; ++i) d += qh[i] * r[i];
-        s = d;
+        const float* qa = qs + ha * W;
+        const float* qb = qs + hb * W;
+        if constexpr (VEC) {
+          for (int i = 0; i < W; i += 4) {
+            const float4 rv = *reinterpret_cast<const float4*>(r + i);
+            const float4 av = *reinterpret_cast<const float4*>(qa + i);
+            const float4 bv = *reinterpret_cast<const float4*>(qb + i);
+            da += av.x * rv.x + av.y * rv.y + av.z * rv.z + av.w * rv.w;
+            db += bv.x * rv.x + bv.y * rv.y + bv.z * rv.z + bv.w * rv.w;
+          }
+        } else {
+          for (int i = 0; i < W; ++i) {
+            da += qa[i] * r[i];
+            db += qb[i] * r[i];
+          }
+        }
       }
-      const float m_old = m[h], m_new = fmaxf(m_old, warp_max(s));
-      const float p = lane < nk ? exp2f(s - m_new) : 0.0f;
-      const float psum = warp_sum(p);
-      ps[h * kTK + lane] = p;
-      __syncwarp();
-      if (lane == 0) {
-        const float a = exp2f(m_old - m_new);  // 0 on the first tile (m_old = −inf)
-        alpha[h] = a;
-        l[h] = l[h] * a + psum;
-        m[h] = m_new;
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int h = t == 0 ? ha : hb;
+        if (h >= nh) break;  // warp-uniform
+        const float s = lane < nk ? (t == 0 ? da : db) : -INFINITY;
+        const float m_old = m[h], m_new = fmaxf(m_old, warp_max(s));
+        const float p = lane < nk ? exp2f(s - m_new) : 0.0f;
+        const float psum = warp_sum(p);
+        ps[lane * kHG + h] = p;
+        if (lane == 0) {
+          const float a = exp2f(m_old - m_new);  // 0 on the first tile (m_old = −inf)
+          alpha[h] = a;
+          l[h] = l[h] * a + psum;
+          m[h] = m_new;
+        }
       }
+      if (nh < kHG && lane < kTK)  // heads past nh: zero weights (their accumulators are never written)
+        for (int h = nh + warp; h < kHG; h += kWarps) {
+          ps[lane * kHG + h] = 0.0f;
+          if (lane == 0) alpha[h] = 1.0f;
+        }
     }
     __syncthreads();
     // Accumulate: thread owns columns c = tid + j·256 of every head.
@@ -184,13 +224,18 @@ __global__ void __launch_bounds__(kThreads)
       const int c = tid + j * kThreads;
       if (c >= C) break;
 #pragma unroll
-      for (int h = 0; h < kHG; ++h)
-        if (h < nh) acc[h][j] *= alpha[h];
+      for (int h = 0; h < kHG; ++h) acc[h][j] *= alpha[h];
       for (int kk = 0; kk < nk; ++kk) {
         const float r = rs[kk * RS + c];
+        const float4* p4 = reinterpret_cast<const float4*>(ps + kk * kHG);
 #pragma unroll
-        for (int h = 0; h < kHG; ++h)
-          if (h < nh) acc[h][j] += ps[h * kTK + kk] * r;
+        for (int g = 0; g < kHG / 4; ++g) {
+          const float4 p = p4[g];
+          acc[4 * g][j] += p.x * r;
+          acc[4 * g + 1][j] += p.y * r;
+          acc[4 * g + 2][j] += p.z * r;
+          acc[4 * g + 3][j] += p.w * r;
+        }
       }
     }
   }
@@ -292,12 +337,19 @@ __global__ void sm90_argmax_rows(int64_t* ids, const T* x, int64_t V) {
   }
 }
 
+// Raises a kernel's dynamic shared-memory limit when needed, once per kernel and size (so a captured
+// decode step makes no attribute calls).
 template <typename K>
 void allow_smem(K kernel, size_t bytes, const char* op) {
   DSEEK_CHECK(bytes <= 227 * 1024, op, ": needs ", bytes, " bytes of shared memory");
-  if (bytes > 48 * 1024)
-    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
-                     op);
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mu;
+  static std::map<const void*, size_t> set;  // kernel → the limit set so far
+  std::lock_guard<std::mutex> g(mu);
+  size_t& have = set[reinterpret_cast<const void*>(kernel)];
+  if (have >= bytes) return;
+  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+  have = bytes;
 }
 
 // Calls fn(Wt{}) for the weight dtype (f32 or bf16).
@@ -388,7 +440,8 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
     part_o = Tensor::empty({B, splits, H, C}, DType::F32, Device::CUDA);   // part_o: [B, S, H, C]
     part_ml = Tensor::empty({B, splits, H, 2}, DType::F32, Device::CUDA);  // part_ml: [B, S, H, (m, l)]
   }
-  const size_t smem = size_t(kHG * W + kTK * (W | 1) + kHG * kTK + 3 * kHG) * sizeof(float);
+  const bool vec = W % 4 == 0;
+  const size_t smem = size_t(decode_smem_floats(int(W), vec)) * sizeof(float);
   const float qscale = float(scale) * kLog2e;
   const dim3 grid{unsigned(splits), unsigned(B), unsigned(groups)};
   with_act(q.dtype(), "mla_decode_paged", [&](auto t) {
@@ -401,12 +454,20 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
           static_cast<const T*>(pool.raw()), block_table.data<int32_t>(), seq_lens.data<int32_t>(), int(H),
           int(W), int(C), int(MB), int(keys_per_split), qscale);
     };
-    if (C <= kThreads) {
-      launch(sm90_mla_decode_paged<T, 1>);
-    } else if (C <= 2 * kThreads) {
-      launch(sm90_mla_decode_paged<T, 2>);
+    auto by_width = [&](auto v) {
+      constexpr bool V = decltype(v)::value;
+      if (C <= kThreads) {
+        launch(sm90_mla_decode_paged<T, 1, V>);
+      } else if (C <= 2 * kThreads) {
+        launch(sm90_mla_decode_paged<T, 2, V>);
+      } else {
+        launch(sm90_mla_decode_paged<T, 4, V>);
+      }
+    };
+    if (vec) {
+      by_width(std::true_type{});
     } else {
-      launch(sm90_mla_decode_paged<T, 4>);
+      by_width(std::false_type{});
     }
     DSEEK_CUDA_LAUNCH_CHECK("mla_decode_paged");
     if (splits > 1) {

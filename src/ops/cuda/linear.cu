@@ -94,7 +94,7 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
   }
   const float alpha = 1.0f;
   DSEEK_CUBLAS_CHECK(cublasLtMatmul(L.handle, op, &alpha, A, la, B, lb, &beta, C, lc, C, lc, &algo,
-                                    L.workspace, L.workspace_bytes, nullptr),
+                                    L.workspace, L.workspace_bytes, cudaStreamPerThread),
                      "linear: cublasLtMatmul");
   cublasLtMatrixLayoutDestroy(la);
   cublasLtMatrixLayoutDestroy(lb);
