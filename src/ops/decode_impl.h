@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/router.h"
 
 namespace dseek::ops::cpu {
 void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots);
@@ -30,4 +31,9 @@ void argmax_rows(Tensor ids, const Tensor& x);
 void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
                        const std::vector<Tensor>& down);
+// Routing of a few tokens, one block per token (router_small.cu); router.cu's router_fwd takes it when
+// it applies (N ≤ 64; DSEEK_ROUTER_SMALL=0 turns it off).
+bool router_small_applies(int64_t N, int64_t E, const RouterParams& p);
+void router_fwd_small(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
+                      const RouterParams& p);
 }  // namespace dseek::ops::cuda

@@ -15,6 +15,7 @@
 #include "infer/engine.h"
 #include "model/model.h"
 #include "ops/decode.h"
+#include "ops/router.h"
 #include "test_util.h"
 
 namespace dseek {
@@ -114,7 +115,7 @@ TEST_F(CudaDecode, AbsorptionsMatchCpu) {
     int64_t N, H, dn, dv, R, C;
   };
   for (const S& s : {S{1, 16, 64, 64, 32, 256}, S{32, 16, 64, 64, 32, 256}, S{9, 5, 16, 24, 8, 48},
-                     S{3, 128, 128, 128, 64, 512}}) {
+                     S{3, 128, 128, 128, 64, 512}, S{2, 3, 8, 12, 4, 20}}) {  // last: C % 8 != 0, dv % 8 != 0
     for (DType wdt : {DType::F32, DType::BF16}) {
       for (DType dt : {DType::F32, DType::BF16}) {
         Tensor q = randn({s.N, s.H, s.dn + s.R}, 4).to(dt).to(DType::F32);
@@ -133,6 +134,48 @@ TEST_F(CudaDecode, AbsorptionsMatchCpu) {
         expect_close("mla_absorb_q" + tag, qa, qa_ref, dt);
         expect_close("mla_absorb_o" + tag, o, o_ref, dt);
       }
+    }
+  }
+}
+
+// The block-per-token router of decode batches (N <= 64) against the CPU router: same choices, weights
+// and scores within 1e-5, for the configurations of V3 (256 experts, groups), bench-1b (64), V2
+// (softmax, group-limited) and plain greedy softmax over 1024 experts.
+TEST_F(CudaDecode, SmallBatchRouterMatchesCpu) {
+  struct RCase {
+    ScoringFunc sf;
+    TopkMethod m;
+    int64_t E, G, TG, K;
+    bool norm, bias;
+  };
+  for (int64_t N : {1, 5, 64}) {
+    for (const RCase& c :
+         {RCase{ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 256, 8, 4, 8, true, true},
+          RCase{ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 64, 8, 4, 6, true, true},
+          RCase{ScoringFunc::Softmax, TopkMethod::Greedy, 1024, 1, 1, 6, false, false},
+          RCase{ScoringFunc::Softmax, TopkMethod::GroupLimitedGreedy, 160, 8, 3, 6, false, false}}) {
+      ops::RouterParams p{.scoring = c.sf,
+                          .method = c.m,
+                          .n_group = c.G,
+                          .topk_group = c.TG,
+                          .top_k = c.K,
+                          .norm_topk_prob = c.norm,
+                          .routed_scaling_factor = 2.5};
+      Tensor logits = randn({N, c.E}, uint32_t(N * 1000 + c.E), 2.0),
+             bias = c.bias ? randn({c.E}, 3, 0.1) : Tensor();
+      Tensor idx = Tensor::empty({N, c.K}, DType::I32), w = Tensor::empty({N, c.K}, DType::F32),
+             sc = Tensor::empty({N, c.E}, DType::F32);
+      ops::router_fwd(idx, w, sc, logits, bias, p);
+      Tensor gi = Tensor::empty({N, c.K}, DType::I32, Device::CUDA), gw = poisoned({N, c.K}, DType::F32),
+             gs = poisoned({N, c.E}, DType::F32);
+      gi.fill(-1);
+      ops::router_fwd(gi, gw, gs, logits.to(Device::CUDA), c.bias ? bias.to(Device::CUDA) : Tensor(), p);
+      Tensor hi = gi.to(Device::CPU);
+      for (int64_t i = 0; i < N * c.K; ++i)
+        ASSERT_EQ(hi.data<int32_t>()[i], idx.data<int32_t>()[i])
+            << "router choice " << i << " N " << N << " E " << c.E;
+      expect_close("router weights N " + std::to_string(N) + " E " + std::to_string(c.E), gw, w, DType::F32);
+      expect_close("router scores", gs, sc, DType::F32);
     }
   }
 }

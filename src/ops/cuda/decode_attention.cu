@@ -34,59 +34,104 @@ __global__ void sm90_paged_cache_write(T* pool, const T* rows, const int32_t* sl
 }
 
 constexpr int kRowsPerBlock = 8;  // activation rows sharing one pass over a head's weights
+constexpr int kColsQ = 64;        // absorb_q: columns per block (x 4 slices of dn)
 
-// grid (H, ceil(N / 8)); qa[n, h, :C] = q[n, h, :dn] · W_UK[h]; qa[n, h, C:] = q[n, h, dn:].
+// grid (H, ceil(C / 64), ceil(N / 8)), 256 threads = 64 columns x 4 interleaved slices of the dn sum:
+// qa[n, h, c] = Σ_i q[n, h, i] · W_UK[h][i, c], partial sums combined through shared memory; the blocks
+// of column chunk 0 also copy the roped part qa[n, h, C:] = q[n, h, dn:].
 template <typename T, typename Wt>
-__global__ void sm90_absorb_q(T* qa, const T* q, const Wt* kvb, int N, int H, int dn, int dv, int R, int C) {
-  extern __shared__ float qs[];  // [8, dn]
-  const int h = blockIdx.x, n0 = blockIdx.y * kRowsPerBlock, nr = min(kRowsPerBlock, N - n0);
+__global__ void __launch_bounds__(256)
+    sm90_absorb_q(T* qa, const T* q, const Wt* kvb, int N, int H, int dn, int dv, int R, int C) {
+  extern __shared__ float sm_q[];
+  float* qs = sm_q;                        // [8, dn]
+  float* red = sm_q + kRowsPerBlock * dn;  // [4, 8, 64]
+  const int h = blockIdx.x, c0 = blockIdx.y * kColsQ, n0 = blockIdx.z * kRowsPerBlock;
+  const int nr = min(kRowsPerBlock, N - n0);
   const int Dq = dn + R, W = C + R;
-  for (int i = threadIdx.x; i < nr * dn; i += blockDim.x) {
+  for (int i = threadIdx.x; i < kRowsPerBlock * dn; i += blockDim.x) {
     const int r = i / dn, j = i - r * dn;
-    qs[i] = ld(q[(int64_t(n0 + r) * H + h) * Dq + j]);
+    qs[i] = r < nr ? ld(q[(int64_t(n0 + r) * H + h) * Dq + j]) : 0.0f;
   }
   __syncthreads();
+  const int cl = threadIdx.x & (kColsQ - 1), slice = threadIdx.x / kColsQ, c = c0 + cl;
   const Wt* wk = kvb + int64_t(h) * (dn + dv) * C;  // W_UK[h]: [dn, C]
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc[kRowsPerBlock] = {};
-    for (int i = 0; i < dn; ++i) {
+  float acc[kRowsPerBlock] = {};
+  if (c < C) {
+#pragma unroll 4
+    for (int i = slice; i < dn; i += 4) {
       const float w = ld(wk[int64_t(i) * C + c]);
 #pragma unroll
       for (int r = 0; r < kRowsPerBlock; ++r) acc[r] += qs[r * dn + i] * w;
     }
-    for (int r = 0; r < nr; ++r) qa[(int64_t(n0 + r) * H + h) * W + c] = st<T>(acc[r]);
   }
-  for (int i = threadIdx.x; i < nr * R; i += blockDim.x) {
-    const int r = i / R, j = i - r * R;
-    qa[(int64_t(n0 + r) * H + h) * W + C + j] = q[(int64_t(n0 + r) * H + h) * Dq + dn + j];
-  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerBlock; ++r) red[(slice * kRowsPerBlock + r) * kColsQ + cl] = acc[r];
+  __syncthreads();
+  if (slice == 0 && c < C)
+    for (int r = 0; r < nr; ++r) {
+      float v = 0.0f;
+#pragma unroll
+      for (int sl = 0; sl < 4; ++sl) v += red[(sl * kRowsPerBlock + r) * kColsQ + cl];
+      qa[(int64_t(n0 + r) * H + h) * W + c] = st<T>(v);
+    }
+  if (blockIdx.y == 0)
+    for (int i = threadIdx.x; i < nr * R; i += blockDim.x) {
+      const int r = i / R, j = i - r * R;
+      qa[(int64_t(n0 + r) * H + h) * W + C + j] = q[(int64_t(n0 + r) * H + h) * Dq + dn + j];
+    }
 }
 
-// grid (H, ceil(N / 8)); o[n, h, j] = o_lat[n, h, :] · W_UV[h][j, :], one warp per output column j.
+// Eight consecutive weights as f32 (16-byte loads for bf16, two for f32).
+__device__ __forceinline__ void load8w(const bf16* p, float* f) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
+}
+__device__ __forceinline__ void load8w(const float* p, float* f) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+// grid (H, ceil(dv / 8), ceil(N / 8)), 8 warps, one output column j per warp:
+// o[n, h, j] = o_lat[n, h, :] · W_UV[h][j, :], lanes along C (8 at a time when vec).
 template <typename T, typename Wt>
-__global__ void sm90_absorb_o(T* o, const T* olat, const Wt* kvb, int N, int H, int dn, int dv, int C) {
-  extern __shared__ float ls[];  // [8, C]
-  const int h = blockIdx.x, n0 = blockIdx.y * kRowsPerBlock, nr = min(kRowsPerBlock, N - n0);
-  for (int i = threadIdx.x; i < nr * C; i += blockDim.x) {
+__global__ void __launch_bounds__(256)
+    sm90_absorb_o(T* o, const T* olat, const Wt* kvb, int N, int H, int dn, int dv, int C, bool vec) {
+  extern __shared__ __align__(16) float ls[];  // [8, C]
+  const int h = blockIdx.x, n0 = blockIdx.z * kRowsPerBlock, nr = min(kRowsPerBlock, N - n0);
+  for (int i = threadIdx.x; i < kRowsPerBlock * C; i += blockDim.x) {
     const int r = i / C, c = i - r * C;
-    ls[i] = ld(olat[(int64_t(n0 + r) * H + h) * C + c]);
+    ls[i] = r < nr ? ld(olat[(int64_t(n0 + r) * H + h) * C + c]) : 0.0f;
   }
-  for (int i = nr * C + threadIdx.x; i < kRowsPerBlock * C; i += blockDim.x) ls[i] = 0.0f;
   __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const Wt* wv = kvb + (int64_t(h) * (dn + dv) + dn) * C;  // W_UV[h]: [dv, C]
-  for (int j = warp; j < dv; j += blockDim.x >> 5) {
-    float acc[kRowsPerBlock] = {};
+  const int lane = threadIdx.x & 31, j = blockIdx.y * 8 + (threadIdx.x >> 5);
+  if (j >= dv) return;
+  const Wt* wv = kvb + (int64_t(h) * (dn + dv) + dn + j) * C;  // W_UV[h][j]: [C]
+  float acc[kRowsPerBlock] = {};
+  if (vec) {
+    for (int c = lane * 8; c < C; c += 256) {
+      float w8[8];
+      load8w(wv + c, w8);
+#pragma unroll
+      for (int r = 0; r < kRowsPerBlock; ++r) {
+        const float4 a = *reinterpret_cast<const float4*>(ls + r * C + c),
+                     b = *reinterpret_cast<const float4*>(ls + r * C + c + 4);
+        acc[r] += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
+                  w8[6] * b.z + w8[7] * b.w;
+      }
+    }
+  } else {
     for (int c = lane; c < C; c += 32) {
-      const float w = ld(wv[int64_t(j) * C + c]);
+      const float w = ld(wv[c]);
 #pragma unroll
       for (int r = 0; r < kRowsPerBlock; ++r) acc[r] += ls[r * C + c] * w;
     }
-#pragma unroll
-    for (int r = 0; r < kRowsPerBlock; ++r) acc[r] = warp_sum(acc[r]);
-    if (lane == 0)
-      for (int r = 0; r < nr; ++r) o[(int64_t(n0 + r) * H + h) * dv + j] = st<T>(acc[r]);
   }
+#pragma unroll
+  for (int r = 0; r < kRowsPerBlock; ++r) acc[r] = warp_sum(acc[r]);
+  if (lane == 0)
+    for (int r = 0; r < nr; ++r) o[(int64_t(n0 + r) * H + h) * dv + j] = st<T>(acc[r]);
 }
 
 // Four consecutive elements as f32 (aligned vector loads for f32 and bf16).
@@ -389,16 +434,17 @@ void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots) {
 
 void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv) {
   const int64_t N = q.size(0), H = q.size(1), R = q.size(2) - dn, C = kv_b.size(1);
-  const dim3 grid{unsigned(H), unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
-  const size_t smem = size_t(kRowsPerBlock * dn) * sizeof(float);
+  const dim3 grid{unsigned(H), unsigned((C + kColsQ - 1) / kColsQ),
+                  unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
+  const size_t smem = size_t(kRowsPerBlock * dn + 4 * kRowsPerBlock * kColsQ) * sizeof(float);
   with_act(q.dtype(), "mla_absorb_q", [&](auto t) {
     using T = decltype(t);
     with_weight(kv_b.dtype(), "mla_absorb_q", [&](auto wt) {
       using Wt = decltype(wt);
       allow_smem(sm90_absorb_q<T, Wt>, smem, "mla_absorb_q");
-      sm90_absorb_q<T, Wt><<<grid, kThreads, smem>>>(
-          static_cast<T*>(qa.raw()), static_cast<const T*>(q.raw()), static_cast<const Wt*>(kv_b.raw()),
-          int(N), int(H), int(dn), int(dv), int(R), int(C));
+      sm90_absorb_q<T, Wt><<<grid, 256, smem>>>(static_cast<T*>(qa.raw()), static_cast<const T*>(q.raw()),
+                                                static_cast<const Wt*>(kv_b.raw()), int(N), int(H), int(dn),
+                                                int(dv), int(R), int(C));
     });
   });
   DSEEK_CUDA_LAUNCH_CHECK("mla_absorb_q");
@@ -406,16 +452,17 @@ void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, in
 
 void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv) {
   const int64_t N = o_lat.size(0), H = o_lat.size(1), C = o_lat.size(2);
-  const dim3 grid{unsigned(H), unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
+  const dim3 grid{unsigned(H), unsigned((dv + 7) / 8), unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
   const size_t smem = size_t(kRowsPerBlock * C) * sizeof(float);
+  const bool vec = C % 8 == 0 && (reinterpret_cast<uintptr_t>(kv_b.raw()) & 15) == 0;
   with_act(o_lat.dtype(), "mla_absorb_o", [&](auto t) {
     using T = decltype(t);
     with_weight(kv_b.dtype(), "mla_absorb_o", [&](auto wt) {
       using Wt = decltype(wt);
       allow_smem(sm90_absorb_o<T, Wt>, smem, "mla_absorb_o");
-      sm90_absorb_o<T, Wt><<<grid, kThreads, smem>>>(
-          static_cast<T*>(o.raw()), static_cast<const T*>(o_lat.raw()), static_cast<const Wt*>(kv_b.raw()),
-          int(N), int(H), int(dn), int(dv), int(C));
+      sm90_absorb_o<T, Wt><<<grid, 256, smem>>>(static_cast<T*>(o.raw()), static_cast<const T*>(o_lat.raw()),
+                                                static_cast<const Wt*>(kv_b.raw()), int(N), int(H), int(dn),
+                                                int(dv), int(C), vec);
     });
   });
   DSEEK_CUDA_LAUNCH_CHECK("mla_absorb_o");
