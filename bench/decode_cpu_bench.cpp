@@ -4,7 +4,12 @@
 // the GPU and the bound uses the device's copy bandwidth (the transformers side is
 // tools/torch_decode_bench.py, run beside it by scripts/bench-decode-gpu).
 //
+// --path paged (the default) runs the inference engine's step: Model::forward_paged over the paged
+// latent cache with the greedy choice on the device, for --batch sequences at once; --path cached is the
+// one-sequence contiguous-cache loop (the first GPU baseline).
+//
 //   decode_cpu_bench [--config PATH] [--prompt N] [--tokens N] [--threads N] [--device cpu|cuda]
+//                    [--batch N] [--path paged|cached]
 #include <omp.h>
 
 #include "core/blas_env.h"
@@ -12,13 +17,16 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/device.h"
 #include "core/parallel.h"
+#include "infer/decode_graph.h"
 #include "infer/sampler.h"
 #include "model/model.h"
+#include "ops/decode.h"
 
 using namespace dseek;
 using clk = std::chrono::steady_clock;
@@ -64,7 +72,8 @@ double read_bandwidth(size_t bytes) {
 
 // Device-to-device copy bandwidth (bytes read + written per second), best of several.
 double device_copy_bandwidth(size_t bytes) {
-  Tensor a = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA), b = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA);
+  Tensor a = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA),
+         b = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA);
   double best = 0;
   for (int it = 0; it < 8; ++it) {
     device_synchronize();
@@ -112,7 +121,9 @@ int main(int argc, char** argv) {
   dseek::ensure_blas_kernels(argv);
   std::string config = std::string(DSEEK_BENCH_CONFIGS) + "/bench-1b.json";
   int64_t prompt_len = 32, tokens = 64;
-  std::string device = "cpu";
+  std::string device = "cpu", path = "paged";
+  int64_t batch = 1;
+  bool graphs = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--config")
@@ -123,6 +134,12 @@ int main(int argc, char** argv) {
       tokens = std::stoll(argv[i + 1]);
     else if (k == "--device")
       device = argv[i + 1];
+    else if (k == "--path")
+      path = argv[i + 1];
+    else if (k == "--batch")
+      batch = std::stoll(argv[i + 1]);
+    else if (k == "--graphs")
+      graphs = std::string(argv[i + 1]) != "0";
     else if (k == "--threads")
       omp_set_num_threads(std::stoi(argv[i + 1]));
     else {
@@ -150,24 +167,71 @@ int main(int argc, char** argv) {
 
     std::vector<int64_t> prompt(static_cast<size_t>(prompt_len));
     for (int64_t i = 0; i < prompt_len; ++i) prompt[size_t(i)] = (i * 7919 + 17) % cfg.vocab_size;
-    LatentCache cache = m.make_cache(prompt_len + tokens + 8);
-    infer::Sampler greedy({.greedy = true});
-    auto tp = clk::now();
-    Tensor logits = m.forward_cached(prompt, cache);
-    const double prefill_s = seconds_since(tp);
-    int64_t tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
-    for (int w = 0; w < 3; ++w) {  // warm-up steps
-      logits = m.forward_cached({tok}, cache);
-      tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
+    double prefill_s = 0, decode_s = 0;
+    int64_t cached_mid = 0;
+    if (path == "cached") {
+      if (batch != 1) throw std::runtime_error("--path cached runs batch 1 only");
+      LatentCache cache = m.make_cache(prompt_len + tokens + 8);
+      infer::Sampler greedy({.greedy = true});
+      auto tp = clk::now();
+      Tensor logits = m.forward_cached(prompt, cache);
+      prefill_s = seconds_since(tp);
+      int64_t tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
+      for (int w = 0; w < 3; ++w) {  // warm-up steps
+        logits = m.forward_cached({tok}, cache);
+        tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
+      }
+      cached_mid = cache.length() + tokens / 2;
+      auto td = clk::now();
+      for (int64_t i = 0; i < tokens; ++i) {
+        logits = m.forward_cached({tok}, cache);
+        tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
+      }
+      decode_s = seconds_since(td);
+    } else if (path == "paged") {
+      // `batch` sequences (prompts differ by a shift of the ids), one batched prefill, then decode steps
+      // of one token per sequence with the greedy choice on the device (only ids come back).
+      PagedLatentCache pc = m.make_paged_cache(batch * ((prompt_len + tokens + 8 + 63) / 64));
+      std::vector<std::vector<int64_t>> toks;
+      std::vector<int64_t> seqs;
+      for (int64_t b = 0; b < batch; ++b) {
+        std::vector<int64_t> p = prompt;
+        for (auto& id : p) id = (id + b * 101) % cfg.vocab_size;
+        toks.push_back(p);
+        seqs.push_back(pc.add_sequence());
+      }
+      Tensor ids = Tensor::empty({batch}, DType::I64, m.device());
+      std::unique_ptr<infer::DecodeGraphs> dg;
+      auto step = [&] {
+        if (dg) {  // decode steps as CUDA graph replays
+          std::vector<int64_t> flat;
+          for (const auto& t : toks) flat.push_back(t[0]);
+          const std::vector<int64_t> next = dg->step(flat, seqs, pc);
+          for (int64_t b = 0; b < batch; ++b) toks[size_t(b)] = {next[size_t(b)]};
+          return;
+        }
+        Tensor logits = m.forward_paged(toks, seqs, pc);
+        ops::argmax_rows(ids, logits);
+        Tensor h = ids.to(Device::CPU);
+        for (int64_t b = 0; b < batch; ++b) toks[size_t(b)] = {h.data<int64_t>()[b]};
+      };
+      auto tp = clk::now();
+      step();
+      prefill_s = seconds_since(tp);
+      if (gpu && graphs) dg = std::make_unique<infer::DecodeGraphs>(m);
+      for (int w = 0; w < 3; ++w) step();  // warm-up steps
+      cached_mid = pc.length(seqs[0]) + tokens / 2;
+      auto td = clk::now();
+      for (int64_t i = 0; i < tokens; ++i) step();
+      decode_s = seconds_since(td);
+      if (dg)
+        std::printf("CUDA graphs: %lld captured, %lld replays%s%s\n", (long long)dg->captures(),
+                    (long long)dg->replays(),
+                    dg->why_eager().empty() ? "" : "; eager because: ", dg->why_eager().c_str());
+    } else {
+      throw std::runtime_error("--path must be paged or cached, not " + path);
     }
-    const int64_t cached_mid = cache.length() + tokens / 2;
-    auto td = clk::now();
-    for (int64_t i = 0; i < tokens; ++i) {
-      logits = m.forward_cached({tok}, cache);
-      tok = greedy.sample(logits.data<float>(), cfg.vocab_size);
-    }
-    const double decode_s = seconds_since(td);
-    const double tps = double(tokens) / decode_s;
+    const double tps = double(batch * tokens) / decode_s;
     const size_t bpt = bytes_per_token(m, cached_mid);
     const double bound = copy_bw / double(bpt);
     std::printf("\n| figure | value |\n|---|---|\n");
@@ -175,13 +239,16 @@ int main(int argc, char** argv) {
     std::printf("| copy bandwidth (read + write) | %.2f GB/s |\n", copy_bw / 1e9);
     std::printf("| read-only bandwidth | %.2f GB/s |\n", read_bw / 1e9);
     std::printf("| bound: copy bandwidth / bytes per token | %.2f tokens/s |\n", bound);
-    std::printf("| prefill %lld tokens | %.2f s (%.1f tokens/s) |\n", (long long)prompt_len, prefill_s,
-                double(prompt_len) / prefill_s);
-    std::printf("| decode batch 1, %lld tokens | %.2f tokens/s |\n", (long long)tokens, tps);
-    std::printf("| achieved bandwidth | %.2f GB/s |\n", tps * double(bpt) / 1e9);
+    std::printf("| prefill %lld x %lld tokens | %.3f s (%.1f tokens/s) |\n", (long long)batch,
+                (long long)prompt_len, prefill_s, double(batch * prompt_len) / prefill_s);
+    std::printf("| decode batch %lld (%s), %lld steps | %.2f tokens/s |\n", (long long)batch, path.c_str(),
+                (long long)tokens, tps);
     std::printf("DSEEK_DECODE_TOKENS_PER_SECOND %.2f\n", tps);
-    std::printf("\nRATIO decode / bandwidth bound = %.1f %% (goal >= 60 %%); vs read-only bound %.1f %%\n",
-                100.0 * tps / bound, 100.0 * tps * double(bpt) / read_bw);
+    if (batch == 1) {  // the bound is per token of one sequence (a batch shares the weight reads)
+      std::printf("| achieved bandwidth | %.2f GB/s |\n", tps * double(bpt) / 1e9);
+      std::printf("\nRATIO decode / bandwidth bound = %.1f %% (goal >= 60 %%); vs read-only bound %.1f %%\n",
+                  100.0 * tps / bound, 100.0 * tps * double(bpt) / read_bw);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "decode_cpu_bench: %s\n", e.what());
     return 1;

@@ -35,4 +35,38 @@ void device_synchronize();
 // that host work before a timed region is not charged to the next op. No-op otherwise.
 void cuda_profile_mark();
 
+// CUDA graphs for the decode step (DESIGN.md). Device work runs on the calling thread's default stream
+// (nvcc --default-stream per-thread), which can be captured; copies between device buffers are ordered
+// on that stream (copies to or from the host wait for it).
+bool device_capturing();  // the calling thread's stream is being captured into a graph
+
+// Graph-private device memory: while a pool is active on the calling thread, allocations come from it
+// and those blocks return to it when freed, so memory that a captured graph uses is never handed to
+// other tensors between replays.
+struct DevicePool;
+DevicePool* device_pool_create();
+void device_pool_activate(DevicePool* pool);  // nullptr: the shared cache again
+void device_pool_destroy(DevicePool* pool);   // its cached blocks are freed; blocks still in use go
+                                              // back to the shared cache when their tensors let go
+
+// Device work captured once and replayed with one launch (core/cuda/graph.cu).
+class DeviceGraph {
+ public:
+  DeviceGraph() = default;
+  ~DeviceGraph();
+  DeviceGraph(const DeviceGraph&) = delete;
+  DeviceGraph& operator=(const DeviceGraph&) = delete;
+  void begin_capture();
+  // Ends the capture and instantiates the graph; throws (keeping nothing) when the capture failed, e.g.
+  // because a captured op synchronised with the host.
+  void end_capture();
+  void abort_capture();  // after an exception between begin and end: ends it, drops what was captured
+  void replay() const;
+  bool ready() const { return exec_ != nullptr; }
+
+ private:
+  void* graph_ = nullptr;
+  void* exec_ = nullptr;
+};
+
 }  // namespace dseek

@@ -44,4 +44,25 @@ void device_convert(void*, DType, const void*, DType, size_t) {
 void device_synchronize() {}
 void cuda_profile_mark() {}
 
+bool device_capturing() {
+  return false;
+}
+struct DevicePool {};
+DevicePool* device_pool_create() {
+  no_cuda("device memory pool");
+}
+void device_pool_activate(DevicePool*) {}
+void device_pool_destroy(DevicePool*) {}
+DeviceGraph::~DeviceGraph() = default;
+void DeviceGraph::begin_capture() {
+  no_cuda("CUDA graph capture");
+}
+void DeviceGraph::end_capture() {
+  no_cuda("CUDA graph capture");
+}
+void DeviceGraph::abort_capture() {}
+void DeviceGraph::replay() const {
+  no_cuda("CUDA graph replay");
+}
+
 }  // namespace dseek

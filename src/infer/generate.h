@@ -1,4 +1,4 @@
-// generate.h — the generation loop over the latent cache (DESIGN.md infer/): prefill the prompt, then
+// generate.h — generation of one prompt (through infer::Engine, engine.h): prefill the prompt, then
 // decode one token at a time until EOS or the token budget.
 #pragma once
 

@@ -20,7 +20,7 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
     s->attn.recompute = s->recompute;
   }
   mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path, s ? &s->attn : nullptr,
-          ctx.fp16_attention);
+          ctx.paged, ctx.fp16_attention);
   ops::add_(h, y);
   if (s) {
     s->h_mid = h.clone();

@@ -26,7 +26,8 @@ struct LayerContext {
   const std::vector<SeqChunk>& chunks;
   int64_t layer = 0;  // index into the cache (inference)
   AttnPath path = AttnPath::Auto;
-  MoeOptions moe;               // balance-loss settings (training)
+  MoeOptions moe;                    // balance-loss settings (training)
+  const PagedStep* paged = nullptr;  // inference over the paged latent cache (mla.h)
   bool fp16_attention = false;  // inference attention with fp16 tensor-core operands (GPU, bf16 products)
 };
 

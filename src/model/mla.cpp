@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "ops/attention.h"
+#include "ops/decode.h"
 #include "ops/elementwise.h"
 #include "ops/flash_attention.h"
 #include "ops/linear.h"
@@ -149,11 +150,25 @@ void attend_absorbed(Tensor oc, const Tensor& qc, const Tensor& rows, const MlaW
   }
 }
 
+// Absorbed decode over the paged cache, every head in one launch per stage: qa [N, H, C + R] = the
+// absorbed queries, o_lat [N, H, C] the attention over each sequence's cached rows, o [N, H·dv].
+void attend_paged(Tensor o, const Tensor& q, const MlaWeights& w, const ModelConfig& c, const PagedStep& p,
+                  int64_t layer) {
+  const Dims d(c);
+  const int64_t N = q.size(0);
+  Tensor qa = Tensor::empty({N, d.H, d.C + d.R}, q.dtype(), q.device());  // qa: [N, H, C + R]
+  ops::mla_absorb_q(qa, q.view({N, d.H, d.dq}), w.kv_b_proj, d.dn, d.dv);
+  Tensor olat = Tensor::empty({N, d.H, d.C}, q.dtype(), q.device());  // olat: [N, H, C]
+  ops::mla_decode_paged(olat, qa, p.cache->pool(layer), p.block_table, p.seq_lens, c.softmax_scale(),
+                        p.max_len);
+  ops::mla_absorb_o(o.view({N, d.H, d.dv}), olat, w.kv_b_proj, d.dn, d.dv);
+}
+
 }  // namespace
 
 void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& c, const Rope& rope,
              const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer, AttnPath path,
-             MlaSaved* saved, bool fp16_attention) {
+             MlaSaved* saved, const PagedStep* paged, bool fp16_attention) {
   const Dims d(c);
   const int64_t N = x.size(0);
   const DType dt = x.dtype();
@@ -161,6 +176,15 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   Tensor q, lat;
   project(q, lat, saved, x, w, c, rope, positions);
   Tensor o = Tensor::empty({N, d.H * d.dv}, dt, dev);  // o: [N, H, dv]
+  if (paged) {
+    DSEEK_CHECK(!saved, "mla_fwd: a training forward does not use the paged cache");
+    ops::paged_cache_write(paged->cache->pool(layer), lat, paged->slots);
+    if (paged->decode) {
+      attend_paged(o, q, w, c, *paged, layer);
+      ops::linear(out, o, w.o_proj);
+      return;
+    }
+  }
   // Whole sequences without a cache (training, a plain forward): decompress every row at once and run
   // all (sequence, head) pairs in one varlen attention.
   bool whole = true;

@@ -11,6 +11,7 @@
 #include "core/tensor.h"
 #include "io/model_config.h"
 #include "model/kv_cache.h"
+#include "model/paged_cache.h"
 #include "model/weights.h"
 
 namespace dseek {
@@ -49,12 +50,16 @@ struct MlaSaved {
 // out[N, D] = MLA(x) for normed input x[N, D] at `positions` (I64 [N]). Chunks with a cache write
 // their latents and attend over everything cached; `path` Auto takes the naive form when a chunk
 // starts at position 0 and the absorbed form otherwise.
-// With `saved`, chunks must have no cache and start at position 0 (training). `fp16_attention`: the
-// inference attention takes fp16 operands on the GPU's tensor cores (when the model's products are bf16),
-// else it is exact f32.
+// With `saved`, chunks must have no cache and start at position 0 (training).
+// With `paged`, every row's latent goes to its slot of the paged cache; a decode step (one token per
+// chunk) attends over the cache blocks in the absorbed form, all heads at once, otherwise the chunks
+// are prompts from position 0 (no `cache`) and attend among themselves. `fp16_attention`: the inference
+// attention takes fp16 operands on the GPU's tensor cores (when the model's products are bf16), else it
+// is exact f32.
 void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& cfg, const Rope& rope,
              const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer,
-             AttnPath path = AttnPath::Auto, MlaSaved* saved = nullptr, bool fp16_attention = false);
+             AttnPath path = AttnPath::Auto, MlaSaved* saved = nullptr, const PagedStep* paged = nullptr,
+             bool fp16_attention = false);
 
 // dx[N, D] written; parameter gradients accumulated into `g` (same struct, activation dtype).
 void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& cfg,

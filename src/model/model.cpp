@@ -37,7 +37,7 @@ void Model::to(Device dev, DType dtype) {
 }
 
 Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<SeqChunk>& chunks,
-                  AttnPath path, ForwardTrace* trace) const {
+                  AttnPath path, ForwardTrace* trace, const PagedStep* paged) const {
   const int64_t N = ids.size(0), D = cfg.hidden_size;
   const DType dt = act_dtype();
   const Device dev = device();
@@ -55,6 +55,7 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
                .layer = l,
                .path = path,
                .moe = {},
+               .paged = paged,
                .fp16_attention = dev == Device::CUDA && w.embed_tokens.dtype() == DType::BF16},
               nullptr, trace && L.is_moe ? &rt : nullptr);
     if (trace && L.is_moe) trace->routers.push_back(rt);

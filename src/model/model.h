@@ -12,6 +12,7 @@
 #include "model/layer.h"
 #include "model/mla.h"
 #include "model/moe.h"
+#include "model/paged_cache.h"
 #include "model/weights.h"
 
 namespace dseek {
@@ -67,6 +68,21 @@ class Model {
   TrainResult forward_backward(const Tensor& ids, const Tensor& targets, const TrainOptions& opt,
                                Weights* grads) const;
 
+  // Appends new tokens to several sequences of a paged cache in one forward: tokens[i] go to sequence
+  // seqs[i]. Either every sequence gets exactly one token (a decode step; attention over the cache
+  // blocks) or every sequence is empty and gets its prompt (a batched prefill). Blocks are reserved as
+  // needed. Returns the logits of each sequence's last new token, [B, V] on the model's device, in the
+  // activation dtype (model_paged.cpp).
+  Tensor forward_paged(const std::vector<std::vector<int64_t>>& tokens, const std::vector<int64_t>& seqs,
+                       PagedLatentCache& cache) const;
+  // The device part of a decode step: ids/positions [B] I64 on the device, one token per sequence, the
+  // paged step's slots/block table/lengths already on the device. Returns logits [B, V] on the device.
+  // Nothing here waits for the host, so a CUDA graph can capture it (infer/decode_graph.h).
+  Tensor decode_logits(const Tensor& ids, const Tensor& positions, const PagedStep& step) const;
+  PagedLatentCache make_paged_cache(int64_t num_blocks) const {
+    return PagedLatentCache(cfg, cfg.num_hidden_layers, num_blocks, act_dtype(), device());
+  }
+
   LatentCache make_cache(int64_t capacity) const {
     return LatentCache(cfg, cfg.num_hidden_layers, capacity, act_dtype(), device());
   }
@@ -84,7 +100,7 @@ class Model {
   // The decoder stack over flattened tokens ids[N] split into `chunks`; returns the final-normed
   // hidden states [N, D].
   Tensor run(const Tensor& ids, const Tensor& positions, const std::vector<SeqChunk>& chunks, AttnPath path,
-             ForwardTrace* trace) const;
+             ForwardTrace* trace, const PagedStep* paged = nullptr) const;
 };
 
 }  // namespace dseek

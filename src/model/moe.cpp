@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/decode.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
 #include "ops/router.h"
@@ -78,10 +79,22 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
       balance ? ops::router_balance_loss(Tensor(), scores, idx, opt.seq_len, opt.balance_alpha, rp) : 0;
   if (trace) *trace = {idx, gw, bal};
 
+  const ExpertMats mats(w.experts);
+  Tensor routed = Tensor::empty({N, D}, dt, dev);  // routed: [N, D] Σ_k w_k · expert(x)
+  if (!saved && ops::moe_experts_small_applies(x, K, mats.gate)) {
+    // A decode step on the GPU: experts grouped on the device from idx, no host-side plan (no sync).
+    ops::moe_experts_small(routed, x, idx, gw, mats.gate, mats.up, mats.down);
+    if (c.n_shared_experts > 0) {
+      mlp_fwd(out, x, w.shared);
+      ops::add_(out, routed);
+    } else {
+      out.copy_from(routed);
+    }
+    return;
+  }
   // Routed experts: permute tokens by expert, one grouped product per projection, un-permute with the
   // gate weights. xp, yp: [M, D]; g, u, h: [M, F].
   ops::MoePlan plan = ops::MoePlan::build(idx.to(Device::CPU), E);
-  const ExpertMats mats(w.experts);
   Tensor xp = Tensor::empty({M, D}, dt, dev), g = Tensor::empty({M, F}, dt, dev),
          u = Tensor::empty({M, F}, dt, dev);
   ops::moe_permute(xp, x, plan);
@@ -96,7 +109,6 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   ops::swiglu_fwd(h, g, u);
   Tensor yp = Tensor::empty({M, D}, dt, dev);
   ops::grouped_linear(yp, h, mats.down, plan);
-  Tensor routed = Tensor::empty({N, D}, dt, dev);  // routed: [N, D] Σ_k w_k · expert(x)
   ops::moe_unpermute(routed, yp, gw.to(dt), plan);
   if (saved) {
     saved->x = x;

@@ -102,21 +102,34 @@ std::string cuda_device_name() {
   return p.name;
 }
 
+}  // namespace dseek
+
+struct dseek::DevicePool {
+  std::multimap<size_t, void*> free;  // the pool's cached blocks by size
+};
+
+namespace dseek {
+
 namespace {
 
-// Blocks are rounded up to 512 B (small) or 2 MiB (large) and kept in free lists by size after use.
+thread_local DevicePool* active_pool = nullptr;
+
+// Blocks are rounded up to 512 B (small) or 2 MiB (large) and kept in free lists by size after use: the
+// shared list, or the list of the graph pool that was active when the block was first allocated.
 class CachingAllocator {
  public:
   void* alloc(size_t bytes) {
     const size_t sz = round(bytes);
+    DevicePool* pool = active_pool;
     {
       std::lock_guard<std::mutex> g(mu_);
-      auto it = free_.lower_bound(sz);
-      if (it != free_.end() && it->first <= sz * 2) {
+      auto& fl = pool ? pool->free : free_;
+      auto it = fl.lower_bound(sz);
+      if (it != fl.end() && it->first <= sz * 2) {
         void* p = it->second;
         in_use_ += it->first;
-        sizes_[p] = it->first;
-        free_.erase(it);
+        sizes_[p] = {it->first, pool};
+        fl.erase(it);
         return p;
       }
     }
@@ -124,11 +137,15 @@ class CachingAllocator {
     cudaError_t e = cudaMalloc(&p, sz);
     if (e != cudaSuccess) {
       cudaGetLastError();
+      cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+      if (cudaStreamIsCapturing(cudaStreamPerThread, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone)
+        fail("device allocation of ", bytes,
+             " bytes inside a CUDA graph capture (the graph's pool lacks it)");
       release();  // give cached blocks back and try once more
       DSEEK_CUDA_CHECK(cudaMalloc(&p, sz), str_cat("device allocation of ", bytes, " bytes"));
     }
     std::lock_guard<std::mutex> g(mu_);
-    sizes_[p] = sz;
+    sizes_[p] = {sz, pool};
     in_use_ += sz;
     reserved_ += sz;
     peak_ = std::max(peak_, reserved_);
@@ -138,9 +155,20 @@ class CachingAllocator {
     std::lock_guard<std::mutex> g(mu_);
     auto it = sizes_.find(p);
     if (it == sizes_.end()) return;
-    in_use_ -= it->second;
-    free_.emplace(it->second, p);
+    in_use_ -= it->second.size;
+    (it->second.pool ? it->second.pool->free : free_).emplace(it->second.size, p);
     sizes_.erase(it);
+  }
+  void destroy(DevicePool* pool) {
+    std::lock_guard<std::mutex> g(mu_);
+    cudaStreamSynchronize(cudaStreamPerThread);
+    for (auto& [sz, p] : pool->free) {
+      cudaFree(p);
+      reserved_ -= sz;
+    }
+    for (auto& [p, b] : sizes_)
+      if (b.pool == pool) b.pool = nullptr;
+    delete pool;
   }
   void release() {
     std::lock_guard<std::mutex> g(mu_);
@@ -160,9 +188,13 @@ class CachingAllocator {
     const size_t m = size_t(2) << 20;
     return (b + m - 1) / m * m;
   }
+  struct Block {
+    size_t size;
+    DevicePool* pool;  // the graph pool it returns to, or null
+  };
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
-  std::map<void*, size_t> sizes_;
+  std::map<void*, Block> sizes_;
   size_t in_use_ = 0, reserved_ = 0, peak_ = 0;
 };
 
@@ -247,6 +279,24 @@ void device_release_cache() {
   allocator().release();
 }
 
+DevicePool* device_pool_create() {
+  return new DevicePool();
+}
+void device_pool_activate(DevicePool* pool) {
+  active_pool = pool;
+}
+void device_pool_destroy(DevicePool* pool) {
+  if (!pool) return;
+  if (active_pool == pool) active_pool = nullptr;
+  allocator().destroy(pool);
+}
+
+bool device_capturing() {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  DSEEK_CUDA_CHECK(cudaStreamIsCapturing(cudaStreamPerThread, &st), "cudaStreamIsCapturing");
+  return st != cudaStreamCaptureStatusNone;
+}
+
 namespace {
 
 // Small host → device copies go through a pinned staging ring and cudaMemcpyAsync: a copy from pageable
@@ -284,8 +334,9 @@ class StagingRing {
       inflight_.pop_front();
     }
     std::memcpy(static_cast<char*>(buf_) + a, src, n);
-    DSEEK_CUDA_CHECK(cudaMemcpyAsync(dst, static_cast<char*>(buf_) + a, n, cudaMemcpyHostToDevice, nullptr),
-                     "copy_bytes (staged)");
+    DSEEK_CUDA_CHECK(
+        cudaMemcpyAsync(dst, static_cast<char*>(buf_) + a, n, cudaMemcpyHostToDevice, cudaStreamPerThread),
+        "copy_bytes (staged)");
     cudaEvent_t ev;
     if (free_events_.empty()) {
       DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "staging ring: event");
@@ -293,7 +344,7 @@ class StagingRing {
       ev = free_events_.back();
       free_events_.pop_back();
     }
-    DSEEK_CUDA_CHECK(cudaEventRecord(ev, nullptr), "staging ring: record");
+    DSEEK_CUDA_CHECK(cudaEventRecord(ev, cudaStreamPerThread), "staging ring: record");
     inflight_.push_back({a, b, ev});
     head_ = b;
     return true;
@@ -320,9 +371,18 @@ StagingRing& staging() {
 
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (n == 0) return;
-  if (dd == Device::CUDA && sd == Device::CPU && staging().upload(dst, src, n)) return;
+  if (dd == Device::CUDA && sd == Device::CPU) {
+    // A captured copy would read the staging slot at every replay, long after it was reused.
+    DSEEK_CHECK(!device_capturing(), "copy_bytes: a host-to-device copy inside a CUDA graph capture");
+    if (staging().upload(dst, src, n)) return;
+  }
   if (dd == Device::CPU && sd == Device::CPU) {  // no driver needed (and none may be there)
     std::memcpy(dst, src, n);
+    return;
+  }
+  if (dd == Device::CUDA && sd == Device::CUDA) {  // ordered on the stream, no host wait (capturable)
+    DSEEK_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, cudaStreamPerThread),
+                     "copy_bytes");
     return;
   }
   cudaMemcpyKind k = dd == Device::CPU
@@ -332,13 +392,15 @@ void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
 }
 
 void device_memset(void* p, int v, size_t n) {
-  DSEEK_CUDA_CHECK(cudaMemset(p, v, n), "device_memset");
+  DSEEK_CUDA_CHECK(cudaMemsetAsync(p, v, n, cudaStreamPerThread), "device_memset");
 }
 
 void device_convert(void* dst, DType dt, const void* src, DType st, size_t n) {
   if (n == 0) return;
   if (dt == st) {
-    DSEEK_CUDA_CHECK(cudaMemcpy(dst, src, n * dtype_size(dt), cudaMemcpyDeviceToDevice), "device_convert");
+    DSEEK_CUDA_CHECK(
+        cudaMemcpyAsync(dst, src, n * dtype_size(dt), cudaMemcpyDeviceToDevice, cudaStreamPerThread),
+        "device_convert");
     return;
   }
   switch (st) {

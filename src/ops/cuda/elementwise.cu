@@ -59,10 +59,13 @@ void axpy_(Tensor x, const Tensor& y, double alpha) {
 void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
   const int64_t N = ids.size(0), V = table.size(0), D = table.size(1);
   if (N == 0) return;
-  // Ids are checked on the host (a bad id is an input error, not something to clamp).
-  std::vector<int64_t> h(static_cast<size_t>(N));
-  copy_bytes(h.data(), Device::CPU, ids.raw(), Device::CUDA, size_t(N) * 8);
-  for (int64_t i : h) DSEEK_CHECK(i >= 0 && i < V, "token id ", i, " is outside the vocabulary (", V, ")");
+  // Ids are checked on the host (a bad id is an input error, not something to clamp), except inside a
+  // CUDA graph capture (the decode step's caller checks them before they reach the device).
+  if (!device_capturing()) {
+    std::vector<int64_t> h(static_cast<size_t>(N));
+    copy_bytes(h.data(), Device::CPU, ids.raw(), Device::CUDA, size_t(N) * 8);
+    for (int64_t i : h) DSEEK_CHECK(i >= 0 && i < V, "token id ", i, " is outside the vocabulary (", V, ")");
+  }
   with_act(out.dtype(), "embedding_fwd", [&](auto t) {
     using T = decltype(t);
     if (table.dtype() == DType::BF16) {
@@ -82,9 +85,9 @@ void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_
   if (R == 0 || width == 0) return;
   const size_t es = dtype_size(dst.dtype());
   DSEEK_CUDA_CHECK(
-      cudaMemcpy2D(static_cast<uint8_t*>(dst.raw()) + size_t(dcol) * es, size_t(dst.size(1)) * es,
-                   static_cast<const uint8_t*>(src.raw()) + size_t(scol) * es, size_t(src.size(1)) * es,
-                   size_t(width) * es, size_t(R), cudaMemcpyDeviceToDevice),
+      cudaMemcpy2DAsync(static_cast<uint8_t*>(dst.raw()) + size_t(dcol) * es, size_t(dst.size(1)) * es,
+                        static_cast<const uint8_t*>(src.raw()) + size_t(scol) * es, size_t(src.size(1)) * es,
+                        size_t(width) * es, size_t(R), cudaMemcpyDeviceToDevice, cudaStreamPerThread),
       "copy_cols");
 }
 

@@ -100,9 +100,10 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     plan = &L.plans.emplace(key, p).first->second;  // std::map nodes stay put
   }
   const float alpha = 1.0f;
-  DSEEK_CUBLAS_CHECK(cublasLtMatmul(L.handle, plan->op, &alpha, A, plan->la, B, plan->lb, &beta, C, plan->lc,
-                                    C, plan->lc, &plan->algo, L.workspace, L.workspace_bytes, nullptr),
-                     "linear: cublasLtMatmul");
+  DSEEK_CUBLAS_CHECK(
+      cublasLtMatmul(L.handle, plan->op, &alpha, A, plan->la, B, plan->lb, &beta, C, plan->lc, C, plan->lc,
+                     &plan->algo, L.workspace, L.workspace_bytes, cudaStreamPerThread),
+      "linear: cublasLtMatmul");
   DSEEK_CUDA_LAUNCH_CHECK("cublasLt matmul");
 }
 

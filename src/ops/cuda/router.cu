@@ -2,6 +2,7 @@
 // selection, group-limited top-k, gate weights; one thread per token (E ≤ 1024).
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/decode_impl.h"
 
 namespace dseek::ops::cuda {
 
@@ -99,6 +100,7 @@ void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& log
       E <= kMaxExperts && p.top_k <= 64 && (p.method == TopkMethod::Greedy || p.n_group <= kMaxGroups),
       "router_fwd (CUDA): at most ", kMaxExperts, " experts, 64 per token, ", kMaxGroups, " groups");
   if (N == 0) return;
+  if (router_small_applies(N, E, p)) return router_fwd_small(topk_idx, topk_w, scores, logits, bias, p);
   with_act(logits.dtype(), "router_fwd", [&](auto t) {
     using T = decltype(t);
     router_kernel<<<blocks_for(N, 128), 128>>>(topk_idx.data<int32_t>(), static_cast<T*>(topk_w.raw()),

@@ -1,0 +1,538 @@
+// decode_attention.cu — the decode step's attention on the GPU over the paged latent cache
+// (spec/model.md §2.5 absorbed MLA; spec/serving.md paged cache, flash-decoding split):
+//   * sm90_paged_cache_write: new latent rows into their cache slots;
+//   * sm90_absorb_q / sm90_absorb_o: the W_UK and W_UV absorptions of every head in one launch each;
+//   * sm90_mla_decode_paged: one thread block per (sequence, key split, group of ≤ 16 heads) streams the
+//     split's cached rows through shared memory in tiles of 32 once for all heads of the group (so with
+//     H ≤ 16 each latent row is read once per step), with an online softmax in f32; a second kernel
+//     combines the splits (FlashDecoding);
+//   * sm90_argmax_rows: greedy choice on the device, so only token ids go back to the host.
+#include <algorithm>
+#include <map>
+#include <mutex>
+
+#include "core/device.h"
+#include "ops/cuda/common.cuh"
+#include "ops/decode.h"
+#include "ops/decode_impl.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+constexpr int kTK = 32;        // keys per shared-memory tile
+constexpr int kHG = 16;        // heads per thread block
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kWarps = kThreads / 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T>
+__global__ void sm90_paged_cache_write(T* pool, const T* rows, const int32_t* slots, int W) {
+  const int64_t n = blockIdx.x;
+  const int64_t s = slots[n];
+  for (int i = threadIdx.x; i < W; i += blockDim.x) pool[s * W + i] = rows[n * W + i];
+}
+
+constexpr int kRowsPerBlock = 8;  // activation rows sharing one pass over a head's weights
+constexpr int kColsQ = 64;        // absorb_q: columns per block (x 4 slices of dn)
+
+// grid (H, ceil(C / 64), ceil(N / 8)), 256 threads = 64 columns x 4 interleaved slices of the dn sum:
+// qa[n, h, c] = Σ_i q[n, h, i] · W_UK[h][i, c], partial sums combined through shared memory; the blocks
+// of column chunk 0 also copy the roped part qa[n, h, C:] = q[n, h, dn:].
+template <typename T, typename Wt>
+__global__ void __launch_bounds__(256)
+    sm90_absorb_q(T* qa, const T* q, const Wt* kvb, int N, int H, int dn, int dv, int R, int C) {
+  extern __shared__ float sm_q[];
+  float* qs = sm_q;                        // [8, dn]
+  float* red = sm_q + kRowsPerBlock * dn;  // [4, 8, 64]
+  const int h = blockIdx.x, c0 = blockIdx.y * kColsQ, n0 = blockIdx.z * kRowsPerBlock;
+  const int nr = min(kRowsPerBlock, N - n0);
+  const int Dq = dn + R, W = C + R;
+  for (int i = threadIdx.x; i < kRowsPerBlock * dn; i += blockDim.x) {
+    const int r = i / dn, j = i - r * dn;
+    qs[i] = r < nr ? ld(q[(int64_t(n0 + r) * H + h) * Dq + j]) : 0.0f;
+  }
+  __syncthreads();
+  const int cl = threadIdx.x & (kColsQ - 1), slice = threadIdx.x / kColsQ, c = c0 + cl;
+  const Wt* wk = kvb + int64_t(h) * (dn + dv) * C;  // W_UK[h]: [dn, C]
+  float acc[kRowsPerBlock] = {};
+  if (c < C) {
+#pragma unroll 4
+    for (int i = slice; i < dn; i += 4) {
+      const float w = ld(wk[int64_t(i) * C + c]);
+#pragma unroll
+      for (int r = 0; r < kRowsPerBlock; ++r) acc[r] += qs[r * dn + i] * w;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerBlock; ++r) red[(slice * kRowsPerBlock + r) * kColsQ + cl] = acc[r];
+  __syncthreads();
+  if (slice == 0 && c < C)
+    for (int r = 0; r < nr; ++r) {
+      float v = 0.0f;
+#pragma unroll
+      for (int sl = 0; sl < 4; ++sl) v += red[(sl * kRowsPerBlock + r) * kColsQ + cl];
+      qa[(int64_t(n0 + r) * H + h) * W + c] = st<T>(v);
+    }
+  if (blockIdx.y == 0)
+    for (int i = threadIdx.x; i < nr * R; i += blockDim.x) {
+      const int r = i / R, j = i - r * R;
+      qa[(int64_t(n0 + r) * H + h) * W + C + j] = q[(int64_t(n0 + r) * H + h) * Dq + dn + j];
+    }
+}
+
+// Eight consecutive weights as f32 (16-byte loads for bf16, two for f32).
+__device__ __forceinline__ void load8w(const bf16* p, float* f) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
+}
+__device__ __forceinline__ void load8w(const float* p, float* f) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+// grid (H, ceil(dv / 8), ceil(N / 8)), 8 warps, one output column j per warp:
+// o[n, h, j] = o_lat[n, h, :] · W_UV[h][j, :], lanes along C (8 at a time when vec).
+template <typename T, typename Wt>
+__global__ void __launch_bounds__(256)
+    sm90_absorb_o(T* o, const T* olat, const Wt* kvb, int N, int H, int dn, int dv, int C, bool vec) {
+  extern __shared__ __align__(16) float ls[];  // [8, C]
+  const int h = blockIdx.x, n0 = blockIdx.z * kRowsPerBlock, nr = min(kRowsPerBlock, N - n0);
+  for (int i = threadIdx.x; i < kRowsPerBlock * C; i += blockDim.x) {
+    const int r = i / C, c = i - r * C;
+    ls[i] = r < nr ? ld(olat[(int64_t(n0 + r) * H + h) * C + c]) : 0.0f;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, j = blockIdx.y * 8 + (threadIdx.x >> 5);
+  if (j >= dv) return;
+  const Wt* wv = kvb + (int64_t(h) * (dn + dv) + dn + j) * C;  // W_UV[h][j]: [C]
+  float acc[kRowsPerBlock] = {};
+  if (vec) {
+    for (int c = lane * 8; c < C; c += 256) {
+      float w8[8];
+      load8w(wv + c, w8);
+#pragma unroll
+      for (int r = 0; r < kRowsPerBlock; ++r) {
+        const float4 a = *reinterpret_cast<const float4*>(ls + r * C + c),
+                     b = *reinterpret_cast<const float4*>(ls + r * C + c + 4);
+        acc[r] += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
+                  w8[6] * b.z + w8[7] * b.w;
+      }
+    }
+  } else {
+    for (int c = lane; c < C; c += 32) {
+      const float w = ld(wv[c]);
+#pragma unroll
+      for (int r = 0; r < kRowsPerBlock; ++r) acc[r] += ls[r * C + c] * w;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerBlock; ++r) acc[r] = warp_sum(acc[r]);
+  if (lane == 0)
+    for (int r = 0; r < nr; ++r) o[(int64_t(n0 + r) * H + h) * dv + j] = st<T>(acc[r]);
+}
+
+// Four consecutive elements as f32 (aligned vector loads for f32 and bf16).
+__device__ __forceinline__ float4 ld4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 ld4(const bf16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&u.x),
+                       b = *reinterpret_cast<const __nv_bfloat162*>(&u.y);
+  const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+  return make_float4(fa.x, fa.y, fb.x, fb.y);
+}
+
+// Row stride of the shared tile: with 16-byte loads (VEC, W % 4 == 0) W + 4, so rows start 4 banks
+// apart and each quarter-warp of lanes reading 8 different rows hits all 32 banks once; with scalar
+// loads W rounded up to odd, so 32 lanes reading 32 different rows hit 32 different banks.
+__host__ __device__ constexpr int tile_stride(int W, bool vec) {
+  return vec ? W + 4 : (W | 1);
+}
+__host__ __device__ constexpr int round4(int n) {
+  return (n + 3) & ~3;
+}
+// Offsets (floats) of rs and ps in the decode kernel's shared memory, and its size; ps 16-byte aligned.
+__host__ __device__ constexpr int rs_offset(int W) {
+  return round4(kHG * W);
+}
+__host__ __device__ constexpr int ps_offset(int W, bool vec) {
+  return round4(rs_offset(W) + kTK * tile_stride(W, vec));
+}
+__host__ __device__ constexpr int decode_smem_floats(int W, bool vec) {
+  return ps_offset(W, vec) + kHG * kTK + 3 * kHG;
+}
+
+// grid (splits, B, ceil(H / 16)), 256 threads. Shared memory: qs [16, W] (queries pre-scaled by
+// scale·log2 e), rs [32, RS] (a tile of cached rows), ps [32 keys, 16 heads] (the tile's probabilities,
+// key-major so one key's 16 weights are 4 broadcast 16-byte loads), and per head m, l, alpha.
+// With splits == 1 the block writes the normalized result to out; else its unnormalized accumulator to
+// part_o [B, splits, H, C] and (m, l) to part_ml [B, splits, H, 2].
+template <typename T, int CPT, bool VEC>
+__global__ void __launch_bounds__(kThreads)
+    sm90_mla_decode_paged(T* out, float* part_o, float* part_ml, const T* q, const T* pool, const int32_t* bt,
+                          const int32_t* lens, int H, int W, int C, int MB, int keys_per_split,
+                          float qscale) {
+  extern __shared__ __align__(16) float sm[];
+  const int RS = tile_stride(W, VEC);
+  float* qs = sm;
+  float* rs = sm + rs_offset(W);
+  float* ps = sm + ps_offset(W, VEC);
+  float* m = ps + kHG * kTK;
+  float* l = m + kHG;
+  float* alpha = l + kHG;
+  const int split = blockIdx.x, splits = gridDim.x, b = blockIdx.y, h0 = blockIdx.z * kHG;
+  const int nh = min(kHG, H - h0);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (int i = tid; i < kHG * W; i += kThreads)
+    qs[i] = i < nh * W ? ld(q[(int64_t(b) * H + h0) * W + i]) * qscale : 0.0f;
+  if (tid < kHG) {
+    m[tid] = -INFINITY;
+    l[tid] = 0.0f;
+  }
+  const int L = lens[b];
+  const int k_begin = split * keys_per_split, k_end = min(L, k_begin + keys_per_split);
+  const int32_t* table = bt + int64_t(b) * MB;
+  float acc[kHG][CPT];
+#pragma unroll
+  for (int h = 0; h < kHG; ++h)
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) acc[h][j] = 0.0f;
+  for (int k0 = k_begin; k0 < k_end; k0 += kTK) {
+    const int nk = min(kTK, k_end - k0);
+    __syncthreads();  // the previous tile is consumed (and qs, m, l are ready on the first)
+    // Each warp loads whole rows: lanes along the row, coalesced.
+    for (int kk = warp; kk < nk; kk += kWarps) {
+      const int key = k0 + kk;
+      const T* src = pool + (int64_t(table[key / kCacheBlock]) * kCacheBlock + key % kCacheBlock) * W;
+      float* dst = rs + kk * RS;
+      if constexpr (VEC) {
+        for (int i = lane * 4; i < W; i += 128) *reinterpret_cast<float4*>(dst + i) = ld4(src + i);
+      } else {
+        for (int i = lane; i < W; i += 32) dst[i] = ld(src[i]);
+      }
+    }
+    __syncthreads();
+    // Scores: warp w takes heads w and w + 8 (the second may be past nh: its query is zero), lane = key.
+    // Then the online-softmax update of both heads.
+    {
+      const int ha = warp, hb = warp + kWarps;
+      float da = 0.0f, db = 0.0f;
+      if (lane < nk && ha < nh) {
+        const float* r = rs + lane * RS;
+        const float* qa = qs + ha * W;
+        const float* qb = qs + hb * W;
+        if constexpr (VEC) {
+          for (int i = 0; i < W; i += 4) {
+            const float4 rv = *reinterpret_cast<const float4*>(r + i);
+            const float4 av = *reinterpret_cast<const float4*>(qa + i);
+            const float4 bv = *reinterpret_cast<const float4*>(qb + i);
+            da += av.x * rv.x + av.y * rv.y + av.z * rv.z + av.w * rv.w;
+            db += bv.x * rv.x + bv.y * rv.y + bv.z * rv.z + bv.w * rv.w;
+          }
+        } else {
+          for (int i = 0; i < W; ++i) {
+            da += qa[i] * r[i];
+            db += qb[i] * r[i];
+          }
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int h = t == 0 ? ha : hb;
+        if (h >= nh) break;  // warp-uniform
+        const float s = lane < nk ? (t == 0 ? da : db) : -INFINITY;
+        const float m_old = m[h], m_new = fmaxf(m_old, warp_max(s));
+        const float p = lane < nk ? exp2f(s - m_new) : 0.0f;
+        const float psum = warp_sum(p);
+        ps[lane * kHG + h] = p;
+        if (lane == 0) {
+          const float a = exp2f(m_old - m_new);  // 0 on the first tile (m_old = −inf)
+          alpha[h] = a;
+          l[h] = l[h] * a + psum;
+          m[h] = m_new;
+        }
+      }
+      if (nh < kHG && lane < kTK)  // heads past nh: zero weights (their accumulators are never written)
+        for (int h = nh + warp; h < kHG; h += kWarps) {
+          ps[lane * kHG + h] = 0.0f;
+          if (lane == 0) alpha[h] = 1.0f;
+        }
+    }
+    __syncthreads();
+    // Accumulate: thread owns columns c = tid + j·256 of every head.
+#pragma unroll
+    for (int j = 0; j < CPT; ++j) {
+      const int c = tid + j * kThreads;
+      if (c >= C) break;
+#pragma unroll
+      for (int h = 0; h < kHG; ++h) acc[h][j] *= alpha[h];
+      for (int kk = 0; kk < nk; ++kk) {
+        const float r = rs[kk * RS + c];
+        const float4* p4 = reinterpret_cast<const float4*>(ps + kk * kHG);
+#pragma unroll
+        for (int g = 0; g < kHG / 4; ++g) {
+          const float4 p = p4[g];
+          acc[4 * g][j] += p.x * r;
+          acc[4 * g + 1][j] += p.y * r;
+          acc[4 * g + 2][j] += p.z * r;
+          acc[4 * g + 3][j] += p.w * r;
+        }
+      }
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < CPT; ++j) {
+    const int c = tid + j * kThreads;
+    if (c >= C) break;
+#pragma unroll
+    for (int h = 0; h < kHG; ++h) {
+      if (h >= nh) break;
+      const int64_t bh = int64_t(b) * H + h0 + h;
+      if (splits == 1) {
+        out[bh * C + c] = st<T>(acc[h][j] / l[h]);
+      } else {
+        part_o[((int64_t(b) * splits + split) * H + h0 + h) * C + c] = acc[h][j];
+      }
+    }
+  }
+  if (splits > 1 && tid < nh) {
+    const int64_t i = (int64_t(b) * splits + split) * H + h0 + tid;
+    part_ml[2 * i] = m[tid];
+    part_ml[2 * i + 1] = l[tid];
+  }
+}
+
+// grid (H, B): out[b, h] = Σ_s 2^(m_s − M) o_s / Σ_s 2^(m_s − M) l_s.
+template <typename T>
+__global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float* part_ml, int H, int C,
+                                        int splits) {
+  const int h = blockIdx.x, b = blockIdx.y;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_ml[2 * ((int64_t(b) * splits + s) * H + h)]);
+  float den = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const int64_t i = (int64_t(b) * splits + s) * H + h;
+    const float ms = part_ml[2 * i];
+    if (ms != -INFINITY) den += exp2f(ms - M) * part_ml[2 * i + 1];
+  }
+  const float inv = 1.0f / den;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const int64_t i = (int64_t(b) * splits + s) * H + h;
+      const float ms = part_ml[2 * i];
+      if (ms != -INFINITY) acc += exp2f(ms - M) * part_o[i * C + c];
+    }
+    out[(int64_t(b) * H + h) * C + c] = st<T>(acc * inv);
+  }
+}
+
+// One block per row: the first index of the largest value.
+template <typename T>
+__global__ void sm90_argmax_rows(int64_t* ids, const T* x, int64_t V) {
+  __shared__ float bv[32];
+  __shared__ int64_t bi[32];
+  const int64_t n = blockIdx.x;
+  const T* row = x + n * V;
+  float best = -INFINITY;
+  int64_t idx = -1;  // none yet
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    const float f = ld(row[v]);
+    if (idx < 0 || f > best) {
+      best = f;
+      idx = v;
+    }
+  }
+  // (a, ia) beats (b2, ib): a real entry over none, a larger value, then the lower index.
+  auto better = [](float a, int64_t ia, float b2, int64_t ib) {
+    return ib < 0 ? true : (ia < 0 ? false : (a > b2 || (a == b2 && ia < ib)));
+  };
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
+    if (!better(best, idx, ob, oi)) {
+      best = ob;
+      idx = oi;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    bv[warp] = best;
+    bi[warp] = idx;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = blockDim.x >> 5;
+    best = lane < nw ? bv[lane] : -INFINITY;
+    idx = lane < nw ? bi[lane] : -1;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
+      if (!better(best, idx, ob, oi)) {
+        best = ob;
+        idx = oi;
+      }
+    }
+    if (lane == 0) ids[n] = idx < 0 ? 0 : idx;
+  }
+}
+
+// Raises a kernel's dynamic shared-memory limit when needed, once per kernel and size (so a captured
+// decode step makes no attribute calls).
+template <typename K>
+void allow_smem(K kernel, size_t bytes, const char* op) {
+  DSEEK_CHECK(bytes <= 227 * 1024, op, ": needs ", bytes, " bytes of shared memory");
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mu;
+  static std::map<const void*, size_t> set;  // kernel → the limit set so far
+  std::lock_guard<std::mutex> g(mu);
+  size_t& have = set[reinterpret_cast<const void*>(kernel)];
+  if (have >= bytes) return;
+  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+  have = bytes;
+}
+
+// Calls fn(Wt{}) for the weight dtype (f32 or bf16).
+template <typename Fn>
+void with_weight(DType dt, const char* op, Fn&& fn) {
+  switch (dt) {
+    case DType::F32:
+      return fn(float{});
+    case DType::BF16:
+      return fn(bf16{});
+    default:
+      fail(op, ": weights must be f32 or bf16 here, not ", dtype_name(dt));
+  }
+}
+
+int sm_count() {
+  static int n = [] {
+    int dev = 0, v = 0;
+    DSEEK_CUDA_CHECK(cudaGetDevice(&dev), "cudaGetDevice");
+    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "sm count");
+    return v;
+  }();
+  return n;
+}
+
+}  // namespace
+
+void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots) {
+  const int64_t N = rows.size(0), W = rows.size(1);
+  with_act(rows.dtype(), "paged_cache_write", [&](auto t) {
+    using T = decltype(t);
+    sm90_paged_cache_write<T><<<unsigned(N), 128>>>(
+        static_cast<T*>(pool.raw()), static_cast<const T*>(rows.raw()), slots.data<int32_t>(), int(W));
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("paged_cache_write");
+}
+
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv) {
+  const int64_t N = q.size(0), H = q.size(1), R = q.size(2) - dn, C = kv_b.size(1);
+  const dim3 grid{unsigned(H), unsigned((C + kColsQ - 1) / kColsQ),
+                  unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
+  const size_t smem = size_t(kRowsPerBlock * dn + 4 * kRowsPerBlock * kColsQ) * sizeof(float);
+  with_act(q.dtype(), "mla_absorb_q", [&](auto t) {
+    using T = decltype(t);
+    with_weight(kv_b.dtype(), "mla_absorb_q", [&](auto wt) {
+      using Wt = decltype(wt);
+      allow_smem(sm90_absorb_q<T, Wt>, smem, "mla_absorb_q");
+      sm90_absorb_q<T, Wt><<<grid, 256, smem>>>(static_cast<T*>(qa.raw()), static_cast<const T*>(q.raw()),
+                                                static_cast<const Wt*>(kv_b.raw()), int(N), int(H), int(dn),
+                                                int(dv), int(R), int(C));
+    });
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("mla_absorb_q");
+}
+
+void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv) {
+  const int64_t N = o_lat.size(0), H = o_lat.size(1), C = o_lat.size(2);
+  const dim3 grid{unsigned(H), unsigned((dv + 7) / 8), unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
+  const size_t smem = size_t(kRowsPerBlock * C) * sizeof(float);
+  const bool vec = C % 8 == 0 && (reinterpret_cast<uintptr_t>(kv_b.raw()) & 15) == 0;
+  with_act(o_lat.dtype(), "mla_absorb_o", [&](auto t) {
+    using T = decltype(t);
+    with_weight(kv_b.dtype(), "mla_absorb_o", [&](auto wt) {
+      using Wt = decltype(wt);
+      allow_smem(sm90_absorb_o<T, Wt>, smem, "mla_absorb_o");
+      sm90_absorb_o<T, Wt><<<grid, 256, smem>>>(static_cast<T*>(o.raw()), static_cast<const T*>(o_lat.raw()),
+                                                static_cast<const Wt*>(kv_b.raw()), int(N), int(H), int(dn),
+                                                int(dv), int(C), vec);
+    });
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("mla_absorb_o");
+}
+
+void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                      const Tensor& seq_lens, double scale, int64_t max_len) {
+  const int64_t B = q.size(0), H = q.size(1), W = q.size(2), C = o_lat.size(2), MB = block_table.size(1);
+  if (max_len == 0) {  // read the lengths back (a synchronisation; the engine passes max_len instead)
+    Tensor lens = seq_lens.to(Device::CPU);
+    for (int64_t b = 0; b < B; ++b) max_len = std::max<int64_t>(max_len, lens.data<int32_t>()[b]);
+  }
+  DSEEK_CHECK(C <= 4 * kThreads, "mla_decode_paged: latent width ", C, " exceeds ", 4 * kThreads);
+  const int64_t groups = (H + kHG - 1) / kHG;
+  // Split long sequences so that about two blocks per SM are busy; splits hold whole tiles.
+  const int64_t tiles = std::max<int64_t>(1, (max_len + kTK - 1) / kTK);
+  int64_t splits = std::clamp<int64_t>((2 * sm_count() + B * groups - 1) / (B * groups), 1, tiles);
+  const int64_t keys_per_split = ((tiles + splits - 1) / splits) * kTK;
+  splits = std::max<int64_t>(1, (max_len + keys_per_split - 1) / keys_per_split);
+  Tensor part_o, part_ml;
+  if (splits > 1) {
+    part_o = Tensor::empty({B, splits, H, C}, DType::F32, Device::CUDA);   // part_o: [B, S, H, C]
+    part_ml = Tensor::empty({B, splits, H, 2}, DType::F32, Device::CUDA);  // part_ml: [B, S, H, (m, l)]
+  }
+  const bool vec = W % 4 == 0;
+  const size_t smem = size_t(decode_smem_floats(int(W), vec)) * sizeof(float);
+  const float qscale = float(scale) * kLog2e;
+  const dim3 grid{unsigned(splits), unsigned(B), unsigned(groups)};
+  with_act(q.dtype(), "mla_decode_paged", [&](auto t) {
+    using T = decltype(t);
+    auto launch = [&](auto kernel) {
+      allow_smem(kernel, smem, "mla_decode_paged");
+      kernel<<<grid, kThreads, smem>>>(
+          static_cast<T*>(o_lat.raw()), part_o.defined() ? part_o.data<float>() : nullptr,
+          part_ml.defined() ? part_ml.data<float>() : nullptr, static_cast<const T*>(q.raw()),
+          static_cast<const T*>(pool.raw()), block_table.data<int32_t>(), seq_lens.data<int32_t>(), int(H),
+          int(W), int(C), int(MB), int(keys_per_split), qscale);
+    };
+    auto by_width = [&](auto v) {
+      constexpr bool V = decltype(v)::value;
+      if (C <= kThreads) {
+        launch(sm90_mla_decode_paged<T, 1, V>);
+      } else if (C <= 2 * kThreads) {
+        launch(sm90_mla_decode_paged<T, 2, V>);
+      } else {
+        launch(sm90_mla_decode_paged<T, 4, V>);
+      }
+    };
+    if (vec) {
+      by_width(std::true_type{});
+    } else {
+      by_width(std::false_type{});
+    }
+    DSEEK_CUDA_LAUNCH_CHECK("mla_decode_paged");
+    if (splits > 1) {
+      sm90_mla_decode_combine<T>
+          <<<dim3(unsigned(H), unsigned(B)), 256>>>(static_cast<T*>(o_lat.raw()), part_o.data<float>(),
+                                                    part_ml.data<float>(), int(H), int(C), int(splits));
+      DSEEK_CUDA_LAUNCH_CHECK("mla_decode_paged (combine)");
+    }
+  });
+}
+
+void argmax_rows(Tensor ids, const Tensor& x) {
+  const int64_t N = x.size(0), V = x.size(1);
+  with_act(x.dtype(), "argmax_rows", [&](auto t) {
+    using T = decltype(t);
+    sm90_argmax_rows<T><<<unsigned(N), 1024>>>(ids.data<int64_t>(), static_cast<const T*>(x.raw()), V);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("argmax_rows");
+}
+
+}  // namespace dseek::ops::cuda

@@ -1,0 +1,193 @@
+// moe_small.cu — routed experts of a decode step on the GPU without a host-side plan (spec/model.md §4.3;
+// issue 5: "no host synchronisation inside the decode step"): the router's expert ids and gate weights
+// are read from device memory. Grouped by expert: a block of grid (rows, expert e) first gathers the
+// (token, slot) pairs that chose e (exiting at once if none did), then one warp per weight row reads the
+// row once with 16-byte loads for all of them. Three launches: gate+up with SwiGLU, down, and the
+// weighted sum over each token's K slots in a fixed order (deterministic).
+#include "ops/cuda/common.cuh"
+#include "ops/decode.h"
+#include "ops/decode_impl.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kChunk = 4;  // tokens accumulated at once per weight row
+
+// Expert matrices by value (the kernel parameter space holds 256 pointers per table), bf16 or f32.
+struct ExpertPtrs {
+  const void* p[kMoeSmallExperts];
+};
+
+// The (token, slot) pairs n·K + k whose expert is e, into rows[0 .. returned count).
+__device__ int gather_slots(int* rows, int* count, const int32_t* idx, int NK, int e) {
+  if (threadIdx.x == 0) *count = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < NK; i += blockDim.x)
+    if (idx[i] == e) rows[atomicAdd(count, 1)] = i;
+  __syncthreads();
+  return *count;
+}
+
+// Eight consecutive weights as f32 (16-byte loads).
+__device__ __forceinline__ void load8(const bf16* p, float* f) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
+}
+__device__ __forceinline__ void load8(const float* p, float* f) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ float dot8(const float* w, const float* x) {
+  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
+  return w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
+         w[7] * b.w;
+}
+
+// grid (ceil(F / 8), E): h[s, f] = silu(gate_e[f] · x[s / K]) · (up_e[f] · x[s / K]) for slots s of e.
+template <typename Wt>
+__global__ void __launch_bounds__(kWarps * 32)
+    sm90_moe_small_gate_up(float* h, const float* x, const int32_t* idx, ExpertPtrs gate, ExpertPtrs up,
+                           int NK, int K, int D, int F, bool vec) {
+  __shared__ int rows[kMoeSmallTokens * 16];
+  __shared__ int count;
+  const int e = blockIdx.y;
+  const int c = gather_slots(rows, &count, idx, NK, e);
+  const int lane = threadIdx.x & 31, f = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (c == 0 || f >= F) return;
+  const Wt* gr = static_cast<const Wt*>(gate.p[e]) + int64_t(f) * D;
+  const Wt* ur = static_cast<const Wt*>(up.p[e]) + int64_t(f) * D;
+  for (int j0 = 0; j0 < c; j0 += kChunk) {
+    const int nt = min(kChunk, c - j0);
+    const float* xr[kChunk];
+#pragma unroll
+    for (int t = 0; t < kChunk; ++t) xr[t] = x + int64_t(rows[j0 + min(t, nt - 1)] / K) * D;
+    float ag[kChunk] = {}, au[kChunk] = {};
+    if (vec) {
+      for (int i = lane * 8; i < D; i += 256) {
+        float g8[8], u8[8];
+        load8(gr + i, g8);
+        load8(ur + i, u8);
+#pragma unroll
+        for (int t = 0; t < kChunk; ++t) {
+          ag[t] += dot8(g8, xr[t] + i);
+          au[t] += dot8(u8, xr[t] + i);
+        }
+      }
+    } else {
+      for (int i = lane; i < D; i += 32) {
+        const float g1 = ld(gr[i]), u1 = ld(ur[i]);
+#pragma unroll
+        for (int t = 0; t < kChunk; ++t) {
+          ag[t] += g1 * xr[t][i];
+          au[t] += u1 * xr[t][i];
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kChunk; ++t) {
+      const float g = warp_sum(ag[t]), u = warp_sum(au[t]);
+      if (lane == 0 && t < nt) h[int64_t(rows[j0 + t]) * F + f] = g / (1.0f + expf(-g)) * u;
+    }
+  }
+}
+
+// grid (ceil(D / 8), E): yp[s, d] = down_e[d] · h[s] for slots s of e.
+template <typename Wt>
+__global__ void __launch_bounds__(kWarps * 32)
+    sm90_moe_small_down(float* yp, const float* h, const int32_t* idx, ExpertPtrs down, int NK, int D, int F,
+                        bool vec) {
+  __shared__ int rows[kMoeSmallTokens * 16];
+  __shared__ int count;
+  const int e = blockIdx.y;
+  const int c = gather_slots(rows, &count, idx, NK, e);
+  const int lane = threadIdx.x & 31, d = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  if (c == 0 || d >= D) return;
+  const Wt* wr = static_cast<const Wt*>(down.p[e]) + int64_t(d) * F;
+  for (int j0 = 0; j0 < c; j0 += kChunk) {
+    const int nt = min(kChunk, c - j0);
+    const float* hr[kChunk];
+#pragma unroll
+    for (int t = 0; t < kChunk; ++t) hr[t] = h + int64_t(rows[j0 + min(t, nt - 1)]) * F;
+    float acc[kChunk] = {};
+    if (vec) {
+      for (int i = lane * 8; i < F; i += 256) {
+        float w8[8];
+        load8(wr + i, w8);
+#pragma unroll
+        for (int t = 0; t < kChunk; ++t) acc[t] += dot8(w8, hr[t] + i);
+      }
+    } else {
+      for (int i = lane; i < F; i += 32) {
+        const float w1 = ld(wr[i]);
+#pragma unroll
+        for (int t = 0; t < kChunk; ++t) acc[t] += w1 * hr[t][i];
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kChunk; ++t) {
+      const float s = warp_sum(acc[t]);
+      if (lane == 0 && t < nt) yp[int64_t(rows[j0 + t]) * D + d] = s;
+    }
+  }
+}
+
+// grid N: out[n, d] = Σ_k w[n, k] · yp[n·K + k, d], k ascending.
+__global__ void sm90_moe_small_combine(float* out, const float* yp, const float* w, int K, int D) {
+  const int64_t n = blockIdx.x;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int k = 0; k < K; ++k) acc += w[n * K + k] * yp[(n * K + k) * D + d];
+    out[n * D + d] = acc;
+  }
+}
+
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+ExpertPtrs table(const std::vector<Tensor>& m, bool& aligned) {
+  ExpertPtrs t{};
+  for (size_t e = 0; e < m.size(); ++e) {
+    t.p[e] = m[e].raw();
+    aligned = aligned && aligned16(t.p[e]);
+  }
+  return t;
+}
+
+}  // namespace
+
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down) {
+  const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size()),
+                F = gate[0].size(0), NK = N * K;
+  bool al_gu = aligned16(x.raw()), al_dn = true;
+  const ExpertPtrs g = table(gate, al_gu), u = table(up, al_gu), dn = table(down, al_dn);
+  Tensor h = Tensor::empty({NK, F}, DType::F32, Device::CUDA);   // h: [N·K, F] silu(gate)·up per slot
+  Tensor yp = Tensor::empty({NK, D}, DType::F32, Device::CUDA);  // yp: [N·K, D] expert output per slot
+  const bool vec_gu = al_gu && D % 8 == 0, vec_dn = al_dn && F % 8 == 0 && aligned16(h.raw());
+  auto run = [&](auto wt) {
+    using Wt = decltype(wt);
+    sm90_moe_small_gate_up<Wt><<<dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(E)), kWarps * 32>>>(
+        h.data<float>(), x.data<float>(), topk_idx.data<int32_t>(), g, u, int(NK), int(K), int(D), int(F),
+        vec_gu);
+    DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (gate, up)");
+    sm90_moe_small_down<Wt><<<dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(E)), kWarps * 32>>>(
+        yp.data<float>(), h.data<float>(), topk_idx.data<int32_t>(), dn, int(NK), int(D), int(F), vec_dn);
+    DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (down)");
+  };
+  if (gate[0].dtype() == DType::F32) {
+    run(float{});
+  } else {
+    run(bf16{});
+  }
+  sm90_moe_small_combine<<<unsigned(N), 256>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(),
+                                               int(K), int(D));
+  DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (combine)");
+}
+
+}  // namespace dseek::ops::cuda

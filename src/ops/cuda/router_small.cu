@@ -1,0 +1,165 @@
+// router_small.cu — MoE routing of a few tokens (a decode step) on the GPU, one thread block per token
+// (spec/model.md §4.2, §4.3): scores (sigmoid or softmax) in parallel, each group's score (top-2 sum for
+// noaux_tc, max for group_limited_greedy) by one warp per group, the kept groups, then top-k rounds of a
+// block-wide argmax (ties to the lower expert index), ascending ids and normalized, scaled gate weights —
+// the same rules as router.cu's one-thread-per-token kernel, which large batches keep using.
+#include <cstdlib>
+#include <cstring>
+
+#include "ops/cuda/common.cuh"
+#include "ops/decode_impl.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+constexpr int kMaxE = 1024, kMaxG = 64, kMaxK = 64;
+
+// (v, e) beats (w, f): larger value, then lower index; e < 0 is "none".
+__device__ __forceinline__ bool beats(float v, int e, float w, int f) {
+  if (e < 0) return false;
+  if (f < 0) return true;
+  return v > w || (v == w && e < f);
+}
+
+template <typename T>
+__global__ void sm90_router_small(int32_t* idx_out, T* w_out, T* scores_out, const T* logits,
+                                  const float* bias, int E, RouterParams p) {
+  __shared__ float sc[kMaxE], sel[kMaxE], gscore[kMaxG];
+  __shared__ bool keep[kMaxG], used[kMaxE];
+  __shared__ int chosen[kMaxK];
+  __shared__ float rv[32];
+  __shared__ int ri[32];
+  const int64_t n = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+  const T* l = logits + n * E;
+  const int K = int(p.top_k);
+  float mx = 0, z = 1;
+  if (p.scoring == ScoringFunc::Softmax) {
+    float m = -INFINITY;
+    for (int e = tid; e < E; e += blockDim.x) m = fmaxf(m, ld(l[e]));
+    mx = block_max(m);
+    float s = 0;
+    for (int e = tid; e < E; e += blockDim.x) s += __expf(ld(l[e]) - mx);
+    z = block_sum(s);
+  }
+  for (int e = tid; e < E; e += blockDim.x) {
+    const float v = ld(l[e]);
+    const float s = p.scoring == ScoringFunc::Sigmoid ? 1.0f / (1.0f + __expf(-v)) : __expf(v - mx) / z;
+    sc[e] = s;
+    sel[e] = s + (bias ? bias[e] : 0.0f);
+    used[e] = false;
+    if (scores_out) scores_out[n * E + e] = st<T>(s);
+  }
+  const int G = p.method == TopkMethod::Greedy ? 1 : int(p.n_group);
+  const int gs = E / G;
+  const bool limit = p.method != TopkMethod::Greedy && p.topk_group < p.n_group;
+  for (int g = tid; g < G; g += blockDim.x) keep[g] = !limit;
+  __syncthreads();
+  if (limit) {
+    for (int g = warp; g < G; g += nw) {  // one warp per group: the top two values (as a multiset)
+      float m1 = -INFINITY, m2 = -INFINITY;
+      for (int j = lane; j < gs; j += 32) {
+        const float v = sel[g * gs + j];
+        if (v > m1) {
+          m2 = m1;
+          m1 = v;
+        } else if (v > m2) {
+          m2 = v;
+        }
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        const float b1 = __shfl_xor_sync(0xffffffffu, m1, o), b2 = __shfl_xor_sync(0xffffffffu, m2, o);
+        const float hi = fmaxf(m1, b1), lo = fminf(m1, b1);
+        m2 = fmaxf(lo, fmaxf(m2, b2));
+        m1 = hi;
+      }
+      if (lane == 0) gscore[g] = p.method == TopkMethod::NoauxTc ? (gs >= 2 ? m1 + m2 : m1) : m1;
+    }
+    __syncthreads();
+    if (tid == 0)
+      for (int r = 0; r < int(p.topk_group); ++r) {  // the best remaining group; ties to the lower index
+        int best = -1;
+        for (int g = 0; g < G; ++g)
+          if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
+        keep[best] = true;
+      }
+    __syncthreads();
+  }
+  for (int k = 0; k < K; ++k) {  // block argmax over kept, unused experts
+    float bv = -INFINITY;
+    int be = -1;
+    for (int e = tid; e < E; e += blockDim.x)
+      if (keep[e / gs] && !used[e] && beats(sel[e], e, bv, be)) {
+        bv = sel[e];
+        be = e;
+      }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
+      if (beats(ov, oe, bv, be)) {
+        bv = ov;
+        be = oe;
+      }
+    }
+    if (lane == 0) {
+      rv[warp] = bv;
+      ri[warp] = be;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      float v = rv[0];
+      int e = ri[0];
+      for (int w = 1; w < nw; ++w)
+        if (beats(rv[w], ri[w], v, e)) {
+          v = rv[w];
+          e = ri[w];
+        }
+      chosen[k] = e;
+      if (e >= 0) used[e] = true;
+    }
+    __syncthreads();
+  }
+  if (tid == 0) {
+    for (int a = 1; a < K; ++a)  // ascending ids
+      for (int b = a; b > 0 && chosen[b - 1] > chosen[b]; --b) {
+        const int t = chosen[b];
+        chosen[b] = chosen[b - 1];
+        chosen[b - 1] = t;
+      }
+    float total = 0;
+    for (int k = 0; k < K; ++k) total += sc[chosen[k]];
+    const float denom = p.norm_topk_prob ? total + 1e-20f : 1.0f;
+    for (int k = 0; k < K; ++k) {
+      idx_out[n * K + k] = chosen[k];
+      w_out[n * K + k] = st<T>(sc[chosen[k]] / denom * float(p.routed_scaling_factor));
+    }
+  }
+}
+
+}  // namespace
+
+bool router_small_applies(int64_t N, int64_t E, const RouterParams& p) {
+  static const bool off = [] {
+    const char* v = std::getenv("DSEEK_ROUTER_SMALL");
+    return v && std::strcmp(v, "0") == 0;
+  }();
+  return !off && N >= 1 && N <= 64 && E <= kMaxE && p.top_k <= kMaxK &&
+         (p.method == TopkMethod::Greedy || p.n_group <= kMaxG);
+}
+
+void router_fwd_small(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
+                      const RouterParams& p) {
+  const int64_t N = logits.size(0), E = logits.size(1);
+  const int threads = E <= 128 ? 128 : 256;
+  with_act(logits.dtype(), "router_fwd", [&](auto t) {
+    using T = decltype(t);
+    sm90_router_small<T><<<unsigned(N), threads>>>(topk_idx.data<int32_t>(), static_cast<T*>(topk_w.raw()),
+                                                   scores.defined() ? static_cast<T*>(scores.raw()) : nullptr,
+                                                   static_cast<const T*>(logits.raw()),
+                                                   bias.defined() ? bias.data<float>() : nullptr, int(E), p);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("router_fwd (small batch)");
+}
+
+}  // namespace dseek::ops::cuda

@@ -1,0 +1,182 @@
+// decode.cpp — checks and device dispatch for the decode ops over the paged latent cache (ops/decode.h).
+#include "ops/decode.h"
+
+#include "ops/check.h"
+#include "ops/decode_impl.h"
+
+namespace dseek::ops {
+
+namespace {
+
+// kv_b in a dtype the backend reads: the activation dtype on the CPU; f32 or bf16 on the GPU (a
+// block-scaled fp8 matrix is dequantized to the activation dtype for the call, so f32 runs stay f32).
+Tensor kv_b_for(const Tensor& kv_b, DType act) {
+  if (kv_b.device() == Device::CPU) return kv_b.dtype() == act ? kv_b : kv_b.to(act);
+  if (kv_b.dtype() == DType::F32 || kv_b.dtype() == DType::BF16) return kv_b;
+  return kv_b.dequantize(act);
+}
+
+void check_kv_b(const char* op, const Tensor& kv_b, int64_t H, int64_t dn, int64_t dv, int64_t C) {
+  check_ndim(op, "kv_b", kv_b, 2);
+  DSEEK_CHECK(dn > 0 && dv > 0, op, ": head dims dn = ", dn, ", dv = ", dv, " must be positive");
+  check_shape(op, "kv_b", kv_b, {H * (dn + dv), C});
+}
+
+}  // namespace
+
+void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots) {
+  const char* op = "paged_cache_write";
+  check_ndim(op, "pool", pool, 3);
+  check_ndim(op, "rows", rows, 2);
+  check_ndim(op, "slots", slots, 1);
+  const int64_t N = rows.size(0);
+  DSEEK_CHECK(pool.size(1) == kCacheBlock, op, ": pool ", pool.str(), " must have blocks of ", kCacheBlock,
+              " rows");
+  DSEEK_CHECK(pool.size(2) == rows.size(1), op, ": pool ", pool.str(), " and rows ", rows.str(),
+              " differ in width");
+  check_shape(op, "slots", slots, {N});
+  check_dtype(op, "slots", slots, {DType::I32});
+  DSEEK_CHECK(pool.dtype() == rows.dtype(), op, ": pool and rows differ in dtype");
+  check_same_device(op, {&pool, &rows, &slots});
+  if (N == 0) return;
+  if (pool.device() == Device::CPU) {
+    const int64_t cap = pool.size(0) * kCacheBlock;
+    for (int64_t i = 0; i < N; ++i)
+      DSEEK_CHECK(slots.data<int32_t>()[i] >= 0 && slots.data<int32_t>()[i] < cap, op, ": slot ",
+                  slots.data<int32_t>()[i], " outside the pool of ", cap, " rows");
+    return cpu::paged_cache_write(pool, rows, slots);
+  }
+  return cuda::paged_cache_write(pool, rows, slots);
+}
+
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv) {
+  const char* op = "mla_absorb_q";
+  check_ndim(op, "q", q, 3);
+  check_act(op, "q", q);
+  check_ndim(op, "qa", qa, 3);
+  const int64_t N = q.size(0), H = q.size(1), R = q.size(2) - dn, C = kv_b.ndim() == 2 ? kv_b.size(1) : 0;
+  DSEEK_CHECK(R >= 0, op, ": q ", q.str(), " is narrower than dn = ", dn);
+  check_kv_b(op, kv_b, H, dn, dv, C);
+  check_shape(op, "qa", qa, {N, H, C + R});
+  DSEEK_CHECK(qa.dtype() == q.dtype(), op, ": qa and q differ in dtype");
+  check_same_device(op, {&qa, &q, &kv_b});
+  if (N == 0) return;
+  const Tensor w = kv_b_for(kv_b, q.dtype());
+  if (q.device() == Device::CPU) return cpu::mla_absorb_q(qa, q, w, dn, dv);
+  return cuda::mla_absorb_q(qa, q, w, dn, dv);
+}
+
+void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv) {
+  const char* op = "mla_absorb_o";
+  check_ndim(op, "o_lat", o_lat, 3);
+  check_act(op, "o_lat", o_lat);
+  const int64_t N = o_lat.size(0), H = o_lat.size(1), C = o_lat.size(2);
+  check_kv_b(op, kv_b, H, dn, dv, C);
+  check_shape(op, "o", o, {N, H, dv});
+  DSEEK_CHECK(o.dtype() == o_lat.dtype(), op, ": o and o_lat differ in dtype");
+  check_same_device(op, {&o, &o_lat, &kv_b});
+  if (N == 0) return;
+  const Tensor w = kv_b_for(kv_b, o_lat.dtype());
+  if (o.device() == Device::CPU) return cpu::mla_absorb_o(o, o_lat, w, dn, dv);
+  return cuda::mla_absorb_o(o, o_lat, w, dn, dv);
+}
+
+void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                      const Tensor& seq_lens, double scale, int64_t max_len) {
+  const char* op = "mla_decode_paged";
+  check_ndim(op, "q", q, 3);
+  check_act(op, "q", q);
+  check_ndim(op, "pool", pool, 3);
+  check_ndim(op, "block_table", block_table, 2);
+  check_ndim(op, "o_lat", o_lat, 3);
+  const int64_t B = q.size(0), H = q.size(1), W = q.size(2), C = o_lat.size(2), MB = block_table.size(1);
+  DSEEK_CHECK(pool.size(1) == kCacheBlock, op, ": pool ", pool.str(), " must have blocks of ", kCacheBlock,
+              " rows");
+  DSEEK_CHECK(pool.size(2) == W, op, ": pool ", pool.str(), " and q ", q.str(), " differ in width");
+  DSEEK_CHECK(C > 0 && C <= W, op, ": latent width ", C, " must be in (0, ", W, "]");
+  check_shape(op, "o_lat", o_lat, {B, H, C});
+  check_shape(op, "block_table", block_table, {B, MB});
+  check_shape(op, "seq_lens", seq_lens, {B});
+  check_dtype(op, "block_table", block_table, {DType::I32});
+  check_dtype(op, "seq_lens", seq_lens, {DType::I32});
+  DSEEK_CHECK(pool.dtype() == q.dtype() && o_lat.dtype() == q.dtype(), op, ": mixed dtypes");
+  DSEEK_CHECK(max_len >= 0 && max_len <= MB * kCacheBlock, op, ": max_len ", max_len, " exceeds the ",
+              MB * kCacheBlock, " rows the block table can address");
+  check_same_device(op, {&o_lat, &q, &pool, &block_table, &seq_lens});
+  if (B == 0) return;
+  if (q.device() == Device::CPU) {
+    const int32_t* len = seq_lens.data<int32_t>();
+    const int32_t* bt = block_table.data<int32_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      DSEEK_CHECK(len[b] >= 1 && len[b] <= MB * kCacheBlock, op, ": sequence ", b, " has length ", len[b],
+                  ", the block table addresses 1 ..= ", MB * kCacheBlock);
+      for (int64_t k = 0; k < (len[b] + kCacheBlock - 1) / kCacheBlock; ++k)
+        DSEEK_CHECK(bt[b * MB + k] >= 0 && bt[b * MB + k] < pool.size(0), op, ": sequence ", b, " block ", k,
+                    " is ", bt[b * MB + k], ", the pool has ", pool.size(0));
+    }
+    return cpu::mla_decode_paged(o_lat, q, pool, block_table, seq_lens, scale, max_len);
+  }
+  return cuda::mla_decode_paged(o_lat, q, pool, block_table, seq_lens, scale, max_len);
+}
+
+void argmax_rows(Tensor ids, const Tensor& x) {
+  const char* op = "argmax_rows";
+  check_ndim(op, "x", x, 2);
+  check_dtype(op, "x", x, {DType::F32, DType::BF16});
+  check_shape(op, "ids", ids, {x.size(0)});
+  check_dtype(op, "ids", ids, {DType::I64});
+  DSEEK_CHECK(x.size(1) > 0, op, ": x has no columns");
+  check_same_device(op, {&ids, &x});
+  if (x.size(0) == 0) return;
+  if (x.device() == Device::CPU) return cpu::argmax_rows(ids, x);
+  return cuda::argmax_rows(ids, x);
+}
+
+bool moe_experts_small_applies(const Tensor& x, int64_t top_k, const std::vector<Tensor>& gate) {
+  if (x.device() != Device::CUDA || x.dtype() != DType::F32 || x.ndim() != 2) return false;
+  if (x.size(0) < 1 || x.size(0) > kMoeSmallTokens || top_k < 1 || top_k > 16) return false;
+  if (gate.empty() || int64_t(gate.size()) > kMoeSmallExperts) return false;
+  return (gate[0].dtype() == DType::BF16 || gate[0].dtype() == DType::F32) && !gate[0].block_scale();
+}
+
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down) {
+  const char* op = "moe_experts_small";
+  check_ndim(op, "x", x, 2);
+  check_ndim(op, "topk_idx", topk_idx, 2);
+  const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size());
+  check_shape(op, "topk_idx", topk_idx, {N, K});
+  check_shape(op, "topk_w", topk_w, {N, K});
+  check_shape(op, "out", out, {N, D});
+  check_dtype(op, "topk_idx", topk_idx, {DType::I32});
+  check_dtype(op, "topk_w", topk_w, {DType::F32});
+  check_dtype(op, "x", x, {DType::F32});
+  check_dtype(op, "out", out, {DType::F32});
+  DSEEK_CHECK(E > 0 && up.size() == gate.size() && down.size() == gate.size(), op, ": ", gate.size(),
+              " gate, ", up.size(), " up and ", down.size(), " down matrices");
+  const int64_t F = gate[0].size(0);
+  for (int64_t e = 0; e < E; ++e) {
+    check_shape(op, "gate", gate[size_t(e)], {F, D});
+    check_shape(op, "up", up[size_t(e)], {F, D});
+    check_shape(op, "down", down[size_t(e)], {D, F});
+  }
+  check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
+  if (N == 0) return;
+  if (x.device() == Device::CPU) {
+    for (int64_t i = 0; i < N * K; ++i)
+      DSEEK_CHECK(topk_idx.data<int32_t>()[i] >= 0 && topk_idx.data<int32_t>()[i] < E, op, ": expert id ",
+                  topk_idx.data<int32_t>()[i], " outside 0 ..< ", E);
+    return cpu::moe_experts_small(out, x, topk_idx, topk_w, gate, up, down);
+  }
+  DSEEK_CHECK(moe_experts_small_applies(x, K, gate), op,
+              ": the GPU version takes f32 activations, bf16 or f32 ", "experts, at most ", kMoeSmallTokens,
+              " tokens and ", kMoeSmallExperts, " experts");
+  for (int64_t e = 0; e < E; ++e)
+    for (const Tensor* t : {&gate[size_t(e)], &up[size_t(e)], &down[size_t(e)]})
+      DSEEK_CHECK(t->dtype() == gate[0].dtype() && !t->block_scale(), op, ": expert ", e, " is ",
+                  dtype_name(t->dtype()), ", expert 0 ", dtype_name(gate[0].dtype()));
+  return cuda::moe_experts_small(out, x, topk_idx, topk_w, gate, up, down);
+}
+
+}  // namespace dseek::ops

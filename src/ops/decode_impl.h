@@ -1,0 +1,39 @@
+// decode_impl.h — the per-backend implementations of the decode ops (ops/decode.h), with the dispatcher's
+// signatures: cpu:: in ops/cpu/decode.cpp (the reference), cuda:: in ops/cuda/decode_attention.cu (or
+// ops/decode_nocuda.cpp in builds without CUDA). Arguments arrive already checked; kv_b arrives in a
+// dtype the backend reads (the activation dtype on the CPU; f32 or bf16 on the GPU).
+#pragma once
+
+#include <vector>
+
+#include "core/tensor.h"
+#include "ops/router.h"
+
+namespace dseek::ops::cpu {
+void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots);
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                      const Tensor& seq_lens, double scale, int64_t max_len);
+void argmax_rows(Tensor ids, const Tensor& x);
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down);
+}  // namespace dseek::ops::cpu
+
+namespace dseek::ops::cuda {
+void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots);
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                      const Tensor& seq_lens, double scale, int64_t max_len);
+void argmax_rows(Tensor ids, const Tensor& x);
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down);
+// Routing of a few tokens, one block per token (router_small.cu); router.cu's router_fwd takes it when
+// it applies (N ≤ 64; DSEEK_ROUTER_SMALL=0 turns it off).
+bool router_small_applies(int64_t N, int64_t E, const RouterParams& p);
+void router_fwd_small(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
+                      const RouterParams& p);
+}  // namespace dseek::ops::cuda
