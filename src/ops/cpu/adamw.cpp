@@ -1,5 +1,7 @@
 // adamw.cpp — CPU AdamW (decoupled weight decay, bias correction, as torch.optim.AdamW) with f32 or
 // bf16 moments, and a thread-count-independent sum of squares for global-norm clipping.
+#include <immintrin.h>
+
 #include <cmath>
 #include <vector>
 
@@ -65,9 +67,21 @@ double sum_squares(const Tensor& t) {
       if (t.dtype() == DType::F64) {
         const double* x = t.data<double>();
         for (int64_t i = k * block; i < e; ++i) s += x[i] * x[i];
-      } else {
+      } else {  // four f64 lanes × 2 accumulators, summed in a fixed order
         const float* x = t.data<float>();
-        for (int64_t i = k * block; i < e; ++i) s += double(x[i]) * double(x[i]);
+        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        int64_t i = k * block;
+        for (; i + 8 <= e; i += 8) {
+          const __m256 v = _mm256_loadu_ps(x + i);
+          const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                        hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+          a0 = _mm256_fmadd_pd(lo, lo, a0);
+          a1 = _mm256_fmadd_pd(hi, hi, a1);
+        }
+        alignas(32) double lanes[4];
+        _mm256_store_pd(lanes, _mm256_add_pd(a0, a1));
+        s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+        for (; i < e; ++i) s += double(x[i]) * double(x[i]);
       }
       part[size_t(k)] = s;
     }

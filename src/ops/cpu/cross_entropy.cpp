@@ -7,6 +7,7 @@
 #include "core/parallel.h"
 #include "ops/cpu/blas.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/vec.h"
 
 namespace dseek::ops::cpu {
 
@@ -38,15 +39,26 @@ CrossEntropyResult ce_impl(T* dh, T* dw, const T* h, const T* w, const int64_t* 
           if (dh) std::fill_n(l, V, T(0));
           continue;
         }
-        T mx = l[0];
-        for (int64_t v = 1; v < V; ++v) mx = std::max(mx, l[v]);
-        double z = 0;
-        for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v] - mx));
-        row_loss[size_t(i)] = std::log(z) + double(mx) - double(l[t]);
-        if (dh) {  // dlogits = scale · (softmax − onehot)
-          const double inv = 1.0 / z;
-          for (int64_t v = 0; v < V; ++v) l[v] = T(scale * std::exp(double(l[v] - mx)) * inv);
-          l[t] -= T(scale);
+        if constexpr (std::is_same_v<T, float>) {
+          // one pass of e^(l − max) kept in place, then dlogits = scale · (softmax − onehot)
+          const float lt = l[t], mx = vec::max(l, V);
+          const float z = vec::exp_shift_sum(l, V, mx);
+          row_loss[size_t(i)] = std::log(double(z)) + double(mx) - double(lt);
+          if (dh) {
+            vec::scale(l, V, float(scale / double(z)));
+            l[t] -= float(scale);
+          }
+        } else {
+          T mx = l[0];
+          for (int64_t v = 1; v < V; ++v) mx = std::max(mx, l[v]);
+          double z = 0;
+          for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v] - mx));
+          row_loss[size_t(i)] = std::log(z) + double(mx) - double(l[t]);
+          if (dh) {  // dlogits = scale · (softmax − onehot)
+            const double inv = 1.0 / z;
+            for (int64_t v = 0; v < V; ++v) l[v] = T(scale * std::exp(double(l[v] - mx)) * inv);
+            l[t] -= T(scale);
+          }
         }
       }
     });

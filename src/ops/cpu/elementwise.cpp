@@ -4,25 +4,50 @@
 
 #include "core/parallel.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/vec.h"
 
 namespace dseek::ops::cpu {
 
 namespace {
+// f32 runs 8 lanes at a time with the vectorised sigmoid (the last < 8 elements too, through a
+// partial load), so an element's result does not depend on where a thread's chunk starts.
 template <typename T>
 void swiglu_impl(T* out, const T* g, const T* u, int64_t n) {
   parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+    if constexpr (std::is_same_v<T, float>) {
+      for (int64_t i = b; i < e; i += 8) {
+        const int64_t m = std::min<int64_t>(8, e - i);
+        const __m256 gv = vec::load_part(g + i, m, 0.0f), uv = vec::load_part(u + i, m, 0.0f);
+        vec::store_part(out + i, m, _mm256_mul_ps(_mm256_mul_ps(gv, vec::sigmoid8(gv)), uv));
+      }
+    } else {
+      for (int64_t i = b; i < e; ++i) out[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+    }
   });
 }
 template <typename T>
 void swiglu_bwd_impl(T* dg, T* du, const T* dout, const T* g, const T* u, int64_t n) {
   parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const T sg = T(1) / (T(1) + std::exp(-g[i]));
-      const T silu = g[i] * sg;
-      const T d = dout[i];
-      dg[i] = d * u[i] * sg * (T(1) + g[i] * (T(1) - sg));
-      du[i] = d * silu;
+    if constexpr (std::is_same_v<T, float>) {
+      const __m256 one = _mm256_set1_ps(1.0f);
+      for (int64_t i = b; i < e; i += 8) {
+        const int64_t m = std::min<int64_t>(8, e - i);
+        const __m256 gv = vec::load_part(g + i, m, 0.0f), d = vec::load_part(dout + i, m, 0.0f),
+                     uv = vec::load_part(u + i, m, 0.0f);
+        const __m256 sg = vec::sigmoid8(gv);
+        // dg = d · u · σ · (1 + g · (1 − σ)),  du = d · g · σ
+        const __m256 k = _mm256_fmadd_ps(gv, _mm256_sub_ps(one, sg), one);
+        vec::store_part(dg + i, m, _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(d, uv), sg), k));
+        vec::store_part(du + i, m, _mm256_mul_ps(d, _mm256_mul_ps(gv, sg)));
+      }
+    } else {
+      for (int64_t i = b; i < e; ++i) {
+        const T sg = T(1) / (T(1) + std::exp(-g[i]));
+        const T silu = g[i] * sg;
+        const T d = dout[i];
+        dg[i] = d * u[i] * sg * (T(1) + g[i] * (T(1) - sg));
+        du[i] = d * silu;
+      }
     }
   });
 }
