@@ -6,6 +6,7 @@
 
 #include "core/parallel.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/vec.h"
 
 namespace dseek::ops::cpu {
 
@@ -50,12 +51,17 @@ void unpermute_bwd_impl(T* dyp, T* dw, const T* dout, const T* yp, const T* w, c
       const T* y = yp + r * D;
       T* o = dyp + r * D;
       const T g = w[slot];
-      double dot = 0;
-      for (int64_t i = 0; i < D; ++i) {
-        dot += double(d[i]) * double(y[i]);
-        o[i] = g * d[i];
+      if constexpr (std::is_same_v<T, float>) {
+        dw[slot] = T(vec::dot_f64(d, y, D));
+        for (int64_t i = 0; i < D; ++i) o[i] = g * d[i];
+      } else {
+        double dot = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          dot += double(d[i]) * double(y[i]);
+          o[i] = g * d[i];
+        }
+        dw[slot] = T(dot);
       }
-      dw[slot] = T(dot);
     }
   });
 }

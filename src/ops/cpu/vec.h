@@ -1,7 +1,8 @@
-// vec.h — AVX2 helpers for the f32 loops of the CPU training step (softmax, SwiGLU, cross-entropy):
-// a vectorised e^x and the row reductions built on it. The build's floor is x86-64-v3, so AVX2 + FMA are
-// always there. Sums run over 8 lanes and then the lanes in a fixed order: the same input gives the same
-// result whatever the thread count (DESIGN.md "CPU backend": deterministic steps).
+// vec.h — AVX2 helpers for the f32 loops of the CPU training step (softmax, SwiGLU, cross-entropy,
+// RMSNorm, MoE gate gradients): a vectorised e^x and the row reductions built on it (DESIGN.md "CPU
+// backend": hand-vectorised AVX2/FMA). The build's floor is x86-64-v3, so AVX2 + FMA are always there.
+// Sums run over lanes and then the lanes in a fixed order: the same input gives the same result
+// whatever the thread count (resumed runs must be bitwise equal).
 //
 // e^x: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two parts), e^r by a degree-7 series in r
 // (Cephes's minimax coefficients for expf), 2^n put into the exponent bits. Relative error about 2e-7
@@ -110,6 +111,24 @@ inline float dot(const float* x, const float* y, int64_t n) {
   for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), acc);
   if (i < n) acc = _mm256_fmadd_ps(load_part(x + i, n - i, 0.0f), load_part(y + i, n - i, 0.0f), acc);
   return hsum(acc);
+}
+
+// Σ_i x[i]·y[i] with the products and the sum in f64 (four f64 lanes × 2).
+inline double dot_f64(const float* x, const float* y, int64_t n) {
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(y + i);
+    acc0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)),
+                           _mm256_cvtps_pd(_mm256_castps256_ps128(b)), acc0);
+    acc1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)),
+                           _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1)), acc1);
+  }
+  alignas(32) double l[4];
+  _mm256_store_pd(l, _mm256_add_pd(acc0, acc1));
+  double s = (l[0] + l[1]) + (l[2] + l[3]);
+  for (; i < n; ++i) s += double(x[i]) * double(y[i]);
+  return s;
 }
 
 // 1 / (1 + e^−x)
