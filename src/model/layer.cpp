@@ -13,7 +13,10 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
   const Device dev = h.device();
   Tensor xn = Tensor::empty({N, D}, dt, dev), y = Tensor::empty({N, D}, dt, dev);  // xn, y: [N, D]
   Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
-  if (s) s->h_in = h.clone();
+  if (s) {  // h_in: [N, D] a copy of the input (h is updated in place)
+    s->h_in = Tensor::empty({N, D}, dt, dev);
+    ops::copy_cols(s->h_in, 0, h, 0, D);
+  }
   ops::rmsnorm_fwd(xn, rstd, h, w.input_layernorm, c.rms_norm_eps);
   if (s) {
     s->rstd1 = rstd;
@@ -22,7 +25,8 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
   mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path, s ? &s->attn : nullptr);
   ops::add_(h, y);
   if (s) {
-    s->h_mid = h.clone();
+    s->h_mid = Tensor::empty({N, D}, dt, dev);  // h_mid: [N, D] after the attention residual
+    ops::copy_cols(s->h_mid, 0, h, 0, D);
     rstd = Tensor::empty({N}, dt, dev);
     s->rstd2 = rstd;
   }
