@@ -4,6 +4,7 @@
 //
 //   train_cpu_bench [--config PATH | --preset demo] [--batch B] [--seq T] [--steps N] [--mtp-lambda X]
 //                   [--threads N] [--vocab V]
+//   DSEEK_PROFILE=1 also prints the mean time per step of each phase (src/core/profile.h).
 #include <omp.h>
 
 #include "core/blas_env.h"
@@ -15,6 +16,7 @@
 #include <string>
 
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "model/model.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -71,6 +73,7 @@ int main(int argc, char** argv) {
         ids.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
         tg.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
       }
+      if (s == 2) prof::reset();  // phase totals count the timed steps only
       auto t0 = clk::now();
 #pragma omp parallel for schedule(dynamic, 1)
       for (size_t i = 0; i < grad_tensors.size(); ++i) grad_tensors[i]->fill(0);
@@ -98,6 +101,10 @@ int main(int argc, char** argv) {
         "%.0f tokens/s\n",
         config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, (long long)B, (long long)T,
         num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
+    if (prof::enabled()) {  // DSEEK_PROFILE=1: mean time per step of each phase of forward+backward
+      std::printf("phases (mean per step):\n");
+      prof::report(stdout, double(steps));
+    }
     std::printf("parts (medians): zero grads %.1f ms, forward+backward %.1f ms, AdamW %.1f ms\n",
                 1e3 * median(t_zero), 1e3 * median(t_fb), 1e3 * median(t_opt));
     std::printf("openblas: %s (%s)\n", openblas_get_corename(), openblas_get_config());

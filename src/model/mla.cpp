@@ -2,6 +2,7 @@
 // §2.4 RoPE, §2.5 the absorbed form and what the cache holds).
 #include "model/mla.h"
 
+#include "core/profile.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
@@ -147,8 +148,11 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
     Tensor k, v;
     decompress(k, v, lat, w, c);
     Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, dt, dev) : Tensor();
-    ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
-                              v.view({N, d.H, d.dv}), cu, c.softmax_scale());
+    {
+      prof::Scope scope(prof::kAttnCoreFwd);
+      ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
+                                v.view({N, d.H, d.dv}), cu, c.softmax_scale());
+    }
     if (saved) {
       saved->cu = cu;
       saved->probs = probs;
@@ -216,9 +220,12 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   // attention: dq [N, H, dq], dk [N, H, dq], dv [N, H, dv]
   Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev), dk = Tensor::empty({N, d.H * d.dq}, dt, dev),
          dvv = Tensor::empty({N, d.H * d.dv}, dt, dev);
-  ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
-                            d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
-                            v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
+  {
+    prof::Scope scope(prof::kAttnCoreBwd);
+    ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
+                              d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
+                              v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
+  }
   // Keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe: gather dkv [N, H, dn + dv] and
   // dlat [N, C + R] (the k_pe part summed over heads).
   Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt, dev);
