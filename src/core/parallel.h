@@ -12,6 +12,17 @@ inline int num_threads() {
   return omp_get_max_threads();
 }
 
+// Memory-bound loops give each thread at least this much traffic (bytes read + written): below it a
+// parallel region's fork/join and barrier cost more than the work. Measured on the 16-core H200 host:
+// the layer norms, residual adds and MLA copies of the demo model (1-3 MB each) took 4.5 ms per step at
+// 2-8 threads and 13.8 ms at 16 when every one of them used all threads.
+constexpr int64_t kMinBytesPerThread = int64_t(512) << 10;
+
+// The grain (items per thread) for a memory-bound loop moving `bytes_per_item` bytes per item.
+inline int64_t grain_for_bytes(int64_t bytes_per_item) {
+  return std::max<int64_t>(1, kMinBytesPerThread / std::max<int64_t>(bytes_per_item, 1));
+}
+
 // Calls fn(begin, end) on contiguous chunks of [0, n) across the OpenMP threads; `grain` is the
 // smallest chunk worth a thread. Runs inline when n is small or when already inside a parallel region.
 template <typename Fn>

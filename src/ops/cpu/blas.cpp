@@ -77,10 +77,15 @@ void split_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, cons
     call(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
-  // Block counts: at least 4 rows / columns, at least 64 of K per thread.
-  const int p_rows = int(std::min<int64_t>(threads, std::max<int64_t>(M / 4, 1)));
-  const int p_cols = int(std::min<int64_t>(threads, std::max<int64_t>(N / 4, 1)));
-  const int p_inner = int(std::min<int64_t>(threads, std::max<int64_t>(K / 64, 1)));
+  // Block counts: at least 4 rows / columns, at least 64 of K, and at least kMinMacsPerThread
+  // multiply-adds per thread (a parallel region's fork/join and barrier outweigh less: on the 16-core
+  // H200 host the MLA projections of the demo model ran slower at 16 threads than at 8).
+  constexpr double kMinMacsPerThread = 4e6;
+  const int64_t by_work = std::max<int64_t>(1, int64_t(flops / 2 / kMinMacsPerThread));
+  const int cap = int(std::min<int64_t>(threads, by_work));
+  const int p_rows = int(std::min<int64_t>(cap, std::max<int64_t>(M / 4, 1)));
+  const int p_cols = int(std::min<int64_t>(cap, std::max<int64_t>(N / 4, 1)));
+  const int p_inner = int(std::min<int64_t>(cap, std::max<int64_t>(K / 64, 1)));
   Split best = Split::Rows;
   int nt = p_rows;
   double cost = split_cost(Split::Rows, double(M), double(N), double(K), p_rows);

@@ -30,7 +30,7 @@ CrossEntropyResult ce_impl(T* dh, T* dw, const T* h, const T* w, const int64_t* 
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t n = std::min(chunk, N - n0);
     gemm(false, true, n, V, D, h + n0 * D, D, w, D, T(0), L.data(), V);  // logits [n, V]
-    parallel_for(n, 4, [&](int64_t a, int64_t b) {
+    parallel_for(n, 32, [&](int64_t a, int64_t b) {
       for (int64_t i = a; i < b; ++i) {
         T* l = L.data() + i * V;
         const int64_t t = tgt[n0 + i];

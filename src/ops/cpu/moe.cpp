@@ -30,7 +30,7 @@ void for_experts(const MoePlan& p, Fn&& fn) {
 template <typename T>
 void unpermute_impl(T* out, const T* yp, const T* w, const MoePlan& p, int64_t D) {
   const int64_t K = p.top_k;
-  parallel_for(p.tokens, 8, [&](int64_t n0, int64_t n1) {
+  parallel_for(p.tokens, grain_for_bytes((K + 1) * D * int64_t(sizeof(T))), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       T* o = out + n * D;
       std::fill_n(o, D, T(0));
@@ -46,7 +46,7 @@ void unpermute_impl(T* out, const T* yp, const T* w, const MoePlan& p, int64_t D
 template <typename T>
 void unpermute_bwd_impl(T* dyp, T* dw, const T* dout, const T* yp, const T* w, const MoePlan& p, int64_t D) {
   const int64_t K = p.top_k;
-  parallel_for(p.tokens * K, 16, [&](int64_t r0, int64_t r1) {
+  parallel_for(p.tokens * K, grain_for_bytes(3 * D * int64_t(sizeof(T))), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t slot = p.slot[size_t(r)], n = slot / K;
       const T* d = dout + n * D;
@@ -71,7 +71,7 @@ void unpermute_bwd_impl(T* dyp, T* dw, const T* dout, const T* yp, const T* w, c
 template <typename T>
 void permute_bwd_impl(T* dx, const T* dxp, const MoePlan& p, int64_t D) {
   const int64_t K = p.top_k;
-  parallel_for(p.tokens, 8, [&](int64_t n0, int64_t n1) {
+  parallel_for(p.tokens, grain_for_bytes((K + 1) * D * int64_t(sizeof(T))), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       T* o = dx + n * D;
       std::fill_n(o, D, T(0));
@@ -90,7 +90,7 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
   const size_t rb = size_t(D) * dtype_size(x.dtype());
   auto dst = static_cast<uint8_t*>(xp.raw());
   auto src = static_cast<const uint8_t*>(x.raw());
-  parallel_for(p.tokens * K, 64, [&](int64_t r0, int64_t r1) {
+  parallel_for(p.tokens * K, grain_for_bytes(2 * int64_t(rb)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       std::memcpy(dst + size_t(r) * rb, src + size_t(p.slot[size_t(r)] / K) * rb, rb);
   });

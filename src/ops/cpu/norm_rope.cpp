@@ -24,7 +24,7 @@ inline double dot_f64(const T* a, const W* b, int64_t n) {
 
 template <typename T, typename W>
 void rmsnorm_impl(T* out, T* rstd, const T* x, const W* w, int64_t N, int64_t D, double eps) {
-  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+  parallel_for(N, grain_for_bytes(2 * D * int64_t(sizeof(T))), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const T* xr = x + n * D;
       const double ss = dot_f64(xr, xr, D);
@@ -39,7 +39,7 @@ void rmsnorm_impl(T* out, T* rstd, const T* x, const W* w, int64_t N, int64_t D,
 template <typename T>
 void rope_impl(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64_t H, int64_t W, int64_t col,
                int64_t half, double attention_factor, float sign) {
-  parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+  parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
     std::vector<T> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t i = 0; i < half; ++i) {
@@ -68,7 +68,7 @@ void rmsnorm_bwd_impl(T* dx, G* dw, const T* dy, const T* x, const W* w, const T
                       int64_t D) {
   const int64_t nb = (N + kNormRowBlock - 1) / kNormRowBlock;
   std::vector<T> part(dw ? size_t(nb * D) : 0);  // part: [nb, D] per-block Σ dy·x·rstd
-  parallel_for(nb, 1, [&](int64_t b0, int64_t b1) {
+  parallel_for(nb, grain_for_bytes(3 * kNormRowBlock * D * int64_t(sizeof(T))), [&](int64_t b0, int64_t b1) {
     std::vector<T> t(static_cast<size_t>(D));  // t: [D] w ⊙ dy of one row
     for (int64_t blk = b0; blk < b1; ++blk) {
       T* pw = dw ? part.data() + blk * D : nullptr;
