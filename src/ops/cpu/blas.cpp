@@ -104,11 +104,11 @@ void split_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, cons
   if (best != Split::Inner) {
     const bool by_rows = best == Split::Rows;
     const int64_t total = by_rows ? M : N;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(threads)  // the whole team (see parallel_for); threads ≥ nt skip
     {
-      const int t = omp_get_thread_num(), T_ = omp_get_num_threads();
+      const int t = omp_get_thread_num(), T_ = std::min(nt, omp_get_num_threads());
       const int64_t b = total * t / T_, e = total * (t + 1) / T_;
-      if (b < e) {
+      if (t < T_ && b < e) {
         if (by_rows) {  // rows b..e of op(A): A[b, 0] (no trans) or A[0, b] (trans)
           const T* Ab = ta ? A + b : A + b * lda;
           call(ta, tb, e - b, N, K, alpha, Ab, lda, B, ldb, beta, C + b * ldc, ldc);
@@ -126,20 +126,23 @@ void split_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, cons
   const size_t block = size_t(M) * size_t(N);
   if (part.size() < block * size_t(nt - 1)) part.resize(block * size_t(nt - 1));
   T* P = part.data();
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(threads)  // the whole team (see parallel_for); threads ≥ nt skip
   {
-    const int t = omp_get_thread_num(), T_ = omp_get_num_threads();
-    const int64_t b = K * t / T_, e = K * (t + 1) / T_;
-    // columns b..e of op(A): A[0, b] (no trans) or A[b, 0] (trans); rows b..e of op(B): B[b, 0] or B[0, b]
-    const T* Ab = ta ? A + b * lda : A + b;
-    const T* Bb = tb ? B + b : B + b * ldb;
-    if (t == 0) {
-      call(ta, tb, M, N, e - b, alpha, Ab, lda, Bb, ldb, beta, C, ldc);
-    } else {
-      call(ta, tb, M, N, e - b, alpha, Ab, lda, Bb, ldb, T(0), P + block * size_t(t - 1), N);
+    const int t = omp_get_thread_num(), team = omp_get_num_threads(), T_ = std::min(nt, team);
+    if (t < T_) {
+      const int64_t b = K * t / T_, e = K * (t + 1) / T_;
+      // columns b..e of op(A): A[0, b] (no trans) or A[b, 0] (trans); rows b..e of op(B): B[b, 0] or
+      // B[0, b]
+      const T* Ab = ta ? A + b * lda : A + b;
+      const T* Bb = tb ? B + b : B + b * ldb;
+      if (t == 0) {
+        call(ta, tb, M, N, e - b, alpha, Ab, lda, Bb, ldb, beta, C, ldc);
+      } else {
+        call(ta, tb, M, N, e - b, alpha, Ab, lda, Bb, ldb, T(0), P + block * size_t(t - 1), N);
+      }
     }
 #pragma omp barrier
-    const int64_t r0 = M * t / T_, r1 = M * (t + 1) / T_;
+    const int64_t r0 = M * t / team, r1 = M * (t + 1) / team;  // the sums use the whole team
     for (int64_t r = r0; r < r1; ++r) {
       T* c = C + r * ldc;
       for (int u = 1; u < T_; ++u) {
