@@ -26,11 +26,12 @@ inline int64_t grain_for_bytes(int64_t bytes_per_item) {
 // Calls fn(begin, end) on contiguous chunks of [0, n) across the OpenMP threads; `grain` is the
 // smallest chunk worth a thread. Runs inline when n is small or when already inside a parallel region.
 //
-// The region always starts the whole team, and the threads past the chunk count just skip: libgomp
-// ends the surplus threads of its pool when a region asks for fewer than the one before, and starts
-// new ones (pthread_create, fresh stacks and TLS) when a later region asks for more, so regions of
-// varying size cost a thread creation each (seen on the CPU box: 22,000 clone3 calls for 2,000
-// alternations of 16 and 4-6 threads, 20× slower than a fixed team of 16).
+// The region always starts the whole team: libgomp ends the surplus threads of its pool when a region
+// asks for fewer than the one before, and starts new ones (pthread_create, fresh stacks and TLS) when a
+// later region asks for more, so regions of varying size cost thread creations (seen on the CPU box:
+// 22,000 clone3 calls for 2,000 alternations of 16 and 4-6 threads, 20× slower than a fixed team of 16).
+// The chunks (fixed by n, grain and the thread count, so results never depend on the schedule) are
+// handed out dynamically: a thread whose core is busy with something else takes fewer of them.
 template <typename Fn>
 void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
   if (n <= 0) return;
@@ -41,11 +42,10 @@ void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
     fn(int64_t(0), n);
     return;
   }
-#pragma omp parallel num_threads(num_threads())
-  {
-    const int t = omp_get_thread_num(), T = std::min(nt, omp_get_num_threads());
-    const int64_t b = n * t / T, e = n * (t + 1) / T;
-    if (t < T && b < e) fn(b, e);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int c = 0; c < nt; ++c) {
+    const int64_t b = n * c / nt, e = n * (c + 1) / nt;
+    if (b < e) fn(b, e);
   }
 }
 

@@ -101,55 +101,55 @@ void split_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, cons
     call(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
+  // Every region starts the whole team (see parallel_for) and hands out the nt blocks dynamically.
   if (best != Split::Inner) {
     const bool by_rows = best == Split::Rows;
     const int64_t total = by_rows ? M : N;
-#pragma omp parallel num_threads(threads)  // the whole team (see parallel_for); threads ≥ nt skip
-    {
-      const int t = omp_get_thread_num(), T_ = std::min(nt, omp_get_num_threads());
-      const int64_t b = total * t / T_, e = total * (t + 1) / T_;
-      if (t < T_ && b < e) {
-        if (by_rows) {  // rows b..e of op(A): A[b, 0] (no trans) or A[0, b] (trans)
-          const T* Ab = ta ? A + b : A + b * lda;
-          call(ta, tb, e - b, N, K, alpha, Ab, lda, B, ldb, beta, C + b * ldc, ldc);
-        } else {  // columns b..e of op(B): B[0, b] (no trans) or B[b, 0] (trans)
-          const T* Bb = tb ? B + b * ldb : B + b;
-          call(ta, tb, M, e - b, K, alpha, A, lda, Bb, ldb, beta, C + b, ldc);
-        }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int c = 0; c < nt; ++c) {
+      const int64_t b = total * c / nt, e = total * (c + 1) / nt;
+      if (b >= e) continue;
+      if (by_rows) {  // rows b..e of op(A): A[b, 0] (no trans) or A[0, b] (trans)
+        const T* Ab = ta ? A + b : A + b * lda;
+        call(ta, tb, e - b, N, K, alpha, Ab, lda, B, ldb, beta, C + b * ldc, ldc);
+      } else {  // columns b..e of op(B): B[0, b] (no trans) or B[b, 0] (trans)
+        const T* Bb = tb ? B + b * ldb : B + b;
+        call(ta, tb, M, e - b, K, alpha, A, lda, Bb, ldb, beta, C + b, ldc);
       }
     }
     return;
   }
-  // Inner split: thread 0 accumulates into C with beta, thread t > 0 into partial block t − 1
-  // (each [M, N], dense), then every row of C adds the partials 1.. in order.
+  // Inner split: block 0 accumulates into C with beta, block c > 0 into partial c − 1 (each [M, N],
+  // dense), then every row of C adds the partials 1.. in order.
   std::vector<T>& part = partial_buffer<T>();
   const size_t block = size_t(M) * size_t(N);
   if (part.size() < block * size_t(nt - 1)) part.resize(block * size_t(nt - 1));
   T* P = part.data();
-#pragma omp parallel num_threads(threads)  // the whole team (see parallel_for); threads ≥ nt skip
+#pragma omp parallel num_threads(threads)
   {
-    const int t = omp_get_thread_num(), team = omp_get_num_threads(), T_ = std::min(nt, team);
-    if (t < T_) {
-      const int64_t b = K * t / T_, e = K * (t + 1) / T_;
+#pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < nt; ++c) {
+      const int64_t b = K * c / nt, e = K * (c + 1) / nt;
       // columns b..e of op(A): A[0, b] (no trans) or A[b, 0] (trans); rows b..e of op(B): B[b, 0] or
       // B[0, b]
       const T* Ab = ta ? A + b * lda : A + b;
       const T* Bb = tb ? B + b : B + b * ldb;
-      if (t == 0) {
+      if (c == 0) {
         call(ta, tb, M, N, e - b, alpha, Ab, lda, Bb, ldb, beta, C, ldc);
       } else {
-        call(ta, tb, M, N, e - b, alpha, Ab, lda, Bb, ldb, T(0), P + block * size_t(t - 1), N);
+        call(ta, tb, M, N, e - b, alpha, Ab, lda, Bb, ldb, T(0), P + block * size_t(c - 1), N);
       }
-    }
-#pragma omp barrier
-    const int64_t r0 = M * t / team, r1 = M * (t + 1) / team;  // the sums use the whole team
-    for (int64_t r = r0; r < r1; ++r) {
-      T* c = C + r * ldc;
-      for (int u = 1; u < T_; ++u) {
-        const T* src = P + block * size_t(u - 1) + size_t(r * N);
-        for (int64_t j = 0; j < N; ++j) c[j] += src[j];
+    }  // (the loop ends with a barrier)
+    const int64_t rows_per = 8, row_blocks = (M + rows_per - 1) / rows_per;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t rb = 0; rb < row_blocks; ++rb)
+      for (int64_t r = rb * rows_per; r < std::min(M, (rb + 1) * rows_per); ++r) {
+        T* c = C + r * ldc;
+        for (int u = 1; u < nt; ++u) {
+          const T* src = P + block * size_t(u - 1) + size_t(r * N);
+          for (int64_t j = 0; j < N; ++j) c[j] += src[j];
+        }
       }
-    }
   }
 }
 
