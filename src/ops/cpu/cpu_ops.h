@@ -55,6 +55,12 @@ void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan);
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
 void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
                         const std::vector<Tensor>& w, const MoePlan& plan);
+void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std::vector<Tensor>& wa,
+                         const std::vector<Tensor>& wb, const MoePlan& plan);
+void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const std::vector<Tensor>& dwb,
+                             const Tensor& dya, const Tensor& dyb, const Tensor& x,
+                             const std::vector<Tensor>& wa, const std::vector<Tensor>& wb,
+                             const MoePlan& plan);
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan);
 void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
                        const MoePlan& plan);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "core/parallel.h"
 #include "ops/cpu/blas.h"
@@ -108,11 +109,12 @@ void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p) {
 namespace {
 
 // One piece of a grouped product: expert e, and a range [a, b) of its permuted rows (kind Rows) or of
-// its weight's output rows (kind WeightRows, for the weight gradient).
+// the output rows of its weight j's gradient (kind WeightRows).
 struct Piece {
   enum Kind { Rows, WeightRows } kind;
   int64_t e, a, b;
   double work;
+  size_t j = 0;
 };
 
 // Pieces of about a quarter of a thread's share each, so experts of unequal load still spread over
@@ -144,46 +146,62 @@ void add_row_pieces(std::vector<Piece>& pieces, const MoePlan& p, double work_pe
     }
 }
 
-// out[M, O] = x[M, I] · w[e]ᵀ per expert, f32/f64 weights.
+// One grouped product of a list that shares its input x [M, I]: weights w[e] [O, I], output or
+// output gradient y [M, O], weight gradients dw[e] (may be empty).
 template <typename T>
-void grouped_fwd(T* out, const T* x, const std::vector<Tensor>& w, const MoePlan& p, int64_t I, int64_t O) {
+struct Product {
+  const std::vector<Tensor>* w;
+  T* y;
+  const std::vector<Tensor>* dw;
+};
+
+// y_j[M, O] = x[M, I] · w_j[e]ᵀ per expert for every product j, f32/f64 weights. A piece does all
+// products of its rows, while they are in cache.
+template <typename T>
+void grouped_fwd(const std::vector<Product<T>>& prods, const T* x, const MoePlan& p, int64_t I, int64_t O) {
   std::vector<Piece> pieces;
-  add_row_pieces(pieces, p, double(I * O));
+  add_row_pieces(pieces, p, double(I * O) * double(prods.size()));
   run_pieces(pieces, [&](const Piece& pc) {
     const int64_t r0 = p.offsets[size_t(pc.e)] + pc.a, n = pc.b - pc.a;
-    gemm(false, true, n, O, I, T(1), x + r0 * I, I, w[size_t(pc.e)].data<T>(), I, T(0), out + r0 * O, O);
+    for (const Product<T>& pr : prods)
+      gemm(false, true, n, O, I, T(1), x + r0 * I, I, (*pr.w)[size_t(pc.e)].template data<T>(), I, T(0),
+           pr.y + r0 * O, O);
   });
 }
 
-// dx[M, I] = dy[M, O] · w[e] and dw[e][O, I] += dy_eᵀ · x_e, f32/f64 weights.
+// dx[M, I] = Σ_j dy_j[M, O] · w_j[e] (written) and dw_j[e][O, I] += dy_j,eᵀ · x_e, f32/f64 weights.
 template <typename T>
-void grouped_bwd(T* dx, const std::vector<Tensor>& dw, const T* dy, const T* x, const std::vector<Tensor>& w,
-                 const MoePlan& p, int64_t I, int64_t O) {
+void grouped_bwd(T* dx, const std::vector<Product<T>>& prods, const T* x, const MoePlan& p, int64_t I,
+                 int64_t O) {
   std::vector<Piece> pieces;
-  if (dx) add_row_pieces(pieces, p, double(I * O));
-  if (!dw.empty()) {
-    // Output rows of each dw[e] in slices, about as many pieces in all as for the row products.
-    int64_t active = 0;
-    for (int64_t e = 0; e < p.experts; ++e) active += p.rows(e) > 0;
-    active = std::max<int64_t>(active, 1);
-    const int64_t slices =
-        std::clamp<int64_t>(4 * int64_t(num_threads()) / active, 1, std::max<int64_t>(O / 16, 1));
-    const int64_t chunk = (O + slices - 1) / slices;
+  if (dx) add_row_pieces(pieces, p, double(I * O) * double(prods.size()));
+  // Output rows of each dw_j[e] in slices, about as many pieces in all as for the row products.
+  int64_t active = 0;
+  for (int64_t e = 0; e < p.experts; ++e) active += p.rows(e) > 0;
+  active = std::max<int64_t>(active, 1);
+  const int64_t slices = std::clamp<int64_t>(4 * int64_t(num_threads()) / (active * int64_t(prods.size())), 1,
+                                             std::max<int64_t>(O / 16, 1));
+  const int64_t chunk = (O + slices - 1) / slices;
+  for (size_t j = 0; j < prods.size(); ++j) {
+    if (prods[j].dw->empty()) continue;
     for (int64_t e = 0; e < p.experts; ++e)
       if (p.rows(e) > 0)
         for (int64_t a = 0; a < O; a += chunk) {
           const int64_t b = std::min(O, a + chunk);
-          pieces.push_back({Piece::WeightRows, e, a, b, double((b - a) * I * p.rows(e))});
+          pieces.push_back({Piece::WeightRows, e, a, b, double((b - a) * I * p.rows(e)), j});
         }
   }
   run_pieces(pieces, [&](const Piece& pc) {
     const int64_t r0 = p.offsets[size_t(pc.e)];
-    if (pc.kind == Piece::Rows) {  // rows [a, b) of expert e: dx = dy · w[e]
-      gemm(false, false, pc.b - pc.a, I, O, T(1), dy + (r0 + pc.a) * O, O, w[size_t(pc.e)].data<T>(), I, T(0),
-           dx + (r0 + pc.a) * I, I);
-    } else {  // dw[e][a:b, :] += dy_e[:, a:b]ᵀ · x_e
-      gemm(true, false, pc.b - pc.a, I, p.rows(pc.e), T(1), dy + r0 * O + pc.a, O, x + r0 * I, I, T(1),
-           dw[size_t(pc.e)].data<T>() + pc.a * I, I);
+    if (pc.kind == Piece::Rows) {  // rows [a, b) of expert e: dx = Σ_j dy_j · w_j[e], products in order
+      for (size_t j = 0; j < prods.size(); ++j)
+        gemm(false, false, pc.b - pc.a, I, O, T(1), prods[j].y + (r0 + pc.a) * O, O,
+             (*prods[j].w)[size_t(pc.e)].template data<T>(), I, j == 0 ? T(0) : T(1), dx + (r0 + pc.a) * I,
+             I);
+    } else {  // dw_j[e][a:b, :] += dy_j,e[:, a:b]ᵀ · x_e
+      const Product<T>& pr = prods[pc.j];
+      gemm(true, false, pc.b - pc.a, I, p.rows(pc.e), T(1), pr.y + r0 * O + pc.a, O, x + r0 * I, I, T(1),
+           (*pr.dw)[size_t(pc.e)].template data<T>() + pc.a * I, I);
     }
   });
 }
@@ -197,13 +215,8 @@ bool plain_weights(const std::vector<Tensor>& w, DType dt) {
 }  // namespace
 
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& p) {
-  const int64_t I = x.size(1), O = out.size(1);
   if (plain_weights(w, x.dtype())) {
-    if (x.dtype() == DType::F64) {
-      grouped_fwd(out.data<double>(), x.data<double>(), w, p, I, O);
-    } else {
-      grouped_fwd(out.data<float>(), x.data<float>(), w, p, I, O);
-    }
+    cpu::grouped_linear_pair(out, Tensor(), x, w, {}, p);
     return;
   }
   for_experts(p, [&](int64_t e) {
@@ -212,19 +225,35 @@ void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, c
   });
 }
 
+void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std::vector<Tensor>& wa,
+                         const std::vector<Tensor>& wb, const MoePlan& p) {
+  const int64_t I = x.size(1), O = out_a.size(1);
+  const bool pair = out_b.defined();
+  if (!plain_weights(wa, x.dtype()) || (pair && !plain_weights(wb, x.dtype()))) {
+    cpu::grouped_linear(out_a, x, wa, p);
+    if (pair) cpu::grouped_linear(out_b, x, wb, p);
+    return;
+  }
+  auto run = [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    static const std::vector<Tensor> none;
+    std::vector<Product<T>> prods{{&wa, out_a.data<T>(), &none}};
+    if (pair) prods.push_back({&wb, out_b.data<T>(), &none});
+    grouped_fwd(prods, x.data<T>(), p, I, O);
+  };
+  if (x.dtype() == DType::F64) {
+    run(static_cast<double*>(nullptr));
+  } else {
+    run(static_cast<float*>(nullptr));
+  }
+}
+
 void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
                         const std::vector<Tensor>& w, const MoePlan& p) {
-  const int64_t I = x.size(1), O = dy.size(1);
   bool plain = plain_weights(w, x.dtype());
   for (const Tensor& t : dw) plain = plain && t.dtype() == x.dtype();
   if (plain) {
-    if (x.dtype() == DType::F64) {
-      grouped_bwd(dx.defined() ? dx.data<double>() : nullptr, dw, dy.data<double>(), x.data<double>(), w, p,
-                  I, O);
-    } else {
-      grouped_bwd(dx.defined() ? dx.data<float>() : nullptr, dw, dy.data<float>(), x.data<float>(), w, p, I,
-                  O);
-    }
+    cpu::grouped_linear_pair_bwd(dx, dw, {}, dy, Tensor(), x, w, {}, p);
     return;
   }
   for_experts(p, [&](int64_t e) {
@@ -232,6 +261,36 @@ void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& 
     linear_bwd(dx.defined() ? dx.slice(r0, n) : Tensor(), dw.empty() ? Tensor() : dw[size_t(e)],
                dy.slice(r0, n), x.slice(r0, n), w[size_t(e)]);
   });
+}
+
+void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const std::vector<Tensor>& dwb,
+                             const Tensor& dya, const Tensor& dyb, const Tensor& x,
+                             const std::vector<Tensor>& wa, const std::vector<Tensor>& wb, const MoePlan& p) {
+  const int64_t I = x.size(1), O = dya.size(1);
+  const bool pair = dyb.defined();
+  bool plain = plain_weights(wa, x.dtype()) && (!pair || plain_weights(wb, x.dtype()));
+  for (const auto* d : {&dwa, &dwb})
+    for (const Tensor& t : *d) plain = plain && t.dtype() == x.dtype();
+  if (!plain) {  // one product at a time, then dx = dx_a + dx_b
+    cpu::grouped_linear_bwd(dx, dwa, dya, x, wa, p);
+    if (pair) {
+      Tensor dxb = dx.defined() ? Tensor::empty(dx.shape(), dx.dtype(), dx.device()) : Tensor();
+      cpu::grouped_linear_bwd(dxb, dwb, dyb, x, wb, p);
+      if (dx.defined()) axpy_(dx, dxb, 1.0);
+    }
+    return;
+  }
+  auto run = [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    std::vector<Product<T>> prods{{&wa, dya.data<T>(), &dwa}};
+    if (pair) prods.push_back({&wb, dyb.data<T>(), &dwb});
+    grouped_bwd(dx.defined() ? dx.data<T>() : static_cast<T*>(nullptr), prods, x.data<T>(), p, I, O);
+  };
+  if (x.dtype() == DType::F64) {
+    run(static_cast<double*>(nullptr));
+  } else {
+    run(static_cast<float*>(nullptr));
+  }
 }
 
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& p) {
