@@ -87,6 +87,7 @@ void decompress(Tensor& k, Tensor& v, const Tensor& src, const MlaWeights& w, co
   ops::linear(kv, ckv, w.kv_b_proj);
   k = Tensor::empty({S, d.H * d.dq}, dt, dev);
   v = Tensor::empty({S, d.H * d.dv}, dt, dev);
+  // per head h: k[:, h, :dn] = kv[:, h, :dn], k[:, h, dn:] = k_pe = src[:, C:], v[:, h] = kv[:, h, dn:]
   std::vector<ops::ColBlock> split;
   for (int64_t h = 0; h < d.H; ++h) {
     split.push_back({k, h * d.dq, kv, h * (d.dn + d.dv), d.dn});
@@ -231,8 +232,8 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   // Keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe: gather dkv [N, H, dn + dv] and
   // dlat [N, C + R] (the k_pe part summed over heads).
   Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt, dev);
-  Tensor dlat = Tensor::empty({N, d.C + d.R}, dt, dev);
-  Tensor dpe = Tensor::empty({N, d.R}, dt, dev);
+  Tensor dlat = Tensor::empty({N, d.C + d.R}, dt, dev);  // dlat: [N, C + R] = [dckv | dpe], below
+  Tensor dpe = Tensor::empty({N, d.R}, dt, dev);         // dpe: [N, R] ∂/∂k_pe
   Tensor ckvn = Tensor::empty({N, d.C}, dt, dev), dckvn = Tensor::empty({N, d.C}, dt, dev);
   std::vector<ops::ColBlock> gather{{ckvn, 0, lat, 0, d.C}};  // ckvn: [N, C] the normed latents
   for (int64_t h = 0; h < d.H; ++h) {                         // dpe = Σ_h dk_h[:, dn:], heads added in order
