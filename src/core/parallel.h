@@ -12,10 +12,11 @@ inline int num_threads() {
   return omp_get_max_threads();
 }
 
-// Memory-bound loops give each thread at least this much traffic (bytes read + written): below it a
-// parallel region's fork/join and barrier cost more than the work. Measured on the 16-core H200 host:
-// the layer norms, residual adds and MLA copies of the demo model (1-3 MB each) took 4.5 ms per step at
-// 2-8 threads and 13.8 ms at 16 when every one of them used all threads.
+// Memory-bound loops give each thread at least this much traffic (bytes read + written), some 50 µs of
+// work: below it the per-thread share of a region's fork/join and barrier outweighs the work. (On the
+// 16-core H200 host the layer norms, residual adds and MLA copies of the demo model, 1-3 MB each, took
+// 4.5 ms per step at 2-8 threads and 13.8 ms at 16 when each used every thread; that run also paid for
+// the thread re-creation described at parallel_for.)
 constexpr int64_t kMinBytesPerThread = int64_t(512) << 10;
 
 // The grain (items per thread) for a memory-bound loop moving `bytes_per_item` bytes per item.

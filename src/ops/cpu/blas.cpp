@@ -78,8 +78,9 @@ void split_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, cons
     return;
   }
   // Block counts: at least 4 rows / columns, at least 64 of K, and at least kMinMacsPerThread
-  // multiply-adds per thread (a parallel region's fork/join and barrier outweigh less: on the 16-core
-  // H200 host the MLA projections of the demo model ran slower at 16 threads than at 8).
+  // multiply-adds per thread (~0.1 ms of a core's work; less is outweighed by the call's fixed costs and
+  // the region's barrier: on the 16-core H200 host the MLA projections of the demo model ran slower at
+  // 16 threads than at 8, in a run that also paid for thread re-creation, see parallel_for).
   constexpr double kMinMacsPerThread = 4e6;
   const int64_t by_work = std::max<int64_t>(1, int64_t(flops / 2 / kMinMacsPerThread));
   const int cap = int(std::min<int64_t>(threads, by_work));
