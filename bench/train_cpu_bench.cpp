@@ -4,16 +4,19 @@
 //
 //   train_cpu_bench [--config PATH | --preset demo] [--batch B] [--seq T] [--steps N] [--mtp-lambda X]
 //                   [--threads N] [--vocab V]
+//   DSEEK_PROFILE=1 also prints the mean time per step of each phase (src/core/profile.h).
 #include <omp.h>
 
 #include "core/blas_env.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
 
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "model/model.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -59,29 +62,51 @@ int main(int argc, char** argv) {
     Model m = Model::from_weights(cfg, init_weights(cfg, DType::F32, 1, true));
     train::AdamW opt(m.w, cfg, {});
     Weights g = zero_grads(m.w, cfg, DType::F32);
+    std::vector<Tensor*> grad_tensors;  // zeroed before each step, one tensor per thread at a time
+    for (auto& r : param_table(g, cfg, g.has_mtp))
+      if (r.tensor->defined()) grad_tensors.push_back(r.tensor);
     std::mt19937 rng(1);
     Tensor ids = Tensor::empty({B, T}, DType::I64), tg = Tensor::empty({B, T}, DType::I64);
-    std::vector<double> times;
+    std::vector<double> times, t_zero, t_fb, t_opt;  // whole step and its three parts
     for (int64_t s = 0; s < steps + 2; ++s) {
       for (int64_t i = 0; i < B * T; ++i) {
         ids.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
         tg.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
       }
+      if (s == 2) prof::reset();  // phase totals count the timed steps only
       auto t0 = clk::now();
-      for (auto& r : param_table(g, cfg, g.has_mtp))
-        if (r.tensor->defined()) r.tensor->fill(0);
+#pragma omp parallel for schedule(dynamic, 1)
+      for (size_t i = 0; i < grad_tensors.size(); ++i) grad_tensors[i]->fill(0);
+      auto t1 = clk::now();
       m.forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
+      auto t2 = clk::now();
       opt.step(g, 1e-4);
-      if (s >= 2) times.push_back(std::chrono::duration<double>(clk::now() - t0).count());
+      auto t3 = clk::now();
+      if (s >= 2) {
+        auto sec = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+        times.push_back(sec(t0, t3));
+        t_zero.push_back(sec(t0, t1));
+        t_fb.push_back(sec(t1, t2));
+        t_opt.push_back(sec(t2, t3));
+      }
     }
-    std::sort(times.begin(), times.end());
-    const double med = times[times.size() / 2];
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    const double med = median(times);
     ParamCounts pc = count_params(cfg);
     std::printf(
         "dseek train step: %s, %.2f M params, batch %lld x %lld, %d threads, MTP %s: median %.3f s/step, "
         "%.0f tokens/s\n",
         config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, (long long)B, (long long)T,
         num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
+    if (prof::enabled()) {  // DSEEK_PROFILE=1: mean time per step of each phase of forward+backward
+      std::printf("phases (mean per step):\n");
+      prof::report(stdout, double(steps));
+    }
+    std::printf("parts (medians): zero grads %.1f ms, forward+backward %.1f ms, AdamW %.1f ms\n",
+                1e3 * median(t_zero), 1e3 * median(t_fb), 1e3 * median(t_opt));
     std::printf("openblas: %s (%s)\n", openblas_get_corename(), openblas_get_config());
     std::printf("DSEEK_TOKENS_PER_SECOND %.1f\n", double(B * T) / med);
   } catch (const std::exception& e) {

@@ -1,37 +1,48 @@
 // layer.cpp — decoder layer forward/backward (spec/model.md §2.1: pre-norm residual blocks).
 #include "model/layer.h"
 
+#include "core/profile.h"
 #include "ops/elementwise.h"
 #include "ops/rmsnorm.h"
 
 namespace dseek {
 
 void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSaved* s, RouterTrace* trace) {
+  prof::Scope scope(prof::kLayerFwd);
   const ModelConfig& c = ctx.cfg;
   const int64_t N = h.size(0), D = h.size(1);
   const DType dt = h.dtype();
   const Device dev = h.device();
   Tensor xn = Tensor::empty({N, D}, dt, dev), y = Tensor::empty({N, D}, dt, dev);  // xn, y: [N, D]
   Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
-  if (s) s->h_in = h.clone();
+  if (s) {  // h_in: [N, D] a copy of the input (h is updated in place)
+    s->h_in = Tensor::empty({N, D}, dt, dev);
+    ops::copy_cols(s->h_in, 0, h, 0, D);
+  }
   ops::rmsnorm_fwd(xn, rstd, h, w.input_layernorm, c.rms_norm_eps);
   if (s) {
     s->rstd1 = rstd;
     s->attn.recompute = s->recompute;
   }
-  mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path, s ? &s->attn : nullptr,
-          ctx.paged, ctx.fp16_attention);
+  {
+    prof::Scope sub(prof::kMlaFwd);
+    mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path,
+            s ? &s->attn : nullptr, ctx.paged, ctx.fp16_attention);
+  }
   ops::add_(h, y);
   if (s) {
-    s->h_mid = h.clone();
+    s->h_mid = Tensor::empty({N, D}, dt, dev);  // h_mid: [N, D] after the attention residual
+    ops::copy_cols(s->h_mid, 0, h, 0, D);
     rstd = Tensor::empty({N}, dt, dev);
     s->rstd2 = rstd;
   }
   Tensor xn2 = s ? Tensor::empty({N, D}, dt, dev) : xn;
   ops::rmsnorm_fwd(xn2, rstd, h, w.post_attention_layernorm, c.rms_norm_eps);
   if (w.is_moe) {
+    prof::Scope sub(prof::kMoeFwd);
     moe_fwd(y, xn2, w.moe, c, trace, s ? &s->moe : nullptr, ctx.moe);
   } else {
+    prof::Scope sub(prof::kMlpFwd);
     mlp_fwd(y, xn2, w.mlp, s ? &s->mlp : nullptr);
   }
   ops::add_(h, y);
@@ -44,6 +55,7 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
 }
 
 void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s) {
+  prof::Scope scope(prof::kLayerBwd);
   const ModelConfig& c = ctx.cfg;
   const int64_t N = dh.size(0), D = dh.size(1);
   const DType dt = dh.dtype();
@@ -63,14 +75,19 @@ void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerCon
   Tensor dxn = Tensor::empty({N, D}, dt, dev), tmp = Tensor::empty({N, D}, dt, dev);
   // h_out = h_mid + FFN(rms2(h_mid))
   if (w.is_moe) {
+    prof::Scope sub(prof::kMoeBwd);
     moe_bwd(dxn, g.moe, dh, w.moe, c, s.moe, ctx.moe);
   } else {
+    prof::Scope sub(prof::kMlpBwd);
     mlp_bwd(dxn, g.mlp, dh, w.mlp, s.mlp);
   }
   ops::rmsnorm_bwd(tmp, g.post_attention_layernorm, dxn, s.h_mid, w.post_attention_layernorm, s.rstd2);
   ops::add_(dh, tmp);  // dh is now ∂/∂h_mid
   // h_mid = h_in + MLA(rms1(h_in))
-  mla_bwd(dxn, g.attn, dh, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, s.attn);
+  {
+    prof::Scope sub(prof::kMlaBwd);
+    mla_bwd(dxn, g.attn, dh, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, s.attn);
+  }
   ops::rmsnorm_bwd(tmp, g.input_layernorm, dxn, s.h_in, w.input_layernorm, s.rstd1);
   ops::add_(dh, tmp);
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "core/profile.h"
 #include "ops/attention.h"
 #include "ops/decode.h"
 #include "ops/elementwise.h"
@@ -90,11 +91,14 @@ void decompress(Tensor& k, Tensor& v, const Tensor& src, const MlaWeights& w, co
   ops::linear(kv, ckv, w.kv_b_proj);
   k = Tensor::empty({S, d.H * d.dq}, dt, dev);
   v = Tensor::empty({S, d.H * d.dv}, dt, dev);
+  // per head h: k[:, h, :dn] = kv[:, h, :dn], k[:, h, dn:] = k_pe = src[:, C:], v[:, h] = kv[:, h, dn:]
+  std::vector<ops::ColBlock> split;
   for (int64_t h = 0; h < d.H; ++h) {
-    ops::copy_cols(k, h * d.dq, kv, h * (d.dn + d.dv), d.dn);
-    ops::copy_cols(k, h * d.dq + d.dn, src, d.C, d.R);
-    ops::copy_cols(v, h * d.dv, kv, h * (d.dn + d.dv) + d.dn, d.dv);
+    split.push_back({k, h * d.dq, kv, h * (d.dn + d.dv), d.dn});
+    split.push_back({k, h * d.dq + d.dn, src, d.C, d.R});
+    split.push_back({v, h * d.dv, kv, h * (d.dn + d.dv) + d.dn, d.dv});
   }
+  ops::copy_cols_many(split);
 }
 
 // Sequences shorter than this take the exact attention kernel even when fp16 operands are allowed.
@@ -212,8 +216,11 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
     Tensor k, v;
     decompress(k, v, lat, w, c);
     Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, dt, dev) : Tensor();
-    ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
-                              v.view({N, d.H, d.dv}), cu, c.softmax_scale());
+    {
+      prof::Scope scope(prof::kAttnCoreFwd);
+      ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
+                                v.view({N, d.H, d.dv}), cu, c.softmax_scale());
+    }
     if (saved) {
       saved->cu = cu;
       saved->probs = probs;
@@ -317,33 +324,31 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   // attention: dq [N, H, dq], dk [N, H, dq], dv [N, H, dv]
   Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev), dk = Tensor::empty({N, d.H * d.dq}, dt, dev),
          dvv = Tensor::empty({N, d.H * d.dv}, dt, dev);
-  ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
-                            d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
-                            v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
+  {
+    prof::Scope scope(prof::kAttnCoreBwd);
+    ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
+                              d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
+                              v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
+  }
   // Keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe: gather dkv [N, H, dn + dv] and
   // dlat [N, C + R] (the k_pe part summed over heads).
   Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt, dev);
-  Tensor dlat = Tensor::zeros({N, d.C + d.R}, dt, dev);
-  Tensor dpe = Tensor::empty({N, d.R}, dt, dev), tmp = Tensor::empty({N, d.R}, dt, dev);
-  for (int64_t h = 0; h < d.H; ++h) {
-    ops::copy_cols(dkv, h * (d.dn + d.dv), dk, h * d.dq, d.dn);
-    ops::copy_cols(dkv, h * (d.dn + d.dv) + d.dn, dvv, h * d.dv, d.dv);
-    ops::copy_cols(tmp, 0, dk, h * d.dq + d.dn, d.R);
-    if (h == 0) {
-      dpe.copy_from(tmp);
-    } else {
-      ops::add_(dpe, tmp);
-    }
-  }
+  Tensor dlat = Tensor::empty({N, d.C + d.R}, dt, dev);  // dlat: [N, C + R] = [dckv | dpe], below
+  Tensor dpe = Tensor::empty({N, d.R}, dt, dev);         // dpe: [N, R] ∂/∂k_pe
   Tensor ckvn = Tensor::empty({N, d.C}, dt, dev), dckvn = Tensor::empty({N, d.C}, dt, dev);
-  ops::copy_cols(ckvn, 0, lat, 0, d.C);
+  std::vector<ops::ColBlock> gather{{ckvn, 0, lat, 0, d.C}};  // ckvn: [N, C] the normed latents
+  for (int64_t h = 0; h < d.H; ++h) {                         // dpe = Σ_h dk_h[:, dn:], heads added in order
+    gather.push_back({dkv, h * (d.dn + d.dv), dk, h * d.dq, d.dn});
+    gather.push_back({dkv, h * (d.dn + d.dv) + d.dn, dvv, h * d.dv, d.dv});
+    gather.push_back({dpe, 0, dk, h * d.dq + d.dn, d.R, h > 0});
+  }
+  ops::copy_cols_many(gather);
   ops::linear_bwd(dckvn, g.kv_b_proj, dkv, ckvn, w.kv_b_proj);
   // dlat = [rmsnorm_bwd(dckvn) | rope_bwd(dpe)]
   Tensor dckv = Tensor::empty({N, d.C}, dt, dev);
   ops::rmsnorm_bwd(dckv, g.kv_a_layernorm, dckvn, s.ckv, w.kv_a_layernorm, s.ckv_rstd);
   ops::rope_bwd(dpe.view({N, 1, d.R}), positions, rope.inv_freq, 0, rope.attention_factor);
-  ops::copy_cols(dlat, 0, dckv, 0, d.C);
-  ops::copy_cols(dlat, d.C, dpe, 0, d.R);
+  ops::copy_cols_many({{dlat, 0, dckv, 0, d.C}, {dlat, d.C, dpe, 0, d.R}});
   ops::linear_bwd(dx, g.kv_a_proj_with_mqa, dlat, s.x, w.kv_a_proj_with_mqa);
   // Queries: undo the rope on the pe columns, then the q projections.
   ops::rope_bwd(dq.view({N, d.H, d.dq}), positions, rope.inv_freq, d.dn, rope.attention_factor);

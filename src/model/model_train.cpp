@@ -3,7 +3,9 @@
 // decoder stack, final norm, LM head with fused cross-entropy, then the MTP modules; the backward is the
 // reverse walk, MTP modules first (deepest first), their gradients flowing into the main hidden states.
 #include <cstring>
+#include <optional>
 
+#include "core/profile.h"
 #include "model/model.h"
 #include "ops/cross_entropy.h"
 #include "ops/elementwise.h"
@@ -86,7 +88,10 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
 
   // ---- forward: embedding, layers, final norm, LM head + cross-entropy
   Tensor h = Tensor::empty({N, D}, dt, dev);  // h: [N, D]
-  ops::embedding_fwd(h, flat, w.embed_tokens);
+  {
+    prof::Scope scope(prof::kEmbedding);
+    ops::embedding_fwd(h, flat, w.embed_tokens);
+  }
   std::vector<LayerSaved> saved(static_cast<size_t>(cfg.num_hidden_layers));
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
@@ -100,6 +105,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
       res.balance_loss += rt.balance_loss;
     }
   }
+  std::optional<prof::Scope> head_scope(std::in_place, prof::kLmHead);
   Tensor h_final = h, rstd = Tensor::empty({N}, dt, dev), hn = Tensor::empty({N, D}, dt, dev);
   ops::rmsnorm_fwd(hn, rstd, h_final, w.norm, cfg.rms_norm_eps);
   const Tensor& head = lm_head();
@@ -109,6 +115,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   Tensor dhead = train ? (cfg.tie_word_embeddings ? grads->embed_tokens : grads->lm_head) : Tensor();
   auto ce = ops::lm_head_cross_entropy(dhn, dhead, hn, head, tflat, opt.grad_scale / double(res.tokens));
   res.main_loss = ce.loss_sum / double(ce.count);
+  head_scope.reset();
 
   // ---- MTP modules: depth k sees positions i < T − k, combining h^{k−1}_i with Emb(t_{i+k}).
   std::vector<MtpSaved> ms(static_cast<size_t>(depth));
@@ -188,13 +195,19 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     if (k > 1) dnext = dprev;
   }
   Tensor dh = Tensor::empty({N, D}, dt, dev);
-  ops::rmsnorm_bwd(dh, grads->norm, dhn, h_final, w.norm, rstd);
+  {
+    prof::Scope scope(prof::kLmHead);
+    ops::rmsnorm_bwd(dh, grads->norm, dhn, h_final, w.norm, rstd);
+  }
   for (int64_t l = cfg.num_hidden_layers - 1; l >= 0; --l) {
     MoeOptions mo = bal;
     mo.seq_len = T;
     layer_bwd(dh, grads->layers[size_t(l)], w.layers[size_t(l)], context(main, l, mo), saved[size_t(l)]);
   }
-  ops::embedding_bwd(grads->embed_tokens, flat, dh);
+  {
+    prof::Scope scope(prof::kEmbedding);
+    ops::embedding_bwd(grads->embed_tokens, flat, dh);
+  }
   return res;
 }
 

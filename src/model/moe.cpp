@@ -99,12 +99,16 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
          u = Tensor::empty({M, F}, dt, dev);
   ops::moe_permute(xp, x, plan);
   // Large batches on the GPU: the permuted rows cast to the experts' bf16 once for both products (the
-  // products would each cast them); small ones keep f32 rows for the GEMV kernel.
+  // products would each cast them); elsewhere gate and up run as one grouped pair.
   const bool cast_once = dev == Device::CUDA && M > 1024 && x.dtype() == DType::F32 &&
                          w.experts[0].gate_proj.dtype() == DType::BF16;
-  const Tensor xpg = cast_once ? xp.to(DType::BF16) : xp;
-  ops::grouped_linear(g, xpg, mats.gate, plan);
-  ops::grouped_linear(u, xpg, mats.up, plan);
+  if (cast_once) {
+    const Tensor xpg = xp.to(DType::BF16);
+    ops::grouped_linear(g, xpg, mats.gate, plan);
+    ops::grouped_linear(u, xpg, mats.up, plan);
+  } else {
+    ops::grouped_linear_pair(g, u, xp, mats.gate, mats.up, plan);
+  }
   Tensor h = saved ? Tensor::empty({M, F}, dt, dev) : g;
   ops::swiglu_fwd(h, g, u);
   Tensor yp = Tensor::empty({M, D}, dt, dev);
@@ -148,10 +152,8 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
          du = Tensor::empty({M, F}, dt, dev);
   ops::grouped_linear_bwd(dh, grads.down, dyp, s.h, mats.down, s.plan);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
-  Tensor dxp = Tensor::empty({M, D}, dt, dev), dxp2 = Tensor::empty({M, D}, dt, dev);
-  ops::grouped_linear_bwd(dxp, grads.gate, dg, s.xp, mats.gate, s.plan);
-  ops::grouped_linear_bwd(dxp2, grads.up, du, s.xp, mats.up, s.plan);
-  ops::add_(dxp, dxp2);
+  Tensor dxp = Tensor::empty({M, D}, dt, dev);  // dxp: [M, D] = dg · W_gate + du · W_up per expert
+  ops::grouped_linear_pair_bwd(dxp, grads.gate, grads.up, dg, du, s.xp, mats.gate, mats.up, s.plan);
   Tensor dxr = Tensor::empty({N, D}, dt, dev);
   ops::moe_permute_bwd(dxr, dxp, s.plan);
   ops::add_(dx, dxr);

@@ -1,4 +1,5 @@
-// elementwise.cpp — checks and device dispatch for add_, axpy_, copy_cols (ops/elementwise.h).
+// elementwise.cpp — checks and device dispatch for add_, axpy_, copy_cols, copy_cols_many
+// (ops/elementwise.h).
 #include "ops/elementwise.h"
 
 #include "ops/check.h"
@@ -42,6 +43,36 @@ void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_
       return cuda::copy_cols(dst, dcol, src, scol, width);
     default:
       fail("copy_cols: no implementation for ", device_name(dst.device()));
+  }
+}
+
+void copy_cols_many(const std::vector<ColBlock>& blocks, Stream s) {
+  if (blocks.empty()) return;
+  const int64_t rows = blocks[0].dst.size(0);
+  for (const ColBlock& b : blocks) {
+    check_ndim("copy_cols_many", "dst", b.dst, 2);
+    check_ndim("copy_cols_many", "src", b.src, 2);
+    DSEEK_CHECK(b.dst.size(0) == rows && b.src.size(0) == rows, "copy_cols_many: ", b.dst.str(), " and ",
+                b.src.str(), " must both have ", rows, " rows");
+    DSEEK_CHECK(b.dst.dtype() == b.src.dtype() && b.dst.dtype() == blocks[0].dst.dtype(),
+                "copy_cols_many: mixed dtypes");
+    DSEEK_CHECK(b.width >= 0 && b.dcol >= 0 && b.scol >= 0 && b.dcol + b.width <= b.dst.size(1) &&
+                    b.scol + b.width <= b.src.size(1),
+                "copy_cols_many: columns out of range");
+    DSEEK_CHECK(!b.add || (b.dcol == 0 && b.width == b.dst.size(1)),
+                "copy_cols_many: an adding block must cover all of dst's columns");
+    DSEEK_CHECK(!b.add || dtype_is_float(b.dst.dtype()), "copy_cols_many: adding needs a float dtype");
+    check_same_device("copy_cols_many", {&b.dst, &b.src, &blocks[0].dst});
+  }
+  if (blocks[0].dst.device() == Device::CPU) return cpu::copy_cols_many(blocks);
+  for (const ColBlock& b : blocks) {  // elsewhere: one copy per block
+    if (!b.add) {
+      copy_cols(b.dst, b.dcol, b.src, b.scol, b.width, s);
+      continue;
+    }
+    Tensor tmp = Tensor::empty({rows, b.width}, b.src.dtype(), b.src.device());  // tmp: [rows, width]
+    copy_cols(tmp, 0, b.src, b.scol, b.width, s);
+    add_(b.dst, tmp, s);
   }
 }
 

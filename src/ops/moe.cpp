@@ -129,6 +129,53 @@ void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& 
   }
 }
 
+void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std::vector<Tensor>& wa,
+                         const std::vector<Tensor>& wb, const MoePlan& p, Stream s) {
+  check_plan_rows("grouped_linear_pair", "x", x, p);
+  check_act("grouped_linear_pair", "x", x);
+  DSEEK_CHECK(!wa.empty() && !wb.empty(), "grouped_linear_pair: no weights");
+  const int64_t O = wa[0].size(0), I = x.size(1);
+  check_weights("grouped_linear_pair", wa, p, O, I, x.dtype());
+  check_weights("grouped_linear_pair", wb, p, O, I, x.dtype());
+  check_shape("grouped_linear_pair", "out_a", out_a, {x.size(0), O});
+  check_shape("grouped_linear_pair", "out_b", out_b, {x.size(0), O});
+  DSEEK_CHECK(out_a.dtype() == x.dtype() && out_b.dtype() == x.dtype(),
+              "grouped_linear_pair: out dtype differs from x");
+  if (x.device() == Device::CPU) return cpu::grouped_linear_pair(out_a, out_b, x, wa, wb, p);
+  grouped_linear(out_a, x, wa, p, s);
+  grouped_linear(out_b, x, wb, p, s);
+}
+
+void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const std::vector<Tensor>& dwb,
+                             const Tensor& dya, const Tensor& dyb, const Tensor& x,
+                             const std::vector<Tensor>& wa, const std::vector<Tensor>& wb, const MoePlan& p,
+                             Stream s) {
+  check_plan_rows("grouped_linear_pair_bwd", "x", x, p);
+  check_act("grouped_linear_pair_bwd", "x", x);
+  DSEEK_CHECK(!wa.empty() && !wb.empty(), "grouped_linear_pair_bwd: no weights");
+  const int64_t O = wa[0].size(0), I = x.size(1);
+  check_weights("grouped_linear_pair_bwd", wa, p, O, I, x.dtype());
+  check_weights("grouped_linear_pair_bwd", wb, p, O, I, x.dtype());
+  check_shape("grouped_linear_pair_bwd", "dya", dya, {x.size(0), O});
+  check_shape("grouped_linear_pair_bwd", "dyb", dyb, {x.size(0), O});
+  if (dx.defined()) check_shape("grouped_linear_pair_bwd", "dx", dx, x.shape());
+  for (const auto* dw : {&dwa, &dwb}) {
+    if (dw->empty()) continue;
+    DSEEK_CHECK(int64_t(dw->size()) == p.experts, "grouped_linear_pair_bwd: dw count");
+    for (const Tensor& t : *dw) {
+      check_shape("grouped_linear_pair_bwd", "dw[e]", t, {O, I});
+      DSEEK_CHECK(t.dtype() == x.dtype(), "grouped_linear_pair_bwd: dw must have the activation dtype");
+    }
+  }
+  switch (x.device()) {
+    case Device::CPU:
+      return cpu::grouped_linear_pair_bwd(dx, dwa, dwb, dya, dyb, x, wa, wb, p);
+    default:
+      (void)s;
+      fail("grouped_linear_pair_bwd: no implementation for ", device_name(x.device()));
+  }
+}
+
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& p, Stream) {
   check_plan_rows("moe_unpermute", "yp", yp, p);
   check_act("moe_unpermute", "yp", yp);

@@ -32,6 +32,17 @@ void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, c
 void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
                         const std::vector<Tensor>& w, const MoePlan& plan, Stream s = {});
 
+// Two grouped products of the same input (the experts' gate and up projections): out_a = x · wa[e]ᵀ and
+// out_b = x · wb[e]ᵀ per expert. On the CPU one pass over the row pieces does both.
+void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std::vector<Tensor>& wa,
+                         const std::vector<Tensor>& wb, const MoePlan& plan, Stream s = {});
+// Its backward: dx = dya · wa[e] + dyb · wb[e] (written), dwa[e] and dwb[e] accumulated (either list
+// may be empty).
+void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const std::vector<Tensor>& dwb,
+                             const Tensor& dya, const Tensor& dyb, const Tensor& x,
+                             const std::vector<Tensor>& wa, const std::vector<Tensor>& wb,
+                             const MoePlan& plan, Stream s = {});
+
 // out[N, D] (written) = Σ_k topk_w[n, k] · yp[row(n, k)].
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan, Stream s = {});
 // dyp[M, D] = topk_w · dout[token]; dtopk_w[N, K] = dout[n] · yp[row(n, k)] (both written).

@@ -35,16 +35,55 @@ StepStats AdamW::step(Weights& grads, double lr) {
     if (r.tensor->defined() && r.kind != ParamKind::Bias) g.push_back(r.tensor);
   DSEEK_CHECK(g.size() == slots_.size(), "AdamW: ", g.size(), " gradients for ", slots_.size(),
               " parameters");
+  bool cpu = true;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    // checked here, before the parallel loops (an exception must not leave an OpenMP region)
+    DSEEK_CHECK(g[i]->shape() == slots_[i].param->shape() && g[i]->dtype() == DType::F32, "AdamW: gradient ",
+                slots_[i].name, " is ", g[i]->str(), ", expected f32 ", shape_str(slots_[i].param->shape()));
+    cpu = cpu && slots_[i].param->device() == Device::CPU && g[i]->device() == Device::CPU;
+  }
+  // On the CPU every tensor is cut into pieces of 2^16 elements and all pieces of all tensors share one
+  // parallel loop: one fork/join for the norm and one for the update instead of one per tensor.
+  // sum_squares sums 2^16-element blocks in order, so a tensor's sum is the same as in a single call.
+  struct Piece {
+    size_t slot;
+    int64_t a, n;
+  };
+  std::vector<Piece> pieces;
+  constexpr int64_t kPiece = int64_t(1) << 16;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const int64_t n = g[i]->numel();
+    if (!cpu) {
+      pieces.push_back({i, 0, n});
+      continue;
+    }
+    for (int64_t a = 0; a < n; a += kPiece) pieces.push_back({i, a, std::min(kPiece, n - a)});
+  }
+  // part: elements [a, a + n) of the flat [numel] view of a tensor (the whole tensor off the CPU)
+  auto part = [cpu](const Tensor& t, const Piece& pc) {
+    return cpu ? t.view({t.numel()}).slice(pc.a, pc.n) : t;
+  };
+  std::vector<double> piece_ss(pieces.size(), 0.0);
+#pragma omp parallel for schedule(dynamic, 1) if (cpu)
+  for (size_t k = 0; k < pieces.size(); ++k)
+    piece_ss[k] = ops::sum_squares(part(*g[pieces[k].slot], pieces[k]));
   double ss = 0;
-  for (Tensor* t : g) ss += ops::sum_squares(*t);
+  for (size_t k = 0; k < pieces.size();) {  // each tensor's pieces in order, then the tensors in order
+    double t = 0;
+    const size_t slot = pieces[k].slot;
+    for (; k < pieces.size() && pieces[k].slot == slot; ++k) t += piece_ss[k];
+    ss += t;
+  }
   StepStats st;
   st.grad_norm = std::sqrt(ss);
   DSEEK_CHECK(std::isfinite(st.grad_norm), "AdamW: the gradient norm is not finite (", st.grad_norm, ")");
   if (oc_.clip_norm > 0 && st.grad_norm > oc_.clip_norm) st.clip = oc_.clip_norm / (st.grad_norm + 1e-6);
   ++step_;
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    Slot& s = slots_[i];
-    ops::adamw_step(*s.param, *g[i], s.m, s.v,
+#pragma omp parallel for schedule(dynamic, 1) if (cpu)
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    const Piece& pc = pieces[k];
+    Slot& s = slots_[pc.slot];
+    ops::adamw_step(part(*s.param, pc), part(*g[pc.slot], pc), part(s.m, pc), part(s.v, pc),
                     {.lr = lr,
                      .beta1 = oc_.beta1,
                      .beta2 = oc_.beta2,

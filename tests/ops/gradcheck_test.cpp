@@ -85,6 +85,59 @@ TEST(GradCheck, CausalAttention) {
   expect_grad("attention dv", v, dv, f, 60);
 }
 
+// Sequences longer than the CPU kernel's 64-query blocks: products that stop at each block's last key,
+// dK/dV summed over blocks, a short last block; also a query offset (a cache-style q_pos0).
+TEST(GradCheck, CausalAttentionAcrossQueryBlocks) {
+  std::mt19937 rng(16);
+  const int64_t T = 150, H = 2, Dq = 6, Dv = 4;
+  for (const int64_t pos0 : {int64_t(0), int64_t(37)}) {
+    const int64_t S = pos0 + T;
+    Tensor q = randn({T, H, Dq}, rng), k = randn({S, H, Dq}, rng), v = randn({S, H, Dv}, rng),
+           r = randn({T, H, Dv}, rng);
+    Tensor out = Tensor::empty({T, H, Dv}, DType::F64), probs = Tensor::empty({H, T, S}, DType::F64);
+    ops::attention_fwd(out, probs, q, k, v, 0.5, pos0);
+    for (int64_t h = 0; h < H; ++h)  // masked entries are exactly zero, each row sums to one
+      for (int64_t t = 0; t < T; ++t) {
+        double sum = 0;
+        for (int64_t j = 0; j < S; ++j) {
+          const double pj = probs.data<double>()[(h * T + t) * S + j];
+          if (j > pos0 + t) {
+            ASSERT_EQ(pj, 0.0) << "h " << h << " t " << t << " j " << j;
+          }
+          sum += pj;
+        }
+        ASSERT_NEAR(sum, 1.0, 1e-12);
+      }
+    Tensor dq = Tensor::empty(q.shape(), DType::F64), dk = Tensor::empty(k.shape(), DType::F64),
+           dv = Tensor::empty(v.shape(), DType::F64);
+    ops::attention_bwd(dq, dk, dv, r, q, k, v, probs, 0.5, pos0);
+    auto f = [&] {
+      ops::attention_fwd(out, Tensor(), q, k, v, 0.5, pos0);
+      return dot(r, out);
+    };
+    expect_grad("blocks dq", q, dq, f, 20);
+    expect_grad("blocks dk", k, dk, f, 20);
+    expect_grad("blocks dv", v, dv, f, 20);
+  }
+  const std::vector<int64_t> cu = {0, 150, 220};  // varlen: 3 blocks (last short) and 2 blocks
+  const int64_t N = cu.back();
+  Tensor q = randn({N, H, Dq}, rng), k = randn({N, H, Dq}, rng), v = randn({N, H, Dv}, rng),
+         r = randn({N, H, Dv}, rng);
+  Tensor out = Tensor::empty({N, H, Dv}, DType::F64),
+         probs = Tensor::empty({ops::varlen_probs_size(cu, H)}, DType::F64);
+  ops::attention_fwd_varlen(out, probs, q, k, v, cu, 0.3);
+  Tensor dq = Tensor::empty(q.shape(), DType::F64), dk = Tensor::empty(k.shape(), DType::F64),
+         dv = Tensor::empty(v.shape(), DType::F64);
+  ops::attention_bwd_varlen(dq, dk, dv, r, q, k, v, probs, cu, 0.3);
+  auto f = [&] {
+    ops::attention_fwd_varlen(out, Tensor(), q, k, v, cu, 0.3);
+    return dot(r, out);
+  };
+  expect_grad("varlen blocks dq", q, dq, f, 20);
+  expect_grad("varlen blocks dk", k, dk, f, 20);
+  expect_grad("varlen blocks dv", v, dv, f, 20);
+}
+
 TEST(GradCheck, VarlenAttentionMatchesPerSequenceAndDifferences) {
   std::mt19937 rng(15);
   const int64_t H = 2, Dq = 5, Dv = 3;

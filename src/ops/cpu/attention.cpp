@@ -9,6 +9,7 @@
 #include "ops/attention.h"
 #include "ops/cpu/blas.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/vec.h"
 
 namespace dseek::ops::cpu {
 
@@ -24,41 +25,47 @@ inline void gemm(bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, co
   cpu::gemm(false, trans_b, M, N, K, alpha, A, lda, B, ldb, 0.0, C, ldc);
 }
 
-// C[M, N] = alpha · op(A) · op(B), row-major with leading dims.
-template <typename T>
-inline void gemm2(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const T* A, int64_t lda,
-                  const T* B, int64_t ldb, T* C, int64_t ldc) {
-  cpu::gemm(ta, tb, M, N, K, T(alpha), A, lda, B, ldb, T(0), C, ldc);
-}
-
-// Row-wise causal softmax in place: row r may see columns [0, visible(r)); the rest become 0.
+// Row-wise causal softmax in place: row r may see columns [0, visible(r)); columns [visible(r), cols)
+// become 0.
 template <typename T, typename Visible>
-void causal_softmax(T* p, int64_t rows, int64_t cols, Visible visible) {
+void causal_softmax(T* p, int64_t rows, int64_t ldp, int64_t cols, Visible visible) {
   for (int64_t r = 0; r < rows; ++r) {
-    T* row = p + r * cols;
+    T* row = p + r * ldp;
     const int64_t n = visible(r);
-    T mx = -std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
-    T sum = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      row[j] = std::exp(row[j] - mx);
-      sum += row[j];
+    if constexpr (std::is_same_v<T, float>) {
+      const float mx = vec::max(row, n);
+      vec::scale(row, n, 1.0f / vec::exp_shift_sum(row, n, mx));
+    } else {
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+      T sum = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        row[j] = std::exp(row[j] - mx);
+        sum += row[j];
+      }
+      const T inv = T(1) / sum;
+      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
     }
-    const T inv = T(1) / sum;
-    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-    for (int64_t j = n; j < cols; ++j) row[j] = 0;
+    std::fill(row + n, row + cols, T(0));
   }
 }
 
-// One head of one sequence: P[T, Se] (leading dim ldp) = softmax(scale · q_h k_hᵀ, causal) and
-// out_h = P v_h. q/k/v/out rows are H·Dq (H·Dv) apart.
+// Queries are taken in blocks of this many rows: a block's products stop at its last visible key,
+// which skips most of the masked upper triangle.
+constexpr int64_t kQueryBlock = 64;
+
+// One head of one sequence: P[T, Se] (leading dim ldp ≥ Se) = softmax(scale · q_h k_hᵀ, causal) and
+// out_h = P v_h. q/k/v/out rows are H·Dq (H·Dv) apart. Query block [r0, r1) sees keys [0, q_pos0 + r1).
 template <typename T>
 void head_fwd(T* out, T* P, int64_t ldp, const T* q, const T* k, const T* v, int64_t T_, int64_t H,
               int64_t Dq, int64_t Dv, double scale, int64_t q_pos0, int64_t h) {
-  const int64_t Se = q_pos0 + T_;
-  gemm(true, T_, Se, Dq, scale, q + h * Dq, H * Dq, k + h * Dq, H * Dq, P, ldp);
-  causal_softmax(P, T_, ldp, [&](int64_t t) { return q_pos0 + t + 1; });
-  gemm(false, T_, Dv, Se, 1.0, P, ldp, v + h * Dv, H * Dv, out + h * Dv, H * Dv);
+  for (int64_t r0 = 0; r0 < T_; r0 += kQueryBlock) {
+    const int64_t n = std::min(kQueryBlock, T_ - r0), S = q_pos0 + r0 + n;
+    T* Pb = P + r0 * ldp;  // Pb: rows [r0, r0 + n) of P
+    gemm(true, n, S, Dq, scale, q + r0 * H * Dq + h * Dq, H * Dq, k + h * Dq, H * Dq, Pb, ldp);
+    causal_softmax(Pb, n, ldp, ldp, [&](int64_t t) { return q_pos0 + r0 + t + 1; });
+    gemm(false, n, Dv, S, 1.0, Pb, ldp, v + h * Dv, H * Dv, out + r0 * H * Dv + h * Dv, H * Dv);
+  }
 }
 
 template <typename T>
@@ -85,33 +92,48 @@ void absorbed_impl(T* o_lat, const T* q, const T* rows, int64_t T_, int64_t H, i
   std::vector<T> P(size_t(T_ * H * Se));
   // P[T·H, Se] = scale · q[T·H, W] · rows[Se, W]ᵀ   — every head reads the same latent rows (MQA)
   gemm(true, T_ * H, Se, W, scale, q, W, rows, W, P.data(), Se);
-  causal_softmax(P.data(), T_ * H, Se, [&](int64_t r) { return q_pos0 + r / H + 1; });
+  causal_softmax(P.data(), T_ * H, Se, Se, [&](int64_t r) { return q_pos0 + r / H + 1; });
   // o_lat[T·H, C] = P · rows[:, :C]
   gemm(false, T_ * H, C, Se, 1.0, P.data(), Se, rows, W, o_lat, C);
 }
 
-// Backward of one head of one sequence from its probabilities P [T, S] (ld S); dP is scratch [T, Se].
+// Backward of one head of one sequence from its probabilities P [T, S] (ld S); dP is scratch
+// [kQueryBlock, Se]. Query blocks run last to first: the last one sees every key and writes dK, dV
+// (beta 0), the earlier ones add into the keys they see.
 template <typename T>
 void head_bwd(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const T* P, int64_t S,
               T* dP, int64_t T_, int64_t H, int64_t Dq, int64_t Dv, double scale, int64_t q_pos0, int64_t h) {
-  const int64_t Se = q_pos0 + T_;
-  // dV_h[Se, Dv] = Pᵀ · dO_h
-  gemm2(true, false, Se, Dv, T_, 1.0, P, S, dout + h * Dv, H * Dv, dv + h * Dv, H * Dv);
-  // dP[T, Se] = dO_h · V_hᵀ
-  gemm2(false, true, T_, Se, Dv, 1.0, dout + h * Dv, H * Dv, v + h * Dv, H * Dv, dP, Se);
-  // dS = P ⊙ (dP − Σ_j dP_j P_j)
-  for (int64_t t = 0; t < T_; ++t) {
-    const T* p = P + t * S;
-    T* d = dP + t * Se;
-    const int64_t n = q_pos0 + t + 1;
-    T dot = 0;
-    for (int64_t j = 0; j < n; ++j) dot += d[j] * p[j];
-    for (int64_t j = 0; j < n; ++j) d[j] = p[j] * (d[j] - dot);
-    for (int64_t j = n; j < Se; ++j) d[j] = 0;
+  const int64_t last = (T_ - 1) / kQueryBlock * kQueryBlock;
+  for (int64_t r0 = last; r0 >= 0; r0 -= kQueryBlock) {
+    const int64_t n = std::min(kQueryBlock, T_ - r0), Sb = q_pos0 + r0 + n;
+    const T beta = r0 == last ? T(0) : T(1);
+    const T* Pb = P + r0 * S;                    // Pb: [n, Sb] rows r0.. of P
+    const T* dOb = dout + r0 * H * Dv + h * Dv;  // dOb: [n, Dv] rows r0.. of this head's dO
+    // dV_h[Sb, Dv] (+)= Pbᵀ · dOb
+    cpu::gemm(true, false, Sb, Dv, n, T(1), Pb, S, dOb, H * Dv, beta, dv + h * Dv, H * Dv);
+    // dP[n, Sb] = dOb · V_h[:Sb]ᵀ
+    cpu::gemm(false, true, n, Sb, Dv, T(1), dOb, H * Dv, v + h * Dv, H * Dv, T(0), dP, Sb);
+    // dS = P ⊙ (dP − Σ_j dP_j P_j)
+    for (int64_t t = 0; t < n; ++t) {
+      const T* p = Pb + t * S;
+      T* d = dP + t * Sb;
+      const int64_t m = q_pos0 + r0 + t + 1;
+      if constexpr (std::is_same_v<T, float>) {
+        const float dot = vec::dot(d, p, m);
+        for (int64_t j = 0; j < m; ++j) d[j] = p[j] * (d[j] - dot);
+      } else {
+        T dot = 0;
+        for (int64_t j = 0; j < m; ++j) dot += d[j] * p[j];
+        for (int64_t j = 0; j < m; ++j) d[j] = p[j] * (d[j] - dot);
+      }
+      std::fill(d + m, d + Sb, T(0));
+    }
+    // dQ_h[rows] = scale · dS · K_h[:Sb];  dK_h[:Sb] (+)= scale · dSᵀ · Q_h[rows]
+    cpu::gemm(false, false, n, Dq, Sb, T(scale), dP, Sb, k + h * Dq, H * Dq, T(0), dq + r0 * H * Dq + h * Dq,
+              H * Dq);
+    cpu::gemm(true, false, Sb, Dq, n, T(scale), dP, Sb, q + r0 * H * Dq + h * Dq, H * Dq, beta, dk + h * Dq,
+              H * Dq);
   }
-  // dQ_h[T, Dq] = scale · dS · K_h;  dK_h[Se, Dq] = scale · dSᵀ · Q_h
-  gemm2(false, false, T_, Dq, Se, scale, dP, Se, k + h * Dq, H * Dq, dq + h * Dq, H * Dq);
-  gemm2(true, false, Se, Dq, T_, scale, dP, Se, q + h * Dq, H * Dq, dk + h * Dq, H * Dq);
 }
 
 template <typename T>
@@ -129,7 +151,7 @@ void attention_bwd_impl(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
     std::vector<T> dP;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t h = 0; h < H; ++h) {
-      dP.resize(size_t(T_ * Se));
+      dP.resize(size_t(std::min(T_, kQueryBlock) * Se));
       head_bwd(dq, dk, dv, dout, q, k, v, probs + h * T_ * S, S, dP.data(), T_, H, Dq, Dv, scale, q_pos0, h);
     }
   }
@@ -171,7 +193,7 @@ void varlen_bwd(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, cons
       for (int64_t h = 0; h < H; ++h) {
         const int64_t L = cu[b + 1] - cu[b], r0 = cu[b];
         if (L == 0) continue;
-        dP.resize(size_t(L * L));
+        dP.resize(size_t(std::min(L, kQueryBlock) * L));
         head_bwd(dq + r0 * H * Dq, dk + r0 * H * Dq, dv + r0 * H * Dv, dout + r0 * H * Dv, q + r0 * H * Dq,
                  k + r0 * H * Dq, v + r0 * H * Dv, probs + poff[size_t(b)] + h * L * L, L, dP.data(), L, H,
                  Dq, Dv, scale, 0, h);

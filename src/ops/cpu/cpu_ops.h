@@ -5,6 +5,7 @@
 #include "core/tensor.h"
 #include "ops/adamw.h"
 #include "ops/cross_entropy.h"
+#include "ops/elementwise.h"
 #include "ops/moe.h"
 #include "ops/router.h"
 
@@ -30,6 +31,7 @@ void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& log
 void add_(Tensor x, const Tensor& y);
 void axpy_(Tensor x, const Tensor& y, double alpha);
 void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width);
+void copy_cols_many(const std::vector<ColBlock>& blocks);
 
 void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w);
 void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
@@ -53,6 +55,12 @@ void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan);
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
 void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
                         const std::vector<Tensor>& w, const MoePlan& plan);
+void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std::vector<Tensor>& wa,
+                         const std::vector<Tensor>& wb, const MoePlan& plan);
+void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const std::vector<Tensor>& dwb,
+                             const Tensor& dya, const Tensor& dyb, const Tensor& x,
+                             const std::vector<Tensor>& wa, const std::vector<Tensor>& wb,
+                             const MoePlan& plan);
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan);
 void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
                        const MoePlan& plan);

@@ -7,6 +7,7 @@
 #include "core/parallel.h"
 #include "ops/cpu/blas.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/vec.h"
 
 namespace dseek::ops::cpu {
 
@@ -29,7 +30,7 @@ CrossEntropyResult ce_impl(T* dh, T* dw, const T* h, const T* w, const int64_t* 
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t n = std::min(chunk, N - n0);
     gemm(false, true, n, V, D, h + n0 * D, D, w, D, T(0), L.data(), V);  // logits [n, V]
-    parallel_for(n, 4, [&](int64_t a, int64_t b) {
+    parallel_for(n, 32, [&](int64_t a, int64_t b) {
       for (int64_t i = a; i < b; ++i) {
         T* l = L.data() + i * V;
         const int64_t t = tgt[n0 + i];
@@ -38,15 +39,26 @@ CrossEntropyResult ce_impl(T* dh, T* dw, const T* h, const T* w, const int64_t* 
           if (dh) std::fill_n(l, V, T(0));
           continue;
         }
-        T mx = l[0];
-        for (int64_t v = 1; v < V; ++v) mx = std::max(mx, l[v]);
-        double z = 0;
-        for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v] - mx));
-        row_loss[size_t(i)] = std::log(z) + double(mx) - double(l[t]);
-        if (dh) {  // dlogits = scale · (softmax − onehot)
-          const double inv = 1.0 / z;
-          for (int64_t v = 0; v < V; ++v) l[v] = T(scale * std::exp(double(l[v] - mx)) * inv);
-          l[t] -= T(scale);
+        if constexpr (std::is_same_v<T, float>) {
+          // one pass of e^(l − max) kept in place, then dlogits = scale · (softmax − onehot)
+          const float lt = l[t], mx = vec::max(l, V);
+          const float z = vec::exp_shift_sum(l, V, mx);
+          row_loss[size_t(i)] = std::log(double(z)) + double(mx) - double(lt);
+          if (dh) {
+            vec::scale(l, V, float(scale / double(z)));
+            l[t] -= float(scale);
+          }
+        } else {
+          T mx = l[0];
+          for (int64_t v = 1; v < V; ++v) mx = std::max(mx, l[v]);
+          double z = 0;
+          for (int64_t v = 0; v < V; ++v) z += std::exp(double(l[v] - mx));
+          row_loss[size_t(i)] = std::log(z) + double(mx) - double(l[t]);
+          if (dh) {  // dlogits = scale · (softmax − onehot)
+            const double inv = 1.0 / z;
+            for (int64_t v = 0; v < V; ++v) l[v] = T(scale * std::exp(double(l[v] - mx)) * inv);
+            l[t] -= T(scale);
+          }
         }
       }
     });

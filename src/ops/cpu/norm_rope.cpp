@@ -4,18 +4,30 @@
 
 #include "core/parallel.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/vec.h"
 
 namespace dseek::ops::cpu {
 
 namespace {
 
+// Σ_i a[i]·b[i] in f64.
+template <typename T, typename W>
+inline double dot_f64(const T* a, const W* b, int64_t n) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<W, float>) {
+    return vec::dot_f64(a, b, n);
+  } else {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += double(a[i]) * double(b[i]);
+    return s;
+  }
+}
+
 template <typename T, typename W>
 void rmsnorm_impl(T* out, T* rstd, const T* x, const W* w, int64_t N, int64_t D, double eps) {
-  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+  parallel_for(N, grain_for_bytes(2 * D * int64_t(sizeof(T))), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const T* xr = x + n * D;
-      double ss = 0;
-      for (int64_t i = 0; i < D; ++i) ss += double(xr[i]) * double(xr[i]);
+      const double ss = dot_f64(xr, xr, D);
       const T r = T(1.0 / std::sqrt(ss / double(D) + eps));
       if (rstd) rstd[n] = r;
       T* yr = out + n * D;
@@ -27,7 +39,7 @@ void rmsnorm_impl(T* out, T* rstd, const T* x, const W* w, int64_t N, int64_t D,
 template <typename T>
 void rope_impl(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64_t H, int64_t W, int64_t col,
                int64_t half, double attention_factor, float sign) {
-  parallel_for(N, 8, [&](int64_t n0, int64_t n1) {
+  parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
     std::vector<T> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t i = 0; i < half; ++i) {
@@ -47,29 +59,41 @@ void rope_impl(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64
   });
 }
 
+// Rows go in blocks of kNormRowBlock: a block writes its rows of dx and its partial sum of dw; the
+// partials are then added to dw in block order, so the result does not depend on the thread count.
+constexpr int64_t kNormRowBlock = 64;
+
 template <typename T, typename W, typename G>
 void rmsnorm_bwd_impl(T* dx, G* dw, const T* dy, const T* x, const W* w, const T* rstd, int64_t N,
                       int64_t D) {
-  if (dx) {
-    parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n) {
+  const int64_t nb = (N + kNormRowBlock - 1) / kNormRowBlock;
+  std::vector<T> part(dw ? size_t(nb * D) : 0);  // part: [nb, D] per-block Σ dy·x·rstd
+  parallel_for(nb, grain_for_bytes(3 * kNormRowBlock * D * int64_t(sizeof(T))), [&](int64_t b0, int64_t b1) {
+    std::vector<T> t(static_cast<size_t>(D));  // t: [D] w ⊙ dy of one row
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      T* pw = dw ? part.data() + blk * D : nullptr;
+      if (pw) std::fill_n(pw, D, T(0));
+      for (int64_t n = blk * kNormRowBlock; n < std::min(N, (blk + 1) * kNormRowBlock); ++n) {
         const T* xr = x + n * D;
         const T* gr = dy + n * D;
         const T r = rstd[n];
-        double dot = 0;  // Σ_j dy_j w_j x_j
-        for (int64_t i = 0; i < D; ++i) dot += double(gr[i]) * double(w[i]) * double(xr[i]);
-        const T c = T(dot / double(D)) * r * r * r;
-        T* o = dx + n * D;
-        for (int64_t i = 0; i < D; ++i) o[i] = r * T(w[i]) * gr[i] - c * xr[i];
+        if (dx) {
+          for (int64_t i = 0; i < D; ++i) t[size_t(i)] = T(w[i]) * gr[i];
+          const double dot = dot_f64(t.data(), xr, D);  // Σ_j dy_j w_j x_j
+          const T c = T(dot / double(D)) * r * r * r;
+          T* o = dx + n * D;
+          for (int64_t i = 0; i < D; ++i) o[i] = r * t[size_t(i)] - c * xr[i];
+        }
+        if (pw)
+          for (int64_t i = 0; i < D; ++i) pw[i] += gr[i] * xr[i] * r;
       }
-    });
-  }
+    }
+  });
   if (dw) {
     parallel_for(D, 64, [&](int64_t i0, int64_t i1) {
-      for (int64_t n = 0; n < N; ++n) {
-        const T* xr = x + n * D;
-        const T* gr = dy + n * D;
-        for (int64_t i = i0; i < i1; ++i) dw[i] += G(gr[i] * xr[i] * rstd[n]);
+      for (int64_t blk = 0; blk < nb; ++blk) {
+        const T* pw = part.data() + blk * D;
+        for (int64_t i = i0; i < i1; ++i) dw[i] += G(pw[i]);
       }
     });
   }
