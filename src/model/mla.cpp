@@ -189,8 +189,9 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
       return;
     }
   }
-  // Whole sequences without a cache (training, a plain forward): decompress every row at once and run
-  // all (sequence, head) pairs in one varlen attention.
+  // Whole sequences without a cache (training, a plain forward, a paged prefill): every row at once —
+  // training through the varlen attention that keeps the probabilities, inference through the flash
+  // kernel.
   bool whole = true;
   std::vector<int64_t> cu{0};
   for (const SeqChunk& ch : chunks) {
