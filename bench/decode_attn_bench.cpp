@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/device.h"
 #include "ops/attention.h"
 #include "ops/decode.h"
@@ -21,21 +22,6 @@ using namespace dseek;
 using clk = std::chrono::steady_clock;
 
 namespace {
-
-// Device-to-device copy bandwidth (bytes read + written per second), best of several.
-double device_copy_bandwidth(size_t bytes) {
-  Tensor a = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA),
-         b = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA);
-  double best = 0;
-  for (int it = 0; it < 8; ++it) {
-    device_synchronize();
-    auto t = clk::now();
-    copy_bytes(b.raw(), Device::CUDA, a.raw(), Device::CUDA, bytes);
-    device_synchronize();
-    best = std::max(best, 2.0 * double(bytes) / std::chrono::duration<double>(clk::now() - t).count());
-  }
-  return best;
-}
 
 template <typename Fn>
 double seconds_per_call(int iters, Fn&& fn) {
@@ -60,7 +46,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]) == "--iters") iters = std::stoi(argv[i + 1]);
   try {
     std::printf("on %s\n", cuda_device_name().c_str());
-    const double copy_bw = device_copy_bandwidth(size_t(2) << 30);
+    const double copy_bw = bench::device_copy_bandwidth(size_t(2) << 30);
     std::printf("device copy bandwidth (read + write): %.1f GB/s\n\n", copy_bw / 1e9);
     std::printf(
         "| batch | context | heads | C + R | cache dtype | µs/step | rows read | GB/s | %% of copy |\n");

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/device.h"
 #include "core/parallel.h"
 #include "infer/decode_graph.h"
@@ -66,21 +67,6 @@ double read_bandwidth(size_t bytes) {
     for (int64_t i = 0; i < int64_t(a.size()); ++i) total += a[size_t(i)];
     best = std::max(best, double(bytes) / seconds_since(t));
     sink = sink + total;
-  }
-  return best;
-}
-
-// Device-to-device copy bandwidth (bytes read + written per second), best of several.
-double device_copy_bandwidth(size_t bytes) {
-  Tensor a = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA),
-         b = Tensor::zeros({int64_t(bytes)}, DType::U8, Device::CUDA);
-  double best = 0;
-  for (int it = 0; it < 8; ++it) {
-    device_synchronize();
-    auto t = clk::now();
-    copy_bytes(b.raw(), Device::CUDA, a.raw(), Device::CUDA, bytes);
-    device_synchronize();
-    best = std::max(best, 2.0 * double(bytes) / seconds_since(t));
   }
   return best;
 }
@@ -157,7 +143,7 @@ int main(int argc, char** argv) {
     double copy_bw, read_bw;
     if (gpu) {
       m.to(Device::CUDA, DType::BF16);
-      copy_bw = device_copy_bandwidth(size_t(2) << 30);
+      copy_bw = bench::device_copy_bandwidth(size_t(2) << 30);
       read_bw = copy_bw;
       std::printf("on %s\n", cuda_device_name().c_str());
     } else {

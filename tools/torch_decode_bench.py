@@ -5,10 +5,11 @@ DeepseekV3ForCausalLM from bench/configs/bench-1b.json with random bf16 weights 
 `generate` of --new tokens after a --prompt-token prompt, batch --batch; prints tokens/s (new tokens per
 second of the decode phase, prefill timed separately and subtracted). Python is an outside reference only.
 """
-import argparse, json, time
+import argparse, time
 
 import torch
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+from torch_bench_model import random_bf16_model
 
 
 def main():
@@ -18,11 +19,7 @@ def main():
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
-    cfg_json = json.load(open(a.config))
-    cfg = DeepseekV3Config(**{k: v for k, v in cfg_json.items() if k not in ("architectures", "torch_dtype")})
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = DeepseekV3ForCausalLM(cfg).to(torch.bfloat16).eval()
+    cfg, model = random_bf16_model(a.config)
     ids = torch.randint(0, cfg.vocab_size, (a.batch, a.prompt), device="cuda")
     gen = dict(do_sample=False, pad_token_id=cfg.eos_token_id, eos_token_id=None)
     with torch.no_grad():

@@ -6,10 +6,11 @@ DeepseekV3ForCausalLM from the given config with random bf16 weights on the GPU;
 as a server's prefill does. Prints tokens/s (median of --iters runs after a warm-up) and peak memory.
 Python is an outside reference only.
 """
-import argparse, json, time
+import argparse, time
 
 import torch
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+from torch_bench_model import random_bf16_model
 
 
 def main():
@@ -19,11 +20,7 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--iters", type=int, default=5)
     a = ap.parse_args()
-    cfg_json = json.load(open(a.config))
-    cfg = DeepseekV3Config(**{k: v for k, v in cfg_json.items() if k not in ("architectures", "torch_dtype")})
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = DeepseekV3ForCausalLM(cfg).to(torch.bfloat16).eval()
+    cfg, model = random_bf16_model(a.config)
     ids = torch.randint(0, cfg.vocab_size, (a.batch, a.seq), device="cuda")
     times = []
     with torch.no_grad():

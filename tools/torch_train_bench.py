@@ -6,10 +6,12 @@ AdamW on the CPU, `--threads` intra-op threads, and prints the median tokens/s o
 backward, optimizer). MTP is not implemented in transformers, so the comparison runs with MTP off.
 Python is used only as an outside reference here; dseek never needs it.
 """
-import argparse, json, statistics, sys, time
+import argparse, statistics, sys, time
 
 import torch
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import DeepseekV3ForCausalLM
+
+from torch_bench_model import load_config
 
 
 def main():
@@ -23,8 +25,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    cfg_json = json.load(open(a.config))
-    cfg = DeepseekV3Config(**{k: v for k, v in cfg_json.items() if k not in ("architectures", "torch_dtype")})
+    cfg = load_config(a.config)
     model = None
     for impl in (None, "eager"):  # transformers' default experts backend first
         try:

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "core/device.h"
+#include "cuda_test_util.h"
 #include "infer/decode_graph.h"
 #include "infer/engine.h"
 #include "model/model.h"
@@ -20,6 +21,11 @@
 
 namespace dseek {
 namespace {
+
+using cudatest::down;
+using cudatest::expect_close;
+using cudatest::poisoned;
+using cudatest::tol;
 
 class CudaDecode : public ::testing::Test {
  protected:
@@ -39,22 +45,6 @@ Tensor i32(const std::vector<int32_t>& v, const Shape& s) {
   Tensor t = Tensor::empty(s, DType::I32);
   std::copy(v.begin(), v.end(), t.data<int32_t>());
   return t;
-}
-Tensor poisoned(const Shape& s, DType dt) {
-  Tensor t = Tensor::empty(s, dt, Device::CUDA);
-  t.fill(NAN);
-  return t;
-}
-Tensor down(const Tensor& t) {
-  return t.to(Device::CPU).to(DType::F32);
-}
-double tol(DType dt) {
-  return dt == DType::BF16 ? 1e-2 : 1e-5;
-}
-void expect_close(const std::string& what, const Tensor& gpu, const Tensor& cpu, DType dt) {
-  test::Diff d = test::diff(down(gpu), cpu);
-  EXPECT_FALSE(d.nan) << what << ": NaN (unwritten output?)";
-  EXPECT_LE(d.rel, tol(dt)) << what << ": " << test::str(d);
 }
 
 struct Case {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/device.h"
+#include "cuda_test_util.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
@@ -23,6 +24,11 @@
 
 namespace dseek {
 namespace {
+
+using cudatest::down;
+using cudatest::expect_close;
+using cudatest::poisoned;
+using cudatest::tol;
 
 class Cuda : public ::testing::Test {
  protected:
@@ -46,23 +52,6 @@ struct Pair {
 Pair upload(const Tensor& t, DType dt) {
   Tensor r = t.to(dt).to(DType::F32);
   return {r, t.to(dt).to(Device::CUDA)};
-}
-Tensor poisoned(const Shape& s, DType dt) {
-  Tensor t = Tensor::empty(s, dt, Device::CUDA);
-  t.fill(NAN);
-  return t;
-}
-Tensor down(const Tensor& t) {
-  return t.to(Device::CPU).to(DType::F32);
-}
-double tol(DType dt) {
-  return dt == DType::BF16 ? 1e-2 : 1e-5;
-}
-
-void expect_close(const char* what, const Tensor& gpu, const Tensor& cpu, DType dt) {
-  test::Diff d = test::diff(down(gpu), cpu);
-  EXPECT_FALSE(d.nan) << what << ": NaN (unwritten output?)";
-  EXPECT_LE(d.rel, tol(dt)) << what << " " << dtype_name(dt) << ": " << test::str(d);
 }
 
 const DType kTypes[] = {DType::F32, DType::BF16};

@@ -14,6 +14,7 @@
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/mma.cuh"
 
 namespace dseek::ops::cuda {
 
@@ -32,44 +33,10 @@ __device__ __forceinline__ uint32_t pack_half(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                        uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t lds32(const half* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-
 // One work item: sequence b, query rows [q0, q0 + 64) of it.
 struct Tile {
   int b, q0;
 };
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int n = valid ? 16 : 0;  // 0 source bytes: the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-// Four 8×8 half matrices, transposed: lane l gives the address of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
-                                              const half* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(a));
-}
 
 // Shared memory (fp16): Q [64][LDQ], then two stages of K [64][LDQ] and V [64][LDV] (row-major, keys
 // down); the +8 columns stagger the banks and keep every row 16-byte aligned.
@@ -187,7 +154,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int n = 0; n < NT_S; ++n) {
           const half* kb = K + (n * 8 + g) * LDQ + kk * 16 + 2 * tig;
-          mma_f16(s[n], aq[kk][0], aq[kk][1], aq[kk][2], aq[kk][3], lds32(kb), lds32(kb + 8));
+          mma16816<half>(s[n], aq[kk], lds32(kb), lds32(kb + 8));
         }
       }
       // Causal mask (only the tiles that reach past a row's position need it) and the online softmax in
@@ -249,15 +216,15 @@ __global__ void __launch_bounds__(kThreads)
       const int mi = lane >> 3, ri = lane & 7;
 #pragma unroll
       for (int j = 0; j < kBc / 16; ++j) {
-        const uint32_t a0 = pack_half(s[2 * j][0], s[2 * j][1]), a1 = pack_half(s[2 * j][2], s[2 * j][3]),
-                       a2 = pack_half(s[2 * j + 1][0], s[2 * j + 1][1]),
-                       a3 = pack_half(s[2 * j + 1][2], s[2 * j + 1][3]);
+        const uint32_t a[4] = {pack_half(s[2 * j][0], s[2 * j][1]), pack_half(s[2 * j][2], s[2 * j][3]),
+                               pack_half(s[2 * j + 1][0], s[2 * j + 1][1]),
+                               pack_half(s[2 * j + 1][2], s[2 * j + 1][3])};
 #pragma unroll
         for (int n = 0; n < NT_O; n += 2) {
-          uint32_t b00, b01, b10, b11;
-          ldsm_x4_trans(b00, b01, b10, b11, V + (j * 16 + (mi & 1) * 8 + ri) * LDV + n * 8 + (mi >> 1) * 8);
-          mma_f16(o[n], a0, a1, a2, a3, b00, b01);
-          mma_f16(o[n + 1], a0, a1, a2, a3, b10, b11);
+          uint32_t b[4];  // b[0], b[1]: value n-tile n; b[2], b[3]: n-tile n + 1
+          ldsm_x4<true>(b, V + (j * 16 + (mi & 1) * 8 + ri) * LDV + n * 8 + (mi >> 1) * 8);
+          mma16816<half>(o[n], a, b[0], b[1]);
+          mma16816<half>(o[n + 1], a, b[2], b[3]);
         }
       }
     }
@@ -310,13 +277,14 @@ void launch_flash(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& k
                   float scale_log2) {
   using Lay = Layout<DN, DR, DV>;
   auto kernel = mla_flash_kernel<T, DN, DR, DV>;
-  static bool configured = false;
-  if (!configured && Lay::bytes > 48 * 1024) {
-    DSEEK_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Lay::bytes)),
-        "mla_flash_fwd: shared memory");
-  }
-  configured = true;
+  static const bool set = [&] {  // once per instantiation; only layouts above 48 KiB need the opt-in
+    if (Lay::bytes > 48 * 1024)
+      DSEEK_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Lay::bytes)),
+          "mla_flash_fwd: shared memory");
+    return true;
+  }();
+  (void)set;
   Tensor dt = Tensor::empty({int64_t(tiles.size() * sizeof(Tile))}, DType::U8, Device::CUDA);
   copy_bytes(dt.raw(), Device::CUDA, tiles.data(), Device::CPU, tiles.size() * sizeof(Tile));
   const int H = int(q.size(1));

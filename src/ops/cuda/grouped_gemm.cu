@@ -11,6 +11,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/grouped_gemm.h"
+#include "ops/cuda/mma.cuh"
 
 namespace dseek::ops::cuda {
 
@@ -24,31 +25,6 @@ constexpr size_t SMEM_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(bf16);
 struct GTile {
   int e, r0, c0;  // expert, first row within the expert's rows, first output column
 };
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 template <typename TO>
 __device__ __forceinline__ void store2(TO* p, float a, float b);
@@ -124,7 +100,7 @@ __global__ void __launch_bounds__(THREADS)
       for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt)
-          mma(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
+          mma16816<bf16>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
     }
   }
   cp_async_wait<0>();
@@ -182,27 +158,18 @@ void grouped_gemm(Tensor out, const Tensor& x, const std::vector<Tensor>& w,
   const auto* wp = reinterpret_cast<const bf16* const*>(base);
   const auto* op = reinterpret_cast<const int64_t*>(base + pb);
   const auto* tp = reinterpret_cast<const GTile*>(base + pb + ob);
-  if (out.dtype() == DType::F32) {
-    static const bool set = [] {
-      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_kernel<float>,
+  with_act(out.dtype(), "grouped_gemm", [&](auto o) {
+    using TO = decltype(o);
+    static const bool set = [] {  // once per output type: the kernel's shared memory is above 48 KiB
+      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_kernel<TO>,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(SMEM_BYTES)),
                        "grouped_gemm: shared memory");
       return true;
     }();
     (void)set;
-    grouped_gemm_kernel<float><<<unsigned(tiles.size()), THREADS, SMEM_BYTES>>>(
-        out.data<float>(), static_cast<const bf16*>(x.raw()), wp, op, tp, int(I), int(O));
-  } else {
-    static const bool set = [] {
-      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(grouped_gemm_kernel<bf16>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(SMEM_BYTES)),
-                       "grouped_gemm: shared memory");
-      return true;
-    }();
-    (void)set;
-    grouped_gemm_kernel<bf16><<<unsigned(tiles.size()), THREADS, SMEM_BYTES>>>(
-        static_cast<bf16*>(out.raw()), static_cast<const bf16*>(x.raw()), wp, op, tp, int(I), int(O));
-  }
+    grouped_gemm_kernel<TO><<<unsigned(tiles.size()), THREADS, SMEM_BYTES>>>(
+        static_cast<TO*>(out.raw()), static_cast<const bf16*>(x.raw()), wp, op, tp, int(I), int(O));
+  });
   DSEEK_CUDA_LAUNCH_CHECK("grouped_gemm");
 }
 
