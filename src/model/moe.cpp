@@ -7,6 +7,7 @@
 #include "ops/decode.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
+#include "ops/moe.h"
 #include "ops/router.h"
 #include "ops/swiglu.h"
 
@@ -81,9 +82,17 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
 
   const ExpertMats mats(w.experts);
   Tensor routed = Tensor::empty({N, D}, dt, dev);  // routed: [N, D] Σ_k w_k · expert(x)
-  if (!saved && ops::moe_experts_small_applies(x, K, mats.gate)) {
-    // A decode step on the GPU: experts grouped on the device from idx, no host-side plan (no sync).
-    ops::moe_experts_small(routed, x, idx, gw, mats.gate, mats.up, mats.down);
+  // Inference on the GPU: a decode step's few tokens, or a large batch (a prefill) with the plan built on
+  // the device; neither copies the routing back to the host. Between the two (and for training, which
+  // keeps the permuted rows for the backward) the host-side plan below.
+  const bool small = !saved && ops::moe_experts_small_applies(x, K, mats.gate);
+  const bool grouped = !saved && !small && dev == Device::CUDA && M > 1024 &&
+                       ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down);
+  if (small || grouped) {
+    if (small)
+      ops::moe_experts_small(routed, x, idx, gw, mats.gate, mats.up, mats.down);
+    else
+      ops::moe_experts_grouped(routed, x, idx, gw, mats.gate, mats.up, mats.down);
     if (c.n_shared_experts > 0) {
       mlp_fwd(out, x, w.shared);
       ops::add_(out, routed);

@@ -55,6 +55,13 @@ void grouped_linear(Tensor, const Tensor&, const std::vector<Tensor>&, const Moe
 void moe_unpermute(Tensor, const Tensor&, const Tensor&, const MoePlan&) {
   none("moe_unpermute");
 }
+bool moe_experts_grouped_applies(const Tensor&, const std::vector<Tensor>&) {
+  return false;
+}
+void moe_experts_grouped(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<Tensor>&,
+                         const std::vector<Tensor>&, const std::vector<Tensor>&) {
+  none("moe_experts_grouped");
+}
 
 void mla_flash_fwd(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<int64_t>&,
                    const std::vector<int64_t>&, double, bool) {

@@ -4,6 +4,7 @@
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/swiglu.h"
 
 namespace dseek::ops {
 
@@ -206,6 +207,62 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
     default:
       fail("moe_unpermute_bwd: no implementation for ", device_name(yp.device()));
   }
+}
+
+bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate,
+                                 const std::vector<Tensor>& up, const std::vector<Tensor>& down) {
+  if (x.device() == Device::CPU) return true;
+  if (!cuda::moe_experts_grouped_applies(x, gate) || up.size() != gate.size() || down.size() != gate.size())
+    return false;
+  for (const auto* list : {&gate, &up, &down})
+    for (const Tensor& t : *list)
+      if (t.dtype() != DType::BF16 || t.block_scale() || t.device() != Device::CUDA ||
+          (reinterpret_cast<uintptr_t>(t.raw()) & 15) != 0)
+        return false;
+  return true;
+}
+
+void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                         const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                         const std::vector<Tensor>& down) {
+  const char* op = "moe_experts_grouped";
+  check_ndim(op, "x", x, 2);
+  check_ndim(op, "topk_idx", topk_idx, 2);
+  const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size());
+  check_shape(op, "topk_idx", topk_idx, {N, K});
+  check_shape(op, "topk_w", topk_w, {N, K});
+  check_shape(op, "out", out, {N, D});
+  check_dtype(op, "topk_idx", topk_idx, {DType::I32});
+  check_dtype(op, "topk_w", topk_w, {DType::F32});
+  check_dtype(op, "x", x, {DType::F32});
+  check_dtype(op, "out", out, {DType::F32});
+  DSEEK_CHECK(E > 0 && up.size() == gate.size() && down.size() == gate.size(), op, ": ", gate.size(),
+              " gate, ", up.size(), " up and ", down.size(), " down matrices");
+  const int64_t F = gate[0].size(0);
+  for (int64_t e = 0; e < E; ++e) {
+    check_shape(op, "gate", gate[size_t(e)], {F, D});
+    check_shape(op, "up", up[size_t(e)], {F, D});
+    check_shape(op, "down", down[size_t(e)], {D, F});
+  }
+  check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
+  if (N == 0) return;
+  if (x.device() == Device::CUDA) {
+    DSEEK_CHECK(moe_experts_grouped_applies(x, gate, up, down), op,
+                ": the GPU version takes f32 activations with D % 8 == 0 and contiguous, 16-byte aligned bf16 "
+                "experts (F % 8 == 0, at most 1024 of them)");
+    return cuda::moe_experts_grouped(out, x, topk_idx, topk_w, gate, up, down);
+  }
+  // The CPU reference: the plan-based ops (permute, paired gate/up products, SwiGLU, down, un-permute).
+  const MoePlan plan = MoePlan::build(topk_idx, E);  // checks every id
+  const int64_t M = N * K;
+  Tensor xp = Tensor::empty({M, D}, x.dtype()), g = Tensor::empty({M, F}, x.dtype()),
+         u = Tensor::empty({M, F}, x.dtype());  // xp: [M, D]; g, u: [M, F]
+  moe_permute(xp, x, plan);
+  grouped_linear_pair(g, u, xp, gate, up, plan);
+  swiglu_fwd(g, g, u);
+  Tensor yp = Tensor::empty({M, D}, x.dtype());  // yp: [M, D]
+  grouped_linear(yp, g, down, plan);
+  moe_unpermute(out, yp, topk_w, plan);
 }
 
 }  // namespace dseek::ops

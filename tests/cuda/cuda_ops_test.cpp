@@ -4,7 +4,10 @@
 // Label "cuda": runs on the GPU machine (scripts/gpu-check), not in CI.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <numeric>
 #include <random>
 #include <string>
 
@@ -352,6 +355,51 @@ TEST_F(Cuda, GroupedLinearLargeExperts) {
     ops::grouped_linear(ref, x.cpu, wc, plan);
     ops::grouped_linear(out, x.gpu, wg, plan);
     expect_close("grouped_linear (large experts)", out, ref, DType::BF16);
+  }
+}
+
+// The prefill's routed experts with the plan built on the device (moe_experts_grouped) against the CPU op:
+// model sizes, a width that is not a multiple of the 64-feature pair tile, experts with no rows and one
+// with most rows (many 128-row tiles); the same bits on a second run (rows within an expert land in an
+// order the atomics pick, which must not change the result).
+TEST_F(Cuda, MoeExpertsGroupedDevicePlan) {
+  struct Shape5 {
+    int64_t N, K, E, D, F;
+    bool skewed;
+  };
+  for (const Shape5 c : {Shape5{300, 2, 16, 264, 136, false}, Shape5{2000, 6, 64, 1024, 512, false},
+                         Shape5{700, 6, 32, 128, 64, true}}) {
+    Tensor idx = Tensor::empty({c.N, c.K}, DType::I32);
+    for (int64_t n = 0; n < c.N; ++n) {
+      std::vector<int> all(size_t(c.E - 2));  // the last two experts get no rows
+      std::iota(all.begin(), all.end(), 0);
+      std::shuffle(all.begin(), all.end(), rng);
+      if (c.skewed && n % 10 != 0) std::iter_swap(all.begin(), std::find(all.begin(), all.end(), 3));
+      std::sort(all.begin(), all.begin() + c.K);  // K distinct experts (expert 3 among them when skewed)
+      for (int64_t k = 0; k < c.K; ++k) idx.data<int32_t>()[n * c.K + k] = all[size_t(k)];
+    }
+    Tensor x = randn({c.N, c.D}), w = randn({c.N, c.K});
+    std::vector<Tensor> gc, uc, dc, gg, ug, dg;
+    for (int64_t e = 0; e < c.E; ++e) {
+      Pair a = upload(randn({c.F, c.D}, 0.05), DType::BF16), b = upload(randn({c.F, c.D}, 0.05), DType::BF16),
+           d = upload(randn({c.D, c.F}, 0.05), DType::BF16);
+      gc.push_back(a.cpu);
+      uc.push_back(b.cpu);
+      dc.push_back(d.cpu);
+      gg.push_back(a.gpu);
+      ug.push_back(b.gpu);
+      dg.push_back(d.gpu);
+    }
+    Tensor ref = Tensor::empty({c.N, c.D}, DType::F32);
+    ops::moe_experts_grouped(ref, x, idx, w, gc, uc, dc);
+    const Tensor xg = x.to(Device::CUDA), ig = idx.to(Device::CUDA), wg = w.to(Device::CUDA);
+    ASSERT_TRUE(ops::moe_experts_grouped_applies(xg, gg, ug, dg));
+    Tensor out = poisoned({c.N, c.D}, DType::F32), again = poisoned({c.N, c.D}, DType::F32);
+    ops::moe_experts_grouped(out, xg, ig, wg, gg, ug, dg);
+    ops::moe_experts_grouped(again, xg, ig, wg, gg, ug, dg);
+    expect_close("moe_experts_grouped N=" + std::to_string(c.N), out, ref, DType::BF16);
+    const Tensor a = down(out), b = down(again);
+    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * sizeof(float)), 0) << "runs differ";
   }
 }
 

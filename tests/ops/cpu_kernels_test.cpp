@@ -16,6 +16,7 @@
 #include "ops/cpu/blas.h"
 #include "ops/cpu/vec.h"
 #include "ops/cross_entropy.h"
+#include "ops/decode.h"
 #include "ops/elementwise.h"
 #include "ops/moe.h"
 #include "ops/rmsnorm.h"
@@ -281,6 +282,34 @@ TEST(CpuKernels, VectorisedAdamWFollowsItsFormula) {
          std::fabs(p.data<float>()[i] - pi) / std::max(double(std::fabs(p0.data<float>()[i])), 1.0)});
   }
   EXPECT_LT(worst, 1e-5);
+}
+
+// The one-call routed experts (ops::moe_experts_grouped, the GPU prefill's op) on the CPU against the f64
+// per-token reference of ops::moe_experts_small, with experts left empty and one expert taking most rows;
+// an expert id outside the layer is refused.
+TEST(CpuKernels, MoeExpertsGroupedMatchesTheF64Reference) {
+  std::mt19937 rng(11);
+  const int64_t N = 40, K = 3, E = 8, D = 32, F = 24;
+  std::vector<Tensor> g, u, dn;
+  for (int64_t e = 0; e < E; ++e) {
+    g.push_back(f32(randn({F, D}, rng, 0.2)));
+    u.push_back(f32(randn({F, D}, rng, 0.2)));
+    dn.push_back(f32(randn({D, F}, rng, 0.2)));
+  }
+  Tensor x = f32(randn({N, D}, rng)), w = f32(randn({N, K}, rng));
+  Tensor idx = Tensor::empty({N, K}, DType::I32);
+  for (int64_t n = 0; n < N; ++n)  // expert 1 in every token, then 2|3 and 4|5; 0, 6 and 7 never
+    for (int64_t k = 0; k < K; ++k)
+      idx.data<int32_t>()[n * K + k] = k == 0 ? 1 : int32_t(k == 1 ? 2 + n % 2 : 4 + n % 2);
+  Tensor got = Tensor::empty({N, D}, DType::F32), want = Tensor::empty({N, D}, DType::F32);
+  got.fill(std::nan(""));
+  ops::moe_experts_grouped(got, x, idx, w, g, u, dn);
+  ops::moe_experts_small(want, x, idx, w, g, u, dn);
+  test::Diff d = test::diff(got, want);
+  EXPECT_FALSE(d.nan);
+  EXPECT_LE(d.rel, 1e-5) << test::str(d);
+  idx.data<int32_t>()[7] = int32_t(E);
+  EXPECT_THROW(ops::moe_experts_grouped(got, x, idx, w, g, u, dn), Error);
 }
 
 }  // namespace

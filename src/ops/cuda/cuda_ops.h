@@ -30,6 +30,10 @@ void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan);
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan);
+bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate);
+void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                         const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                         const std::vector<Tensor>& down);
 
 void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                    const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, double scale,
