@@ -1,7 +1,7 @@
 // grouped_gemm.cu — the experts' products of a DeepSeekMoE layer in one launch (spec/model.md §4;
 // DESIGN.md "grouped expert GEMM"): for every expert e, out[rows of e] = x[rows of e] · W_eᵀ, bf16
-// operands on the tensor cores (mma.sync m16n8k16, f32 accumulation), 128×128 output tiles, K in steps of
-// 32 through a three-stage cp.async pipeline, operand fragments by ldmatrix. The work list (expert, 128-row
+// operands on the tensor cores (Hopper wgmma from 128-byte-swizzled shared memory, f32 accumulation),
+// 128×128 output tiles, K in steps of 64 through a three-stage cp.async pipeline. The work list (expert, 128-row
 // tile; the column tile is blockIdx.y) comes from the host's routing plan or is built on the device
 // (moe_grouped.cu), so a layer's 64 experts cost one launch instead of 64 cuBLASLt calls. The paired form
 // takes the gate and up matrices together, 64 features of each per tile, and writes silu(g)·u (SwiGLU in
@@ -14,15 +14,16 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/grouped_gemm.h"
 #include "ops/cuda/mma.cuh"
+#include "ops/cuda/wgmma.cuh"
 
 namespace dseek::ops::cuda {
 
 namespace {
 
-constexpr int BM = 128, BN = 128, BK = 32, STAGES = 3, THREADS = 256;
-constexpr int LDS = BK + 8;  // shared row stride (bf16): rows stay 16-byte aligned, banks staggered
-constexpr int STAGE_ELEMS = (BM + BN) * LDS;
-constexpr size_t SMEM_BYTES = size_t(STAGES) * STAGE_ELEMS * sizeof(bf16);
+constexpr int BM = 128, BN = 128, BK = 64, STAGES = 3, THREADS = 256;
+constexpr int TILE_BYTES = BM * BK * 2;  // one operand tile: 128 rows × 64 bf16, 128-byte swizzled
+constexpr int STAGE_BYTES = 2 * TILE_BYTES;
+constexpr size_t SMEM_BYTES = size_t(STAGES) * STAGE_BYTES + 1024;  // + room to align to 1024 bytes
 
 static_assert(BM == kGroupedRowTile, "the device-built tile tables assume 128-row tiles");
 
@@ -41,13 +42,16 @@ __device__ __forceinline__ void store2<bf16>(bf16* p, float a, float b) {
 // [offsets[e], offsets[e + 1]). I % 8 == 0 (16-byte chunks), O even. Tile blockIdx.x of `tiles` (those at
 // or past *n_tiles, when given, have no work), output columns from blockIdx.y. PAIR: w2[e] [O, I] too, a
 // tile's B rows are 64 rows of w (gate) then the same 64 rows of w2 (up), out = silu(x·wᵀ) ⊙ (x·w2ᵀ).
+// Two warpgroups, each a 64 × 128 product per K step (wgmma m64n128k16 from the swizzled tiles), fed by
+// a three-stage cp.async pipeline.
 template <typename TO, bool PAIR>
 __global__ void __launch_bounds__(THREADS)
     grouped_gemm_kernel(TO* __restrict__ out, const bf16* __restrict__ x, const bf16* const* __restrict__ w,
                         const bf16* const* __restrict__ w2, const int64_t* __restrict__ offsets,
                         const GroupedTile* __restrict__ tiles, const int* __restrict__ n_tiles, int I, int O) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                                         ~uintptr_t(1023));
   if (n_tiles && int(blockIdx.x) >= *n_tiles) return;
   const GroupedTile t = tiles[blockIdx.x];
   constexpr int TN = PAIR ? BN / 2 : BN;  // output columns per tile
@@ -58,35 +62,34 @@ __global__ void __launch_bounds__(THREADS)
   const bf16* A = x + row_base * I;         // [rows, I]
   const bf16* B = w[t.e] + int64_t(c0) * I;  // [cols, I] (PAIR: the gate rows)
   const bf16* B2 = PAIR ? w2[t.e] + int64_t(c0) * I : nullptr;  // [cols, I] the up rows
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int wm = warp >> 2, wn = warp & 3;  // this warp's 64×32 block of the tile
+  const int tid = threadIdx.x, wg = tid >> 7;  // warpgroup wg takes tile rows [64·wg, 64·wg + 64)
   const int KT = (I + BK - 1) / BK;
 
+  // K step kt into stage st: 128 rows × 8 chunks of 16 bytes for A and for B, 4 + 4 per thread.
   auto load = [&](int kt, int st) {
-    bf16* As = smem + st * STAGE_ELEMS;
-    bf16* Bs = As + BM * LDS;
+    unsigned char* As = smem + st * STAGE_BYTES;
+    unsigned char* Bs = As + TILE_BYTES;
     const int k0 = kt * BK;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {  // 128 rows × 4 chunks of 8, for A and for B
-      const int id = tid + i * THREADS, r = id >> 2, kc = (id & 3) * 8;
-      const bool kin = k0 + kc < I;
-      cp_async16(As + r * LDS + kc, A + int64_t(r < rows ? r : 0) * I + (kin ? k0 + kc : 0), r < rows && kin);
+    for (int i = 0; i < 4; ++i) {
+      const int id = tid + i * THREADS, r = id >> 3, c = id & 7;
+      const bool kin = k0 + c * 8 < I;
+      const int kc = kin ? k0 + c * 8 : 0;
+      const uint32_t so = sw128_offset(r, c);
+      cp_async16(As + so, A + int64_t(r < rows ? r : 0) * I + kc, r < rows && kin);
       if constexpr (PAIR) {  // rows [0, 64): gate feature c0 + r; [64, 128): up feature c0 + r − 64
         const int f = r & (TN - 1);
         const bf16* src = r < TN ? B : B2;
-        cp_async16(Bs + r * LDS + kc, src + int64_t(f < cols ? f : 0) * I + (kin ? k0 + kc : 0), f < cols && kin);
+        cp_async16(Bs + so, src + int64_t(f < cols ? f : 0) * I + kc, f < cols && kin);
       } else {
-        cp_async16(Bs + r * LDS + kc, B + int64_t(r < cols ? r : 0) * I + (kin ? k0 + kc : 0), r < cols && kin);
+        cp_async16(Bs + so, B + int64_t(r < cols ? r : 0) * I + kc, r < cols && kin);
       }
     }
   };
 
-  float acc[4][4][4];
+  float acc[64];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
-
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < KT) load(s, s);
@@ -94,57 +97,44 @@ __global__ void __launch_bounds__(THREADS)
   }
   for (int kt = 0; kt < KT; ++kt) {
     cp_async_wait<STAGES - 2>();
-    __syncthreads();  // tile kt is in; the stage refilled below was released by every warp
+    fence_proxy_async();  // this thread's cp.async writes, visible to the tensor cores' (async) reads
+    __syncthreads();      // every thread's part of step kt is in; step kt − 1's products have finished
     if (kt + STAGES - 1 < KT) load(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
     cp_async_commit();
-    const bf16* As = smem + (kt % STAGES) * STAGE_ELEMS;
-    const bf16* Bs = As + BM * LDS;
+    const unsigned char* As = smem + (kt % STAGES) * STAGE_BYTES;
+    const uint64_t da = sw128_desc(As + wg * (TILE_BYTES / 2)), db = sw128_desc(As + TILE_BYTES);
+    wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < BK; ks += 16) {
-      uint32_t a[4][4], b[2][4];
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt)
-        ldsm_x4(a[mt], As + (wm * 64 + mt * 16 + (lane & 15)) * LDS + ks + (lane >> 4) * 8);
-#pragma unroll
-      for (int p = 0; p < 2; ++p) {
-        // b[p][0..1]: B rows base..base + 7, b[p][2..3]: base + 8..15. PAIR: p = 0 the warp's 16 gate
-        // features, p = 1 the same 16 up features; else the warp's 32 columns.
-        const int base = PAIR ? p * TN + wn * 16 : wn * 32 + p * 16;
-        ldsm_x4(b[p], Bs + (base + (lane & 7) + (lane >> 4) * 8) * LDS + ks + ((lane >> 3) & 1) * 8);
-      }
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-          mma16816<bf16>(acc[mt][nt], a[mt], b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
-    }
+    for (int k = 0; k < BK / 16; ++k) wgmma_m64n128k16_bf16(acc, da + 2 * k, db + 2 * k);
+    wgmma_commit();
+    wgmma_wait<0>();
   }
   cp_async_wait<0>();
-  // Epilogue: each thread holds rows g and g + 8 of every 16-row m-tile, two adjacent columns per n-tile.
-  const int g = lane >> 2, tig = lane & 3;
+  // Epilogue: thread l of the warpgroup holds rows 16·(l / 32) + (l % 32) / 4 and + 8, and per 8-column
+  // block j the columns 8j + 2·(l % 4), + 1.
+  const int l = tid & 127, tig = l & 3;
+  const int r_lo = wg * 64 + (l >> 5) * 16 + ((l & 31) >> 2);
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
+  for (int half = 0; half < 2; ++half) {
+    const int r = r_lo + half * 8;
+    if (r >= rows) continue;
+    TO* orow = out + (row_base + r) * O + c0;
+    if constexpr (PAIR) {  // blocks 0..7: gate features 8j + 2·tig; 8..15: the same up features
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = wm * 64 + mt * 16 + g + half * 8;
-      if (r >= rows) continue;
-      TO* orow = out + (row_base + r) * O + c0;
-      if constexpr (PAIR) {  // n-tiles 0, 1: gate features wn·16 + nt·8 + 2·tig; 2, 3: the same up ones
+      for (int j = 0; j < 8; ++j) {
+        const int c = 8 * j + 2 * tig;
+        const float g0 = acc[4 * j + 2 * half], g1 = acc[4 * j + 2 * half + 1];
+        const float u0 = acc[4 * (j + 8) + 2 * half], u1 = acc[4 * (j + 8) + 2 * half + 1];
+        if (c < cols) store2(orow + c, g0 / (1.0f + __expf(-g0)) * u0, g1 / (1.0f + __expf(-g1)) * u1);
+      }
+    } else {
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int c = wn * 16 + nt * 8 + 2 * tig;
-          const float g0 = acc[mt][nt][half * 2], g1 = acc[mt][nt][half * 2 + 1];
-          const float u0 = acc[mt][nt + 2][half * 2], u1 = acc[mt][nt + 2][half * 2 + 1];
-          if (c < cols) store2(orow + c, g0 / (1.0f + __expf(-g0)) * u0, g1 / (1.0f + __expf(-g1)) * u1);
-        }
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const int c = wn * 32 + nt * 8 + 2 * tig;
-          if (c < cols) store2(orow + c, acc[mt][nt][half * 2], acc[mt][nt][half * 2 + 1]);
-        }
+      for (int j = 0; j < 16; ++j) {
+        const int c = 8 * j + 2 * tig;
+        if (c < cols) store2(orow + c, acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
       }
     }
+  }
 }
 
 template <typename TO, bool PAIR>
