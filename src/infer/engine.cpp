@@ -10,6 +10,7 @@
 
 #include "infer/decode_graph.h"
 #include "ops/decode.h"
+#include "ops/sample.h"
 
 namespace dseek::infer {
 
@@ -52,6 +53,22 @@ std::vector<GenerateResult> Engine::generate(const std::vector<std::vector<int64
       ops::argmax_rows(ids, logits);
       Tensor h = ids.to(Device::CPU);
       std::copy(h.data<int64_t>(), h.data<int64_t>() + A, tok.begin());
+    } else if (logits.device() == Device::CUDA) {
+      // Sampling on the device: each sequence's uniform drawn here (its stream, as on the CPU), only ids
+      // come back; a row the device cannot decide (ops/sample.h) is sampled here with the same uniform.
+      Tensor u = Tensor::empty({A}, DType::F64);
+      for (int64_t a = 0; a < A; ++a) u.data<double>()[a] = samplers[size_t(active[size_t(a)])].draw();
+      const Tensor lf = logits.dtype() == DType::F32 ? logits : logits.to(DType::F32);
+      Tensor ids = Tensor::empty({A}, DType::I64, Device::CUDA), fb = Tensor::empty({A}, DType::I32, Device::CUDA);
+      ops::sample_rows(ids, fb, lf, u.to(Device::CUDA), samplers[0].rule());
+      const Tensor hi = ids.to(Device::CPU), hf = fb.to(Device::CPU);
+      for (int64_t a = 0; a < A; ++a) {
+        tok[size_t(a)] = hi.data<int64_t>()[a];
+        if (hf.data<int32_t>()[a] != 0) {
+          const Tensor row = lf.slice(a, 1).to(Device::CPU);
+          tok[size_t(a)] = ops::sample_row(row.data<float>(), V, samplers[0].rule(), u.data<double>()[a]);
+        }
+      }
     } else {
       Tensor h = logits.to(DType::F32).to(Device::CPU);
       for (int64_t a = 0; a < A; ++a)

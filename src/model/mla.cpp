@@ -47,10 +47,13 @@ void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeig
   const DType dt = x.dtype();
   const Device dev = x.device();
   q = Tensor::empty({N, d.H * d.dq}, dt, dev);  // q: [N, H, dn + R]
+  // The products of x: cast once on the GPU (bf16 weights), not once per product.
+  const Tensor xa = c.q_lora_rank > 0 ? ops::product_input(x, {&w.q_a_proj, &w.kv_a_proj_with_mqa})
+                                      : ops::product_input(x, {&w.q_proj, &w.kv_a_proj_with_mqa});
   if (c.q_lora_rank > 0) {
     Tensor cq = Tensor::empty({N, c.q_lora_rank}, dt, dev), cqn = Tensor::empty({N, c.q_lora_rank}, dt, dev);
     Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
-    ops::linear(cq, x, w.q_a_proj);
+    ops::linear(cq, xa, w.q_a_proj);
     ops::rmsnorm_fwd(cqn, rstd, cq, w.q_a_layernorm, c.rms_norm_eps);
     ops::linear(q, cqn, w.q_b_proj);
     if (s) {
@@ -59,10 +62,10 @@ void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeig
       s->cqn = cqn;
     }
   } else {
-    ops::linear(q, x, w.q_proj);
+    ops::linear(q, xa, w.q_proj);
   }
   lat = Tensor::empty({N, d.C + d.R}, dt, dev);  // lat: [N, C + R] = [c_kv | k_pe]
-  ops::linear(lat, x, w.kv_a_proj_with_mqa);
+  ops::linear(lat, xa, w.kv_a_proj_with_mqa);
   Tensor ckv = Tensor::empty({N, d.C}, dt, dev),
          ckvn = Tensor::empty({N, d.C}, dt, dev);  // ckv, ckvn: [N, C]
   Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();

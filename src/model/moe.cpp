@@ -17,8 +17,9 @@ void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) 
   const int64_t N = x.size(0), F = w.gate_proj.size(0);
   Tensor g = Tensor::empty({N, F}, x.dtype(), x.device()),
          u = Tensor::empty({N, F}, x.dtype(), x.device());  // g, u: [N, F]
-  ops::linear(g, x, w.gate_proj);
-  ops::linear(u, x, w.up_proj);
+  const Tensor xa = ops::product_input(x, {&w.gate_proj, &w.up_proj});  // cast once on the GPU
+  ops::linear(g, xa, w.gate_proj);
+  ops::linear(u, xa, w.up_proj);
   Tensor h = saved ? Tensor::empty({N, F}, x.dtype(), x.device()) : g;  // h: [N, F] silu(g)·u
   ops::swiglu_fwd(h, g, u);
   ops::linear(out, h, w.down_proj);

@@ -63,6 +63,10 @@ void moe_experts_grouped(Tensor, const Tensor&, const Tensor&, const Tensor&, co
   none("moe_experts_grouped");
 }
 
+void sample_rows(Tensor, Tensor, const Tensor&, const Tensor&, const SampleParams&) {
+  none("sample_rows");
+}
+
 void mla_flash_fwd(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<int64_t>&,
                    const std::vector<int64_t>&, double, bool) {
   none("mla_flash_fwd");

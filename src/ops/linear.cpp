@@ -41,6 +41,13 @@ void linear(Tensor out, const Tensor& x, const Tensor& w, Stream) {
   }
 }
 
+Tensor product_input(const Tensor& x, std::initializer_list<const Tensor*> ws) {
+  if (x.device() != Device::CUDA || x.dtype() != DType::F32 || x.ndim() != 2 || x.size(0) <= 8) return x;
+  for (const Tensor* w : ws)
+    if (w->dtype() != DType::BF16 || w->block_scale()) return x;
+  return x.to(DType::BF16);
+}
+
 void matmul_nn(Tensor out, const Tensor& x, const Tensor& w, Stream) {
   check_ndim("matmul_nn", "x", x, 2);
   check_ndim("matmul_nn", "w", w, 2);

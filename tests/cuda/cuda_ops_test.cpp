@@ -22,6 +22,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "ops/router.h"
+#include "ops/sample.h"
 #include "ops/swiglu.h"
 #include "test_util.h"
 
@@ -200,7 +201,8 @@ TEST_F(Cuda, Router) {
        {Case{ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 256, 8, 4, 8, true, true},
         Case{ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 64, 8, 4, 6, true, true},
         Case{ScoringFunc::Softmax, TopkMethod::Greedy, 64, 1, 1, 6, false, false},
-        Case{ScoringFunc::Softmax, TopkMethod::GroupLimitedGreedy, 160, 8, 3, 6, false, false}}) {
+        Case{ScoringFunc::Softmax, TopkMethod::GroupLimitedGreedy, 160, 8, 3, 6, false, false},
+        Case{ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 320, 8, 4, 8, true, true}}) {  // thread per token
     const int64_t N = 77;
     ops::RouterParams p{.scoring = c.sf,
                         .method = c.m,
@@ -401,6 +403,62 @@ TEST_F(Cuda, MoeExpertsGroupedDevicePlan) {
     const Tensor a = down(out), b = down(again);
     EXPECT_EQ(std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * sizeof(float)), 0) << "runs differ";
   }
+}
+
+// Sampling on the device against the CPU rule (ops::sample_row) with the same uniforms, on rows of a real
+// vocabulary's size: peaked rows (a language model's), flat rows, rows full of ties (ids decide), top-k
+// below and above the 1024 gathered candidates, top-p; a row the device cannot decide is flagged, never
+// wrong; a NaN row is flagged.
+TEST_F(Cuda, SampleRowsEqualsTheCpuRule) {
+  const int64_t B = 24, V = 129280;
+  Tensor logits = Tensor::empty({B, V}, DType::F32);
+  std::normal_distribution<float> nd(0, 1);
+  for (int64_t b = 0; b < B; ++b) {
+    float* r = logits.data<float>() + b * V;
+    for (int64_t i = 0; i < V; ++i) {
+      const float z = nd(rng);
+      r[i] = b % 3 == 0 ? z : b % 3 == 1 ? 0.3f * z : std::round(2.0f * z) * 0.5f;  // peaked, flat, ties
+    }
+    if (b % 3 == 0)
+      for (int j = 0; j < 20; ++j) r[(b * 7919 + j * 104729) % V] = 14.0f - 0.5f * float(j);  // likely tokens
+  }
+  std::uniform_real_distribution<double> ud(0.0, 1.0);
+  Tensor u = Tensor::empty({B}, DType::F64);
+  for (int64_t b = 0; b < B; ++b) u.data<double>()[b] = ud(rng);
+  const Tensor lg = logits.to(Device::CUDA), ug = u.to(Device::CUDA);
+  int decided = 0, flagged = 0;
+  for (const ops::SampleParams p : {ops::SampleParams{1.0, 0, 1.0}, ops::SampleParams{0.7, 50, 0.9},
+                                    ops::SampleParams{1.3, 2000, 0.95}, ops::SampleParams{1.0, 1, 1.0},
+                                    ops::SampleParams{0.8, 1024, 1.0}, ops::SampleParams{1.0, 0, 0.5}}) {
+    Tensor ids = Tensor::empty({B}, DType::I64, Device::CUDA), fb = Tensor::empty({B}, DType::I32, Device::CUDA);
+    ops::sample_rows(ids, fb, lg, ug, p);
+    const Tensor hi = ids.to(Device::CPU), hf = fb.to(Device::CPU);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t want = ops::sample_row(logits.data<float>() + b * V, V, p, u.data<double>()[b]);
+      if (hf.data<int32_t>()[b] != 0) {
+        ++flagged;
+        EXPECT_TRUE(p.top_k == 0 || p.top_k > ops::kDeviceSampleCandidates) << "flagged with top_k " << p.top_k;
+        continue;
+      }
+      ++decided;
+      EXPECT_EQ(hi.data<int64_t>()[b], want) << "row " << b << " T " << p.temperature << " top_k " << p.top_k
+                                              << " top_p " << p.top_p;
+    }
+  }
+  EXPECT_GE(decided, 3 * B) << flagged << " rows flagged";  // every row of the three top_k ≤ 1024 sets
+  // A peaked row (93 % of its mass in 20 tokens) with every token allowed is decided on the device at
+  // u = 0.5; a row holding a NaN is flagged (the host's sample_row then names the NaN).
+  Tensor nanrow = logits.slice(0, 2).clone();
+  nanrow.data<float>()[V + 5] = NAN;
+  Tensor half = Tensor::empty({2}, DType::F64);
+  half.data<double>()[0] = half.data<double>()[1] = 0.5;
+  Tensor ids = Tensor::empty({2}, DType::I64, Device::CUDA), fb = Tensor::empty({2}, DType::I32, Device::CUDA);
+  ops::sample_rows(ids, fb, nanrow.to(Device::CUDA), half.to(Device::CUDA), ops::SampleParams{});
+  const Tensor hf = fb.to(Device::CPU), hi = ids.to(Device::CPU);
+  EXPECT_EQ(hf.data<int32_t>()[0], 0);
+  EXPECT_EQ(hi.data<int64_t>()[0], ops::sample_row(logits.data<float>(), V, {}, 0.5));
+  EXPECT_EQ(hf.data<int32_t>()[1], 1);
+  EXPECT_THROW(ops::sample_row(nanrow.data<float>() + V, V, {}, 0.5), Error);
 }
 
 TEST_F(Cuda, TensorMovesAndConversions) {

@@ -7,6 +7,7 @@
 
 #include "core/tensor.h"
 #include "ops/moe.h"
+#include "ops/sample.h"
 #include "ops/router.h"
 
 namespace dseek::ops::cuda {
@@ -34,6 +35,8 @@ bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gat
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                          const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
                          const std::vector<Tensor>& down);
+
+void sample_rows(Tensor ids, Tensor fallback, const Tensor& logits, const Tensor& u, const SampleParams& p);
 
 void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                    const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, double scale,

@@ -1,5 +1,7 @@
 // router.cu — MoE routing on the GPU in one kernel (spec/model.md §4.2, §4.3): scores, bias for the
-// selection, group-limited top-k, gate weights; one thread per token (E ≤ 1024).
+// selection, group-limited top-k, gate weights. One warp per token for layers of up to 256 experts, 32
+// groups and 32 chosen experts (every DeepSeek model), else one thread per token (E ≤ 1024); a few tokens
+// (a decode step) take router_small.cu's block per token.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/decode_impl.h"
@@ -91,6 +93,127 @@ __global__ void router_kernel(int32_t* idx_out, T* w_out, T* scores_out, const T
   }
 }
 
+constexpr int kWarpMaxE = 256, kWarpMaxG = 32, kWarpMaxK = 32, kWarpsPerBlock = 8;
+
+// (v, i) beats (w, j): larger value, then lower index.
+__device__ __forceinline__ bool wins(float v, int i, float w, int j) {
+  return v > w || (v == w && i < j);
+}
+// The warp's best (value, index) pair; index −1 stands for "none" and loses to everything.
+__device__ __forceinline__ void warp_best(float& v, int& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    const int j = __shfl_xor_sync(0xffffffffu, i, o);
+    if (j >= 0 && (i < 0 || wins(w, j, v, i))) {
+      v = w;
+      i = j;
+    }
+  }
+}
+
+// The same rules as router_kernel, a warp per token: lane l holds experts l, l + 32, ...; the selection
+// scores sit in shared memory for the per-group top-2 (lane g takes group g).
+template <typename T>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    router_warp_kernel(int32_t* idx_out, T* w_out, T* scores_out, const T* logits, const float* bias,
+                       int64_t N, int E, RouterParams p) {
+  __shared__ float sel_s[kWarpsPerBlock][kWarpMaxE];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t n = blockIdx.x * int64_t(kWarpsPerBlock) + warp;
+  if (n >= N) return;
+  const T* l = logits + n * E;
+  const int K = int(p.top_k), J = (E + 31) / 32;
+  float mx = 0.0f, z = 1.0f;
+  if (p.scoring == ScoringFunc::Softmax) {
+    float m = -INFINITY;
+    for (int e = lane; e < E; e += 32) m = fmaxf(m, ld(l[e]));
+    mx = warp_max(m);
+    float zz = 0.0f;
+    for (int e = lane; e < E; e += 32) zz += __expf(ld(l[e]) - mx);
+    z = warp_sum(zz);
+  }
+  float sc[kWarpMaxE / 32];  // this lane's unbiased scores
+  float* sel = sel_s[warp];
+#pragma unroll
+  for (int j = 0; j < kWarpMaxE / 32; ++j) {
+    const int e = lane + 32 * j;
+    if (j >= J || e >= E) continue;
+    const float v = ld(l[e]);
+    sc[j] = p.scoring == ScoringFunc::Sigmoid ? 1.0f / (1.0f + __expf(-v)) : __expf(v - mx) / z;
+    sel[e] = sc[j] + (bias ? bias[e] : 0.0f);
+    if (scores_out) scores_out[n * E + e] = st<T>(sc[j]);
+  }
+  __syncwarp();
+  const int G = p.method == TopkMethod::Greedy ? 1 : int(p.n_group);
+  const int gs = E / G;
+  uint32_t kept = 0xffffffffu;  // bit g: group g may be chosen from
+  if (p.method != TopkMethod::Greedy && p.topk_group < p.n_group) {
+    float gscore = -INFINITY;
+    if (lane < G) {
+      float m1 = -INFINITY, m2 = -INFINITY;
+      for (int j = 0; j < gs; ++j) {
+        const float v = sel[lane * gs + j];
+        if (v > m1) {
+          m2 = m1;
+          m1 = v;
+        } else if (v > m2) {
+          m2 = v;
+        }
+      }
+      gscore = p.method == TopkMethod::NoauxTc ? (gs >= 2 ? m1 + m2 : m1) : m1;
+    }
+    kept = 0;
+    for (int r = 0; r < int(p.topk_group); ++r) {
+      float v = gscore;
+      int i = lane < G && !((kept >> lane) & 1u) ? lane : -1;
+      warp_best(v, i);
+      if (i >= 0) kept |= 1u << i;
+    }
+  }
+  // Top-k among the kept groups: K rounds of the warp's best remaining expert.
+  uint32_t mine = 0;  // bit j: expert lane + 32j was chosen
+  int chosen = -1;    // lane k < K ends up holding the k-th choice
+  for (int k = 0; k < K; ++k) {
+    float v = -INFINITY;
+    int i = -1;
+#pragma unroll
+    for (int j = 0; j < kWarpMaxE / 32; ++j) {
+      const int e = lane + 32 * j;
+      if (j >= J || e >= E || ((mine >> j) & 1u) || !((kept >> (e / gs)) & 1u)) continue;
+      if (i < 0 || wins(sel[e], e, v, i)) {
+        v = sel[e];
+        i = e;
+      }
+    }
+    warp_best(v, i);
+    if (i >= 0 && (i & 31) == lane) mine |= 1u << (i >> 5);
+    if (lane == k) chosen = i;
+  }
+  // Ascending ids: lane k's rank among the chosen is its output position; weights from the unbiased
+  // scores, summed in ascending id order as router_kernel does.
+  int rank = 0;
+  for (int k = 0; k < K; ++k) {
+    const int c = __shfl_sync(0xffffffffu, chosen, k);
+    rank += (lane < K && c < chosen) ? 1 : 0;
+  }
+  float s_mine = 0.0f;
+  if (lane < K) {
+    const float v = ld(l[chosen]);
+    s_mine = p.scoring == ScoringFunc::Sigmoid ? 1.0f / (1.0f + __expf(-v)) : __expf(v - mx) / z;
+  }
+  float total = 0.0f;
+  for (int pos = 0; pos < K; ++pos) {  // the score at output position pos, in order
+    const unsigned at = __ballot_sync(0xffffffffu, lane < K && rank == pos);
+    total += __shfl_sync(0xffffffffu, s_mine, __ffs(at) - 1);
+  }
+  const float denom = p.norm_topk_prob ? total + 1e-20f : 1.0f;
+  if (lane < K) {
+    idx_out[n * K + rank] = chosen;
+    w_out[n * K + rank] = st<T>(s_mine / denom * float(p.routed_scaling_factor));
+  }
+}
+
 }  // namespace
 
 void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
@@ -101,8 +224,17 @@ void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& log
       "router_fwd (CUDA): at most ", kMaxExperts, " experts, 64 per token, ", kMaxGroups, " groups");
   if (N == 0) return;
   if (router_small_applies(N, E, p)) return router_fwd_small(topk_idx, topk_w, scores, logits, bias, p);
+  const bool warp_fits = E <= kWarpMaxE && p.top_k <= kWarpMaxK &&
+                         (p.method == TopkMethod::Greedy || p.n_group <= kWarpMaxG) && E >= p.top_k;
   with_act(logits.dtype(), "router_fwd", [&](auto t) {
     using T = decltype(t);
+    if (warp_fits) {
+      router_warp_kernel<<<unsigned((N + kWarpsPerBlock - 1) / kWarpsPerBlock), 32 * kWarpsPerBlock>>>(
+          topk_idx.data<int32_t>(), static_cast<T*>(topk_w.raw()),
+          scores.defined() ? static_cast<T*>(scores.raw()) : nullptr, static_cast<const T*>(logits.raw()),
+          bias.defined() ? bias.data<float>() : nullptr, N, int(E), p);
+      return;
+    }
     router_kernel<<<blocks_for(N, 128), 128>>>(topk_idx.data<int32_t>(), static_cast<T*>(topk_w.raw()),
                                                scores.defined() ? static_cast<T*>(scores.raw()) : nullptr,
                                                static_cast<const T*>(logits.raw()),
