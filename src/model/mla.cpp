@@ -214,6 +214,10 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   if (whole && !saved) {
     Tensor kv, kpe;
     flash_inputs(kv, kpe, lat, w, c, fp16_ops);
+    // On the GPU the kernel writes o in bf16 when o_proj takes bf16 (no cast before the product).
+    if (fp16_ops && dev == Device::CUDA && dt == DType::F32 && N > 8 && w.o_proj.dtype() == DType::BF16 &&
+        !w.o_proj.block_scale())
+      o = Tensor::empty({N, d.H * d.dv}, DType::BF16, dev);
     ops::mla_flash_fwd(o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), kv.view({N, d.H, d.dn + d.dv}), kpe,
                        cu, cu, c.softmax_scale(), fp16_ops);
   } else if (whole) {

@@ -59,7 +59,11 @@ void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& 
   check_shape(op, "kv", kv, {kv.size(0), H, dn + dv});
   check_shape(op, "kpe", kpe, {kv.size(0), R});
   check_shape(op, "out", out, {q.size(0), H, dv});
-  DSEEK_CHECK(out.dtype() == q.dtype(), op, ": out and q differ in dtype");
+  // A bf16 out under f32 queries: the GPU's fp16-operand kernel writes what a bf16 product reads next.
+  const bool bf16_out_ok =
+      q.device() == Device::CUDA && fp16_operands && q.dtype() == DType::F32 && out.dtype() == DType::BF16;
+  DSEEK_CHECK(out.dtype() == q.dtype() || bf16_out_ok, op, ": out is ", dtype_name(out.dtype()), ", q ",
+              dtype_name(q.dtype()));
   // f16 keys/values under f32 or bf16 queries: only for the GPU's fp16-operand products.
   const bool f16_kv_ok = q.device() == Device::CUDA && fp16_operands && kv.dtype() == DType::F16;
   DSEEK_CHECK(kv.dtype() == q.dtype() || f16_kv_ok, op, ": kv is ", dtype_name(kv.dtype()), ", q ",

@@ -279,13 +279,15 @@ TEST_F(Cuda, MlaFlashPrefill) {
   const int64_t Nq = cu_q.back(), Nk = cu_k.back();
   for (auto [H, dn, R, dv] : {std::tuple{4, 16, 8, 16}, {16, 64, 32, 64}, {3, 128, 64, 128}, {2, 24, 8, 16}})
     for (DType dt : kTypes)
-      for (int mode = 0; mode < 3; ++mode) {  // 0: exact; 1: fp16 operands; 2: fp16 operands, f16 kv/kpe
+      for (int mode = 0; mode < 4; ++mode) {  // 0: exact; 1: fp16 operands; 2: and f16 kv/kpe; 3: and bf16 out
+        if (mode == 3 && dt != DType::F32) continue;
         const bool fp16_ops = mode > 0;
         const double scale = 1.0 / std::sqrt(double(dn + R));
-        const DType kdt = mode == 2 ? DType::F16 : dt;
+        const DType kdt = mode >= 2 ? DType::F16 : dt;
         Pair q = upload(randn({Nq, H, dn + R}), dt), kv = upload(randn({Nk, H, dn + dv}), kdt),
              kpe = upload(randn({Nk, R}), kdt);
-        Tensor ref = Tensor::empty({Nq, H, dv}, DType::F32), out = poisoned({Nq, H, dv}, dt);
+        Tensor ref = Tensor::empty({Nq, H, dv}, DType::F32),
+               out = poisoned({Nq, H, dv}, mode == 3 ? DType::BF16 : dt);
         ops::mla_flash_fwd(ref, q.cpu, kv.cpu, kpe.cpu, cu_q, cu_k, scale, fp16_ops);
         ops::mla_flash_fwd(out, q.gpu, kv.gpu, kpe.gpu, cu_q, cu_k, scale, fp16_ops);
         const std::string what = "mla_flash H=" + std::to_string(H) + " dn=" + std::to_string(dn) + " mode " +
@@ -293,7 +295,7 @@ TEST_F(Cuda, MlaFlashPrefill) {
         // fp16 operands (8× finer than bf16): held to 2e-3 in f32 activations
         test::Diff dd = test::diff(down(out), ref);
         EXPECT_FALSE(dd.nan) << what;
-        EXPECT_LE(dd.rel, dt == DType::BF16 ? 1e-2 : (fp16_ops ? 2e-3 : 1e-5))
+        EXPECT_LE(dd.rel, dt == DType::BF16 || mode == 3 ? 1e-2 : (fp16_ops ? 2e-3 : 1e-5))
             << what << ": " << test::str(dd);
       }
 }

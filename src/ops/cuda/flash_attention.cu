@@ -9,6 +9,7 @@
 // assembling k and v.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <cuda_fp16.h>
@@ -58,9 +59,9 @@ struct Layout {
 
 // The fp16 path: kv [S, H, DN + DV] and kpe [S, DR] in fp16 (copied to shared memory with cp.async, two
 // stages, so the next tile's loads overlap this tile's products); q and out of the activation type T.
-template <typename T, int DN, int DR, int DV>
+template <typename T, typename TO, int DN, int DR, int DV>
 __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV>::WARPS == 8 ? 2 : 1)
-    mla_flash_kernel(T* __restrict__ out, const T* __restrict__ q, const half* __restrict__ kv,
+    mla_flash_kernel(TO* __restrict__ out, const T* __restrict__ q, const half* __restrict__ kv,
                      const half* __restrict__ kpe, const Tile* __restrict__ tiles,
                      const int64_t* __restrict__ cu_q, const int64_t* __restrict__ cu_k, int H,
                      float scale_log2) {
@@ -92,27 +93,29 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   const half* pe_0 = kpe + kr0 * DR;
 
   // Issues the cp.async copies of key tile t into stage st: per row DN/8 chunks of k_nope, DR/8 of kpe,
-  // DV/8 of v (rows past the sequence are zero-filled).
+  // DV/8 of v, one loop per part so a warp's lanes take the same path (rows past the sequence are
+  // zero-filled).
   auto load_tile = [&](int t, int st) {
-    constexpr int CK = DN / 8, CP = DR / 8, CV = DV / 8, CR = CK + CP + CV;
+    constexpr int CK = DN / 8, CP = DR / 8, CV = DV / 8;
     const int k0 = t * kBc;
     const half* kvt = kv_h + int64_t(k0) * ldkv;  // this tile's first key row
     const half* pet = pe_0 + int64_t(k0) * DR;
+    half* Kd = Kst(st);
+    half* Vd = Vst(st);
+    auto part = [&](auto chunks, half* dst, int ldd, int dcol, const half* src, int lds, int scol) {
+      constexpr int NC = decltype(chunks)::value;
 #pragma unroll
-    for (int j = 0; j < (kBc * CR + THREADS - 1) / THREADS; ++j) {
-      const int i = tid + j * THREADS;
-      if (kBc * CR % THREADS != 0 && i >= kBc * CR) break;
-      const int r = i / CR, c = i % CR;
-      const bool valid = k0 + r < Lk;
-      const int rr = valid ? r : 0;
-      if (c < CK) {
-        cp_async16(Kst(st) + r * LDQ + c * 8, kvt + rr * ldkv + c * 8, valid);
-      } else if (c < CK + CP) {
-        cp_async16(Kst(st) + r * LDQ + DN + (c - CK) * 8, pet + rr * DR + (c - CK) * 8, valid);
-      } else {
-        cp_async16(Vst(st) + r * LDV + (c - CK - CP) * 8, kvt + rr * ldkv + DN + (c - CK - CP) * 8, valid);
+      for (int j = 0; j < (kBc * NC + THREADS - 1) / THREADS; ++j) {
+        const int i = tid + j * THREADS;
+        if (kBc * NC % THREADS != 0 && i >= kBc * NC) break;
+        const int r = i / NC, c = i % NC;
+        const bool valid = k0 + r < Lk;
+        cp_async16(dst + r * ldd + dcol + c * 8, src + (valid ? r : 0) * lds + scol + c * 8, valid);
       }
-    }
+    };
+    part(std::integral_constant<int, CK>{}, Kd, LDQ, 0, kvt, ldkv, 0);
+    part(std::integral_constant<int, CP>{}, Kd, LDQ, DN, pet, DR, 0);
+    part(std::integral_constant<int, CV>{}, Vd, LDV, 0, kvt, ldkv, DN);
     cp_async_commit();
   };
   load_tile(0, 0);
@@ -253,14 +256,14 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   for (int n = 0; n < NT_O; ++n) {
     const int c = n * 8 + 2 * tig;
     if (row_a < nq) {
-      T* p = out + (qr0 + q0 + row_a) * ldo + int64_t(h) * DV + c;
-      p[0] = st<T>(o[n][0] * inv_a);
-      p[1] = st<T>(o[n][1] * inv_a);
+      TO* p = out + (qr0 + q0 + row_a) * ldo + int64_t(h) * DV + c;
+      p[0] = st<TO>(o[n][0] * inv_a);
+      p[1] = st<TO>(o[n][1] * inv_a);
     }
     if (row_b < nq) {
-      T* p = out + (qr0 + q0 + row_b) * ldo + int64_t(h) * DV + c;
-      p[0] = st<T>(o[n][2] * inv_b);
-      p[1] = st<T>(o[n][3] * inv_b);
+      TO* p = out + (qr0 + q0 + row_b) * ldo + int64_t(h) * DV + c;
+      p[0] = st<TO>(o[n][2] * inv_b);
+      p[1] = st<TO>(o[n][3] * inv_b);
     }
   }
 }
@@ -287,11 +290,11 @@ __global__ void assemble_kernel(T* k, T* v, const T* kv, const T* kpe, int64_t S
   }
 }
 
-template <typename T, int DN, int DR, int DV>
+template <typename T, typename TO, int DN, int DR, int DV>
 void launch_flash(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                   const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, float scale_log2) {
   using Lay = Layout<DN, DR, DV>;
-  auto kernel = mla_flash_kernel<T, DN, DR, DV>;
+  auto kernel = mla_flash_kernel<T, TO, DN, DR, DV>;
   static const bool set = [&] {  // once per instantiation; only layouts above 48 KiB need the opt-in
     if (Lay::bytes > 48 * 1024)
       DSEEK_CUDA_CHECK(
@@ -324,7 +327,7 @@ void launch_flash(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& k
   const auto* dtiles = reinterpret_cast<const Tile*>(dcu_k + (B + 1));
   const int H = int(q.size(1));
   kernel<<<dim3(unsigned(tiles.size()), unsigned(H)), Lay::THREADS, Lay::bytes>>>(
-      static_cast<T*>(out.raw()), static_cast<const T*>(q.raw()), static_cast<const half*>(kv.raw()),
+      static_cast<TO*>(out.raw()), static_cast<const T*>(q.raw()), static_cast<const half*>(kv.raw()),
       static_cast<const half*>(kpe.raw()), dtiles, dcu_q, dcu_k, H, scale_log2);
   DSEEK_CUDA_LAUNCH_CHECK("mla_flash_fwd");
 }
@@ -359,13 +362,22 @@ void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& 
     const float scale_log2 = float(scale * 1.4426950408889634);
     bool done = false;
     with_act(q.dtype(), "mla_flash_fwd", [&](auto t) {
-      using Tt = decltype(t);
-      done = with_head_dims(dn, R, dv, [&](auto DN, auto DR, auto DV) {
-        launch_flash<Tt, decltype(DN)::value, decltype(DR)::value, decltype(DV)::value>(
-            out, q, kvb, peb, cu_q, cu_k, scale_log2);
+      with_act(out.dtype(), "mla_flash_fwd", [&](auto to) {
+        using Tt = decltype(t);
+        using To = decltype(to);
+        done = with_head_dims(dn, R, dv, [&](auto DN, auto DR, auto DV) {
+          launch_flash<Tt, To, decltype(DN)::value, decltype(DR)::value, decltype(DV)::value>(
+              out, q, kvb, peb, cu_q, cu_k, scale_log2);
+        });
       });
     });
     if (done) return;
+    if (out.dtype() != q.dtype()) {  // the exact path writes q's dtype
+      Tensor o = Tensor::empty(out.shape(), q.dtype(), Device::CUDA);
+      mla_flash_fwd(o, q, kv, kpe, cu_q, cu_k, scale, false);
+      out.copy_from(o.to(out.dtype()));
+      return;
+    }
   }
   // Exact path: assemble the keys/values and run the per-row kernel sequence by sequence.
   const int64_t Nk = kv.size(0);
