@@ -211,13 +211,13 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   int64_t max_keys = 0;
   for (const SeqChunk& ch : chunks) max_keys = std::max(max_keys, ch.pos0 + ch.len);
   const bool fp16_ops = fp16_attention && max_keys >= kTensorCoreMinKeys;
+  // On the GPU the flash kernel writes o in bf16 when o_proj takes bf16 (no cast before that product).
+  const bool o_bf16 = fp16_ops && !saved && dev == Device::CUDA && dt == DType::F32 && N > 8 &&
+                      w.o_proj.dtype() == DType::BF16 && !w.o_proj.block_scale();
   if (whole && !saved) {
     Tensor kv, kpe;
     flash_inputs(kv, kpe, lat, w, c, fp16_ops);
-    // On the GPU the kernel writes o in bf16 when o_proj takes bf16 (no cast before the product).
-    if (fp16_ops && dev == Device::CUDA && dt == DType::F32 && N > 8 && w.o_proj.dtype() == DType::BF16 &&
-        !w.o_proj.block_scale())
-      o = Tensor::empty({N, d.H * d.dv}, DType::BF16, dev);
+    if (o_bf16) o = Tensor::empty({N, d.H * d.dv}, DType::BF16, dev);
     ops::mla_flash_fwd(o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), kv.view({N, d.H, d.dn + d.dv}), kpe,
                        cu, cu, c.softmax_scale(), fp16_ops);
   } else if (whole) {
@@ -277,6 +277,7 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
       cu_k.push_back(cu_k.back() + ch->pos0 + ch->len);
     }
     const int64_t Nq = cu_q.back(), Nk = cu_k.back();
+    if (in_place && o_bf16) o = Tensor::empty({N, d.H * d.dv}, DType::BF16, dev);  // nothing else writes o
     Tensor qg = q, og = o, src = lat;  // qg: [Nq, H·dq], og: [Nq, H·dv], src: [Nk, C + R]
     if (!in_place) {
       qg = Tensor::empty({Nq, d.H * d.dq}, dt, dev);

@@ -89,6 +89,15 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   const bool small = !saved && ops::moe_experts_small_applies(x, K, mats.gate);
   const bool grouped = !saved && !small && dev == Device::CUDA && M > 1024 &&
                        ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down);
+  // The grouped op takes the shared expert as one more expert of every token when it has the routed
+  // experts' shape (DeepSeek's one shared expert).
+  const std::vector<Tensor> shared =
+      c.n_shared_experts > 0 ? std::vector<Tensor>{w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj}
+                             : std::vector<Tensor>{};
+  if (grouped && !shared.empty() && ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down, shared)) {
+    ops::moe_experts_grouped(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
+    return;
+  }
   if (small || grouped) {
     if (small)
       ops::moe_experts_small(routed, x, idx, gw, mats.gate, mats.up, mats.down);

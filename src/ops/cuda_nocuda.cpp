@@ -59,7 +59,7 @@ bool moe_experts_grouped_applies(const Tensor&, const std::vector<Tensor>&) {
   return false;
 }
 void moe_experts_grouped(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<Tensor>&,
-                         const std::vector<Tensor>&, const std::vector<Tensor>&) {
+                         const std::vector<Tensor>&, const std::vector<Tensor>&, const std::vector<Tensor>&) {
   none("moe_experts_grouped");
 }
 

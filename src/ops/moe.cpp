@@ -4,6 +4,8 @@
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/elementwise.h"
+#include "ops/linear.h"
 #include "ops/swiglu.h"
 
 namespace dseek::ops {
@@ -210,11 +212,15 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
 }
 
 bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate,
-                                 const std::vector<Tensor>& up, const std::vector<Tensor>& down) {
+                                 const std::vector<Tensor>& up, const std::vector<Tensor>& down,
+                                 const std::vector<Tensor>& shared) {
   if (x.device() == Device::CPU) return true;
   if (!cuda::moe_experts_grouped_applies(x, gate) || up.size() != gate.size() || down.size() != gate.size())
     return false;
-  for (const auto* list : {&gate, &up, &down})
+  if (!shared.empty() && (shared.size() != 3 || shared[0].shape() != gate[0].shape() ||
+                          shared[1].shape() != gate[0].shape() || shared[2].shape() != down[0].shape()))
+    return false;
+  for (const auto* list : {&gate, &up, &down, &shared})
     for (const Tensor& t : *list)
       if (t.dtype() != DType::BF16 || t.block_scale() || t.device() != Device::CUDA ||
           (reinterpret_cast<uintptr_t>(t.raw()) & 15) != 0)
@@ -224,7 +230,7 @@ bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gat
 
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                          const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                         const std::vector<Tensor>& down) {
+                         const std::vector<Tensor>& down, const std::vector<Tensor>& shared) {
   const char* op = "moe_experts_grouped";
   check_ndim(op, "x", x, 2);
   check_ndim(op, "topk_idx", topk_idx, 2);
@@ -238,21 +244,29 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   check_dtype(op, "out", out, {DType::F32});
   DSEEK_CHECK(E > 0 && up.size() == gate.size() && down.size() == gate.size(), op, ": ", gate.size(),
               " gate, ", up.size(), " up and ", down.size(), " down matrices");
+  DSEEK_CHECK(shared.empty() || shared.size() == 3, op, ": the shared expert is {gate, up, down}, not ",
+              shared.size(), " matrices");
   const int64_t F = gate[0].size(0);
   for (int64_t e = 0; e < E; ++e) {
     check_shape(op, "gate", gate[size_t(e)], {F, D});
     check_shape(op, "up", up[size_t(e)], {F, D});
     check_shape(op, "down", down[size_t(e)], {D, F});
   }
+  if (!shared.empty()) {
+    check_shape(op, "shared gate", shared[0], {F, D});
+    check_shape(op, "shared up", shared[1], {F, D});
+    check_shape(op, "shared down", shared[2], {D, F});
+  }
   check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
   if (N == 0) return;
   if (x.device() == Device::CUDA) {
-    DSEEK_CHECK(moe_experts_grouped_applies(x, gate, up, down), op,
-                ": the GPU version takes f32 activations with D % 8 == 0 and contiguous, 16-byte aligned bf16 "
-                "experts (F % 8 == 0, at most 1024 of them)");
-    return cuda::moe_experts_grouped(out, x, topk_idx, topk_w, gate, up, down);
+    DSEEK_CHECK(moe_experts_grouped_applies(x, gate, up, down, shared), op,
+                ": the GPU version takes f32 activations with D % 8 == 0 and 16-byte aligned bf16 experts "
+                "(F % 8 == 0, at most 1023 of them)");
+    return cuda::moe_experts_grouped(out, x, topk_idx, topk_w, gate, up, down, shared);
   }
-  // The CPU reference: the plan-based ops (permute, paired gate/up products, SwiGLU, down, un-permute).
+  // The CPU reference: the plan-based ops (permute, paired gate/up products, SwiGLU, down, un-permute),
+  // then the shared expert's MLP added.
   const MoePlan plan = MoePlan::build(topk_idx, E);  // checks every id
   const int64_t M = N * K;
   Tensor xp = Tensor::empty({M, D}, x.dtype()), g = Tensor::empty({M, F}, x.dtype()),
@@ -263,6 +277,15 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   Tensor yp = Tensor::empty({M, D}, x.dtype());  // yp: [M, D]
   grouped_linear(yp, g, down, plan);
   moe_unpermute(out, yp, topk_w, plan);
+  if (!shared.empty()) {
+    Tensor sg = Tensor::empty({N, F}, x.dtype()), su = Tensor::empty({N, F}, x.dtype()),
+           sy = Tensor::empty({N, D}, x.dtype());  // sg, su: [N, F]; sy: [N, D]
+    linear(sg, x, shared[0]);
+    linear(su, x, shared[1]);
+    swiglu_fwd(sg, sg, su);
+    linear(sy, sg, shared[2]);
+    add_(out, sy);
+  }
 }
 
 }  // namespace dseek::ops

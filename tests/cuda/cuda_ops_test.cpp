@@ -394,16 +394,23 @@ TEST_F(Cuda, MoeExpertsGroupedDevicePlan) {
       ug.push_back(b.gpu);
       dg.push_back(d.gpu);
     }
-    Tensor ref = Tensor::empty({c.N, c.D}, DType::F32);
-    ops::moe_experts_grouped(ref, x, idx, w, gc, uc, dc);
+    Pair sa = upload(randn({c.F, c.D}, 0.05), DType::BF16), sb = upload(randn({c.F, c.D}, 0.05), DType::BF16),
+         sd = upload(randn({c.D, c.F}, 0.05), DType::BF16);
+    const std::vector<Tensor> shc{sa.cpu, sb.cpu, sd.cpu}, shg{sa.gpu, sb.gpu, sd.gpu};
     const Tensor xg = x.to(Device::CUDA), ig = idx.to(Device::CUDA), wg = w.to(Device::CUDA);
-    ASSERT_TRUE(ops::moe_experts_grouped_applies(xg, gg, ug, dg));
-    Tensor out = poisoned({c.N, c.D}, DType::F32), again = poisoned({c.N, c.D}, DType::F32);
-    ops::moe_experts_grouped(out, xg, ig, wg, gg, ug, dg);
-    ops::moe_experts_grouped(again, xg, ig, wg, gg, ug, dg);
-    expect_close("moe_experts_grouped N=" + std::to_string(c.N), out, ref, DType::BF16);
-    const Tensor a = down(out), b = down(again);
-    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * sizeof(float)), 0) << "runs differ";
+    for (bool with_shared : {false, true}) {  // the shared expert folded in as one more expert of every token
+      const std::vector<Tensor> none;
+      Tensor ref = Tensor::empty({c.N, c.D}, DType::F32);
+      ops::moe_experts_grouped(ref, x, idx, w, gc, uc, dc, with_shared ? shc : none);
+      ASSERT_TRUE(ops::moe_experts_grouped_applies(xg, gg, ug, dg, with_shared ? shg : none));
+      Tensor out = poisoned({c.N, c.D}, DType::F32), again = poisoned({c.N, c.D}, DType::F32);
+      ops::moe_experts_grouped(out, xg, ig, wg, gg, ug, dg, with_shared ? shg : none);
+      ops::moe_experts_grouped(again, xg, ig, wg, gg, ug, dg, with_shared ? shg : none);
+      expect_close("moe_experts_grouped N=" + std::to_string(c.N) + (with_shared ? " + shared" : ""), out, ref,
+                   DType::BF16);
+      const Tensor a = down(out), b = down(again);
+      EXPECT_EQ(std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * sizeof(float)), 0) << "runs differ";
+    }
   }
 }
 

@@ -308,8 +308,31 @@ TEST(CpuKernels, MoeExpertsGroupedMatchesTheF64Reference) {
   test::Diff d = test::diff(got, want);
   EXPECT_FALSE(d.nan);
   EXPECT_LE(d.rel, 1e-5) << test::str(d);
+  // With the shared expert: the routed sum plus its MLP (the f64 reference with it as a K+1-th expert of
+  // weight 1 for every token).
+  const std::vector<Tensor> sh{f32(randn({F, D}, rng, 0.2)), f32(randn({F, D}, rng, 0.2)),
+                               f32(randn({D, F}, rng, 0.2))};
+  std::vector<Tensor> g1 = g, u1 = u, d1 = dn;
+  g1.push_back(sh[0]);
+  u1.push_back(sh[1]);
+  d1.push_back(sh[2]);
+  Tensor idx1 = Tensor::empty({N, K + 1}, DType::I32), w1 = Tensor::empty({N, K + 1}, DType::F32);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      idx1.data<int32_t>()[n * (K + 1) + k] = idx.data<int32_t>()[n * K + k];
+      w1.data<float>()[n * (K + 1) + k] = w.data<float>()[n * K + k];
+    }
+    idx1.data<int32_t>()[n * (K + 1) + K] = int32_t(E);
+    w1.data<float>()[n * (K + 1) + K] = 1.0f;
+  }
+  ops::moe_experts_grouped(got, x, idx, w, g, u, dn, sh);
+  ops::moe_experts_small(want, x, idx1, w1, g1, u1, d1);
+  d = test::diff(got, want);
+  EXPECT_FALSE(d.nan);
+  EXPECT_LE(d.rel, 1e-5) << "with the shared expert: " << test::str(d);
   idx.data<int32_t>()[7] = int32_t(E);
   EXPECT_THROW(ops::moe_experts_grouped(got, x, idx, w, g, u, dn), Error);
+  EXPECT_THROW(ops::moe_experts_grouped(got, x, idx, w, g, u, dn, {sh[0], sh[1]}), Error);
 }
 
 }  // namespace

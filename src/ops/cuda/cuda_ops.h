@@ -34,7 +34,7 @@ void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const Moe
 bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate);
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                          const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                         const std::vector<Tensor>& down);
+                         const std::vector<Tensor>& down, const std::vector<Tensor>& shared);
 
 void sample_rows(Tensor ids, Tensor fallback, const Tensor& logits, const Tensor& u, const SampleParams& p);
 

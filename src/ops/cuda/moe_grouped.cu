@@ -1,6 +1,7 @@
 // moe_grouped.cu — the routed experts of a large batch (a prefill) on the GPU with the routing plan built
 // on the device (spec/model.md §4; ops/moe.h moe_experts_grouped): no device→host copy of the expert ids,
 // so the GPU never waits for the host between a layer's router and its experts.
+// The shared expert, when given, is expert E: every token takes it once more (slots M .. M + N), weight 1.
 //   1. count: rows per expert (atomics);
 //   2. plan (one block): offsets = exclusive scan of the counts, the 128-row tile table, fill cursors;
 //   3. scatter (a warp per (token, slot)): claims a row of its expert and writes the token there as bf16;
@@ -32,7 +33,7 @@ __global__ void count_kernel(int* counts, const int32_t* idx, int64_t M, int E) 
 // offsets [E + 1], cursor [E] (= offsets), tiles: for each expert ceil(count / 128) tiles {e, 128·j}, in
 // expert order; n_tiles = their number.
 __global__ void __launch_bounds__(kPlanThreads)
-    plan_kernel(int64_t* offsets, int* cursor, GroupedTile* tiles, int* n_tiles, const int* counts, int E) {
+    plan_kernel(int64_t* offsets, int* cursor, GroupedTile* tiles, int* n_tiles, int* counts, int E) {
   __shared__ int row0[kPlanThreads + 1], tile0[kPlanThreads + 1];
   if (threadIdx.x == 0) {  // E ≤ 1024 serial additions: cheaper than a scan's barriers at these sizes
     int r = 0, t = 0;
@@ -55,23 +56,23 @@ __global__ void __launch_bounds__(kPlanThreads)
   }
 }
 
-// Slot i = n·K + k: row_of_slot[i] = the permuted row it claimed (−1 for an id outside 0 ..< E), and
-// xp[row] = bf16(x[n]). A warp per slot; D % 4 == 0.
+// Slot i = n·K + k (i < M): row_of_slot[i] = the permuted row it claimed (−1 for an id outside 0 ..< E),
+// and xp[row] = bf16(x[n]); slot M + n: token n's row of the shared expert E. A warp per slot; D % 4 == 0.
 __global__ void scatter_kernel(bf16* __restrict__ xp, int32_t* __restrict__ row_of_slot, int* cursor,
-                               const int32_t* __restrict__ idx, const float* __restrict__ x, int64_t M, int K,
-                               int D, int E) {
+                               const int32_t* __restrict__ idx, const float* __restrict__ x, int64_t M,
+                               int64_t slots, int K, int D, int E) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (i >= M) return;
+  if (i >= slots) return;
   int r = -1;
   if (lane == 0) {
-    const int e = idx[i];
-    if (e >= 0 && e < E) r = atomicAdd(&cursor[e], 1);
+    const int e = i < M ? idx[i] : E;
+    if (e >= 0 && e <= E && (i >= M || e < E)) r = atomicAdd(&cursor[e], 1);
     row_of_slot[i] = r;
   }
   r = __shfl_sync(0xffffffffu, r, 0);
   if (r < 0) return;
-  const float* src = x + (i / K) * D;
+  const float* src = x + (i < M ? i / K : i - M) * D;
   bf16* dst = xp + int64_t(r) * D;
   for (int d = lane * 4; d < D; d += 128) {
     const float4 v = *reinterpret_cast<const float4*>(src + d);
@@ -80,16 +81,18 @@ __global__ void scatter_kernel(bf16* __restrict__ xp, int32_t* __restrict__ row_
   }
 }
 
-// out[n, :] = Σ_k w[n, k] · yp[row_of_slot[n·K + k], :] (slots in order; unassigned slots add nothing).
+// out[n, :] = Σ_k w[n, k] · yp[row_of_slot[n·K + k], :] (slots in order; unassigned slots add nothing),
+// then + yp[row_of_slot[M + n], :] with `shared`.
 __global__ void combine_kernel(float* __restrict__ out, const float* __restrict__ yp, const float* __restrict__ w,
-                               const int32_t* __restrict__ row_of_slot, int K, int D) {
+                               const int32_t* __restrict__ row_of_slot, int64_t M, int K, int D, bool shared) {
   const int64_t n = blockIdx.x;
   for (int d = threadIdx.x * 4; d < D; d += blockDim.x * 4) {
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int k = 0; k < K; ++k) {
-      const int r = row_of_slot[n * K + k];
+    for (int k = 0; k <= K; ++k) {
+      if (k == K && !shared) break;
+      const int r = k < K ? row_of_slot[n * K + k] : row_of_slot[M + n];
       if (r < 0) continue;
-      const float wk = w[n * K + k];
+      const float wk = k < K ? w[n * K + k] : 1.0f;
       const float4 y = *reinterpret_cast<const float4*>(yp + int64_t(r) * D + d);
       acc.x += wk * y.x;
       acc.y += wk * y.y;
@@ -104,54 +107,60 @@ __global__ void combine_kernel(float* __restrict__ out, const float* __restrict_
 
 bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate) {
   if (x.device() != Device::CUDA || x.dtype() != DType::F32 || x.ndim() != 2 || x.size(1) % 8 != 0) return false;
-  if (gate.empty() || int64_t(gate.size()) > kPlanThreads || gate[0].ndim() != 2) return false;
+  if (gate.empty() || int64_t(gate.size()) >= kPlanThreads || gate[0].ndim() != 2) return false;
   const Tensor& g = gate[0];
   return g.dtype() == DType::BF16 && !g.block_scale() && g.size(0) % 8 == 0;
 }
 
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                          const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                         const std::vector<Tensor>& down) {
+                         const std::vector<Tensor>& down, const std::vector<Tensor>& shared) {
+  const bool sh = !shared.empty();
   const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size()),
-                F = gate[0].size(0), M = N * K;
-  DSEEK_CHECK(M < (int64_t(1) << 31) && M * std::max(D, F) < (int64_t(1) << 40),
-              "moe_experts_grouped: ", N, " tokens × ", K, " experts is too many rows");
-  const int64_t max_tiles = (M + kGroupedRowTile - 1) / kGroupedRowTile + E;
-  // ints: counts [E], cursor [E], n_tiles [1], row_of_slot [M]; offsets [E + 1]; tiles [max_tiles].
-  Tensor ints = Tensor::empty({2 * E + 1 + M}, DType::I32, Device::CUDA);
-  Tensor offsets = Tensor::empty({E + 1}, DType::I64, Device::CUDA);
+                F = gate[0].size(0), M = N * K, S = M + (sh ? N : 0), ET = E + (sh ? 1 : 0);
+  DSEEK_CHECK(S < (int64_t(1) << 31) && S * std::max(D, F) < (int64_t(1) << 40), "moe_experts_grouped: ", N,
+              " tokens × ", K, " experts is too many rows");
+  const int64_t max_tiles = (S + kGroupedRowTile - 1) / kGroupedRowTile + ET;
+  // ints: counts [ET], cursor [ET], n_tiles [1], row_of_slot [S]; offsets [ET + 1]; tiles [max_tiles].
+  Tensor ints = Tensor::empty({2 * ET + 1 + S}, DType::I32, Device::CUDA);
+  Tensor offsets = Tensor::empty({ET + 1}, DType::I64, Device::CUDA);
   Tensor tiles = Tensor::empty({max_tiles * 2}, DType::I32, Device::CUDA);  // tiles: [max_tiles] GroupedTile
   int* counts = ints.data<int32_t>();
-  int* cursor = counts + E;
-  int* n_tiles = cursor + E;
+  int* cursor = counts + ET;
+  int* n_tiles = cursor + ET;
   int32_t* row_of_slot = n_tiles + 1;
   auto* tt = reinterpret_cast<GroupedTile*>(tiles.data<int32_t>());
-  // The experts' matrices as device pointer tables: gate [E], up [E], down [E].
+  // The experts' matrices as device pointer tables: gate [ET], up [ET], down [ET] (the shared one last).
   std::vector<const void*> ptrs;
-  for (const auto* list : {&gate, &up, &down})
-    for (const Tensor& t : *list) ptrs.push_back(t.raw());
+  for (int m = 0; m < 3; ++m) {
+    for (const Tensor& t : m == 0 ? gate : m == 1 ? up : down) ptrs.push_back(t.raw());
+    if (sh) ptrs.push_back(shared[size_t(m)].raw());
+  }
+  // The shared expert's count (every token) goes up with the pointers: counts start as {0 …, N}.
+  std::vector<int32_t> init(size_t(2 * ET + 1), 0);
+  if (sh) init[size_t(E)] = int32_t(N);
   Tensor table = Tensor::empty({int64_t(ptrs.size())}, DType::I64, Device::CUDA);
   copy_bytes(table.raw(), Device::CUDA, ptrs.data(), Device::CPU, ptrs.size() * sizeof(void*));
+  copy_bytes(counts, Device::CUDA, init.data(), Device::CPU, init.size() * sizeof(int32_t));
   const auto* wt = reinterpret_cast<const void* const*>(table.raw());
 
-  device_memset(counts, 0, size_t(2 * E + 1) * sizeof(int));
   count_kernel<<<blocks_for(M, 256), 256>>>(counts, topk_idx.data<int32_t>(), M, int(E));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (count)");
-  plan_kernel<<<1, kPlanThreads>>>(offsets.data<int64_t>(), cursor, tt, n_tiles, counts, int(E));
+  plan_kernel<<<1, kPlanThreads>>>(offsets.data<int64_t>(), cursor, tt, n_tiles, counts, int(ET));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (plan)");
-  Tensor xp = Tensor::empty({M, D}, DType::BF16, Device::CUDA);  // xp: [M, D] tokens grouped by expert
-  scatter_kernel<<<unsigned((M + 7) / 8), 256>>>(static_cast<bf16*>(xp.raw()), row_of_slot, cursor,
-                                                 topk_idx.data<int32_t>(), x.data<float>(), M, int(K), int(D),
-                                                 int(E));
+  Tensor xp = Tensor::empty({S, D}, DType::BF16, Device::CUDA);  // xp: [S, D] tokens grouped by expert
+  scatter_kernel<<<unsigned((S + 7) / 8), 256>>>(static_cast<bf16*>(xp.raw()), row_of_slot, cursor,
+                                                 topk_idx.data<int32_t>(), x.data<float>(), M, S, int(K),
+                                                 int(D), int(E));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (scatter)");
-  Tensor h = Tensor::empty({M, F}, DType::BF16, Device::CUDA);  // h: [M, F] silu(gate) ⊙ up per row
-  grouped_gemm_device(h.raw(), DType::BF16, xp.raw(), wt, wt + E, offsets.data<int64_t>(), tt, n_tiles,
+  Tensor h = Tensor::empty({S, F}, DType::BF16, Device::CUDA);  // h: [S, F] silu(gate) ⊙ up per row
+  grouped_gemm_device(h.raw(), DType::BF16, xp.raw(), wt, wt + ET, offsets.data<int64_t>(), tt, n_tiles,
                       max_tiles, D, F);
-  Tensor yp = Tensor::empty({M, D}, DType::F32, Device::CUDA);  // yp: [M, D] each row's expert output
-  grouped_gemm_device(yp.raw(), DType::F32, h.raw(), wt + 2 * E, nullptr, offsets.data<int64_t>(), tt,
+  Tensor yp = Tensor::empty({S, D}, DType::F32, Device::CUDA);  // yp: [S, D] each row's expert output
+  grouped_gemm_device(yp.raw(), DType::F32, h.raw(), wt + 2 * ET, nullptr, offsets.data<int64_t>(), tt,
                       n_tiles, max_tiles, F, D);
-  combine_kernel<<<unsigned(N), 256>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(), row_of_slot,
-                                       int(K), int(D));
+  combine_kernel<<<unsigned(N), 256>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(), row_of_slot, M,
+                                       int(K), int(D), sh);
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (combine)");
 }
 
