@@ -87,7 +87,7 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   // the device; neither copies the routing back to the host. Between the two (and for training, which
   // keeps the permuted rows for the backward) the host-side plan below.
   const bool small = !saved && ops::moe_experts_small_applies(x, K, mats.gate);
-  const bool grouped = !saved && !small && dev == Device::CUDA && M > 1024 &&
+  const bool grouped = !saved && !small && dev == Device::CUDA && M > 1024 && K < 32 &&
                        ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down);
   // The grouped op takes the shared expert as one more expert of every token when it has the routed
   // experts' shape (DeepSeek's one shared expert).

@@ -260,6 +260,7 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
   if (N == 0) return;
   if (x.device() == Device::CUDA) {
+    DSEEK_CHECK(K < 32, op, ": the GPU version takes at most 31 experts per token, not ", K);
     DSEEK_CHECK(moe_experts_grouped_applies(x, gate, up, down, shared), op,
                 ": the GPU version takes f32 activations with D % 8 == 0 and 16-byte aligned bf16 experts "
                 "(F % 8 == 0, at most 1023 of them)");

@@ -4,10 +4,10 @@
 // The shared expert, when given, is expert E: every token takes it once more (slots M .. M + N), weight 1.
 //   1. count: rows per expert (atomics);
 //   2. plan (one block): offsets = exclusive scan of the counts, the 128-row tile table, fill cursors;
-//   3. scatter (a warp per (token, slot)): claims a row of its expert and writes the token there as bf16;
+//   3. scatter (a warp per token): claims a row of each of its experts and writes the token there as bf16;
 //   4. gate/up: one grouped launch of paired products with SwiGLU in the epilogue → h [M, F] bf16;
-//   5. down: one grouped launch → yp [M, D] f32;
-//   6. combine (a block per token): out[n] = Σ_k w[n, k] · yp[row(n, k)], in slot order.
+//   5. down: one grouped launch → yp [M, D] bf16;
+//   6. combine (a block per token): out[n] = Σ_k w[n, k] · yp[row(n, k)] in f32, in slot order.
 // The order of rows within an expert depends on the atomics, but each product row depends only on its own
 // input row and the sums in step 6 run in slot order, so the result is the same bit for bit every run.
 #include <vector>
@@ -23,11 +23,18 @@ namespace {
 
 constexpr int kPlanThreads = 1024;  // the plan kernel's block; experts ≤ this (moe_experts_grouped_applies)
 
+// Rows per expert: a shared-memory histogram per block (E ≤ 1024), then one global add per expert.
 __global__ void count_kernel(int* counts, const int32_t* idx, int64_t M, int E) {
+  __shared__ int local[kPlanThreads];
+  for (int e = threadIdx.x; e < E; e += blockDim.x) local[e] = 0;
+  __syncthreads();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M; i += int64_t(gridDim.x) * blockDim.x) {
     const int e = idx[i];
-    if (e >= 0 && e < E) atomicAdd(&counts[e], 1);
+    if (e >= 0 && e < E) atomicAdd(&local[e], 1);
   }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x)
+    if (local[e]) atomicAdd(&counts[e], local[e]);
 }
 
 // offsets [E + 1], cursor [E] (= offsets), tiles: for each expert ceil(count / 128) tiles {e, 128·j}, in
@@ -56,34 +63,43 @@ __global__ void __launch_bounds__(kPlanThreads)
   }
 }
 
-// Slot i = n·K + k (i < M): row_of_slot[i] = the permuted row it claimed (−1 for an id outside 0 ..< E),
-// and xp[row] = bf16(x[n]); slot M + n: token n's row of the shared expert E. A warp per slot; D % 4 == 0.
+// Token n's slots n·K + k (and M + n, the shared expert E, when `shared`): row_of_slot[slot] = the
+// permuted row it claimed (−1 for an id outside 0 ..< E), and xp[row] = bf16(x[n]). A warp per token: the
+// row is read once, lanes 0 .. K claim the rows (K < 32). D % 4 == 0.
 __global__ void scatter_kernel(bf16* __restrict__ xp, int32_t* __restrict__ row_of_slot, int* cursor,
-                               const int32_t* __restrict__ idx, const float* __restrict__ x, int64_t M,
-                               int64_t slots, int K, int D, int E) {
-  const int64_t i = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
+                               const int32_t* __restrict__ idx, const float* __restrict__ x, int64_t N,
+                               int64_t M, int K, int D, int E, bool shared) {
+  const int64_t n = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (i >= slots) return;
+  if (n >= N) return;
   int r = -1;
-  if (lane == 0) {
-    const int e = i < M ? idx[i] : E;
-    if (e >= 0 && e <= E && (i >= M || e < E)) r = atomicAdd(&cursor[e], 1);
-    row_of_slot[i] = r;
+  if (lane < K) {
+    const int e = idx[n * K + lane];
+    if (e >= 0 && e < E) r = atomicAdd(&cursor[e], 1);
+    row_of_slot[n * K + lane] = r;
+  } else if (lane == K && shared) {
+    r = atomicAdd(&cursor[E], 1);
+    row_of_slot[M + n] = r;
   }
-  r = __shfl_sync(0xffffffffu, r, 0);
-  if (r < 0) return;
-  const float* src = x + (i < M ? i / K : i - M) * D;
-  bf16* dst = xp + int64_t(r) * D;
-  for (int d = lane * 4; d < D; d += 128) {
-    const float4 v = *reinterpret_cast<const float4*>(src + d);
-    reinterpret_cast<__nv_bfloat162*>(dst + d)[0] = __floats2bfloat162_rn(v.x, v.y);
-    reinterpret_cast<__nv_bfloat162*>(dst + d)[1] = __floats2bfloat162_rn(v.z, v.w);
+  const int slots = K + (shared ? 1 : 0);
+  const float* src = x + n * D;
+  for (int d = lane * 4; d < D; d += 128) {  // each 4 columns read once, written to every claimed row
+    const float4 f = *reinterpret_cast<const float4*>(src + d);
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(f.x, f.y), hi = __floats2bfloat162_rn(f.z, f.w);
+    for (int k = 0; k < slots; ++k) {
+      const int rk = __shfl_sync(0xffffffffu, r, k);
+      if (rk < 0) continue;
+      __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(xp + int64_t(rk) * D + d);
+      dst[0] = lo;
+      dst[1] = hi;
+    }
   }
 }
 
-// out[n, :] = Σ_k w[n, k] · yp[row_of_slot[n·K + k], :] (slots in order; unassigned slots add nothing),
-// then + yp[row_of_slot[M + n], :] with `shared`.
-__global__ void combine_kernel(float* __restrict__ out, const float* __restrict__ yp, const float* __restrict__ w,
+// out[n, :] = Σ_k w[n, k] · yp[row_of_slot[n·K + k], :] (slots in order, f32 sums; unassigned slots add
+// nothing), then + yp[row_of_slot[M + n], :] with `shared`. yp is bf16 (as the expert outputs of vLLM's
+// fused MoE and of transformers), D % 4 == 0.
+__global__ void combine_kernel(float* __restrict__ out, const bf16* __restrict__ yp, const float* __restrict__ w,
                                const int32_t* __restrict__ row_of_slot, int64_t M, int K, int D, bool shared) {
   const int64_t n = blockIdx.x;
   for (int d = threadIdx.x * 4; d < D; d += blockDim.x * 4) {
@@ -93,11 +109,12 @@ __global__ void combine_kernel(float* __restrict__ out, const float* __restrict_
       const int r = k < K ? row_of_slot[n * K + k] : row_of_slot[M + n];
       if (r < 0) continue;
       const float wk = k < K ? w[n * K + k] : 1.0f;
-      const float4 y = *reinterpret_cast<const float4*>(yp + int64_t(r) * D + d);
-      acc.x += wk * y.x;
-      acc.y += wk * y.y;
-      acc.z += wk * y.z;
-      acc.w += wk * y.w;
+      const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(yp + int64_t(r) * D + d);
+      const float2 a = __bfloat1622float2(y[0]), b = __bfloat1622float2(y[1]);
+      acc.x += wk * a.x;
+      acc.y += wk * a.y;
+      acc.z += wk * b.x;
+      acc.w += wk * b.y;
     }
     *reinterpret_cast<float4*>(out + n * D + d) = acc;
   }
@@ -144,22 +161,22 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   copy_bytes(counts, Device::CUDA, init.data(), Device::CPU, init.size() * sizeof(int32_t));
   const auto* wt = reinterpret_cast<const void* const*>(table.raw());
 
-  count_kernel<<<blocks_for(M, 256), 256>>>(counts, topk_idx.data<int32_t>(), M, int(E));
+  count_kernel<<<unsigned(std::min<int64_t>((M + 4095) / 4096, 1024)), 256>>>(counts, topk_idx.data<int32_t>(), M, int(E));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (count)");
   plan_kernel<<<1, kPlanThreads>>>(offsets.data<int64_t>(), cursor, tt, n_tiles, counts, int(ET));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (plan)");
   Tensor xp = Tensor::empty({S, D}, DType::BF16, Device::CUDA);  // xp: [S, D] tokens grouped by expert
-  scatter_kernel<<<unsigned((S + 7) / 8), 256>>>(static_cast<bf16*>(xp.raw()), row_of_slot, cursor,
-                                                 topk_idx.data<int32_t>(), x.data<float>(), M, S, int(K),
-                                                 int(D), int(E));
+  scatter_kernel<<<unsigned((N + 7) / 8), 256>>>(static_cast<bf16*>(xp.raw()), row_of_slot, cursor,
+                                                 topk_idx.data<int32_t>(), x.data<float>(), N, M, int(K),
+                                                 int(D), int(E), sh);
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (scatter)");
   Tensor h = Tensor::empty({S, F}, DType::BF16, Device::CUDA);  // h: [S, F] silu(gate) ⊙ up per row
   grouped_gemm_device(h.raw(), DType::BF16, xp.raw(), wt, wt + ET, offsets.data<int64_t>(), tt, n_tiles,
                       max_tiles, D, F);
-  Tensor yp = Tensor::empty({S, D}, DType::F32, Device::CUDA);  // yp: [S, D] each row's expert output
-  grouped_gemm_device(yp.raw(), DType::F32, h.raw(), wt + 2 * ET, nullptr, offsets.data<int64_t>(), tt,
+  Tensor yp = Tensor::empty({S, D}, DType::BF16, Device::CUDA);  // yp: [S, D] each row's expert output
+  grouped_gemm_device(yp.raw(), DType::BF16, h.raw(), wt + 2 * ET, nullptr, offsets.data<int64_t>(), tt,
                       n_tiles, max_tiles, F, D);
-  combine_kernel<<<unsigned(N), 256>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(), row_of_slot, M,
+  combine_kernel<<<unsigned(N), 256>>>(out.data<float>(), static_cast<const bf16*>(yp.raw()), topk_w.data<float>(), row_of_slot, M,
                                        int(K), int(D), sh);
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (combine)");
 }
