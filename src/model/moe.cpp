@@ -14,6 +14,12 @@ namespace dseek {
 
 void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) {
   const int64_t N = x.size(0), F = w.gate_proj.size(0);
+  if (!saved) {  // inference: gate, up and SwiGLU as one op (one launch for a decode step on the GPU)
+    Tensor h = Tensor::empty({N, F}, x.dtype(), x.device());  // h: [N, F] silu(g)·u
+    ops::linear_swiglu(h, x, w.gate_proj, w.up_proj);
+    ops::linear(out, h, w.down_proj);
+    return;
+  }
   Tensor g = Tensor::empty({N, F}, x.dtype(), x.device()),
          u = Tensor::empty({N, F}, x.dtype(), x.device());  // g, u: [N, F]
   ops::linear(g, x, w.gate_proj);
@@ -64,6 +70,23 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
                 F = c.moe_intermediate_size, M = N * K;
   const DType dt = x.dtype();
   const Device dev = x.device();
+  const ExpertMats mats(w.experts);
+  const auto rp = ops::RouterParams::from(c);
+  const Tensor bias =
+      w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
+  if (!saved && opt.balance_alpha <= 0 && ops::moe_experts_small_applies(x, K, mats.gate)) {
+    // A decode step on the GPU: the gate product and the choice in one op, then the experts grouped on
+    // the device from idx (no host-side plan, no sync), the shared expert folded into their launches.
+    Tensor idx = Tensor::empty({N, K}, DType::I32, dev), gw = Tensor::empty({N, K}, DType::F32, dev);
+    ops::router_decode(idx, gw, x, w.gate, bias, rp);
+    if (trace) *trace = {idx, gw, 0.0};
+    const ops::SharedExpert shared = c.n_shared_experts > 0 ? ops::SharedExpert{.gate = w.shared.gate_proj,
+                                                                                .up = w.shared.up_proj,
+                                                                                .down = w.shared.down_proj}
+                                                            : ops::SharedExpert{};
+    ops::moe_experts_small(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
+    return;
+  }
   // The router runs in f32 at least (spec §4.2), whatever the activations are.
   const DType rdt = dt == DType::BF16 ? DType::F32 : dt;
   Tensor logits = Tensor::empty({N, E}, rdt, dev);  // logits: [N, E]
@@ -71,27 +94,12 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   Tensor idx = Tensor::empty({N, K}, DType::I32, dev), gw = Tensor::empty({N, K}, rdt, dev);
   const bool balance = opt.balance_alpha > 0;
   Tensor scores = saved || balance ? Tensor::empty({N, E}, rdt, dev) : Tensor();
-  const Tensor bias =
-      w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
-  const auto rp = ops::RouterParams::from(c);
   ops::router_fwd(idx, gw, scores, logits, bias, rp);
   const double bal =
       balance ? ops::router_balance_loss(Tensor(), scores, idx, opt.seq_len, opt.balance_alpha, rp) : 0;
   if (trace) *trace = {idx, gw, bal};
 
-  const ExpertMats mats(w.experts);
   Tensor routed = Tensor::empty({N, D}, dt, dev);  // routed: [N, D] Σ_k w_k · expert(x)
-  if (!saved && ops::moe_experts_small_applies(x, K, mats.gate)) {
-    // A decode step on the GPU: experts grouped on the device from idx, no host-side plan (no sync).
-    ops::moe_experts_small(routed, x, idx, gw, mats.gate, mats.up, mats.down);
-    if (c.n_shared_experts > 0) {
-      mlp_fwd(out, x, w.shared);
-      ops::add_(out, routed);
-    } else {
-      out.copy_from(routed);
-    }
-    return;
-  }
   // Routed experts: permute tokens by expert, one grouped product per projection, un-permute with the
   // gate weights. xp, yp: [M, D]; g, u, h: [M, F].
   ops::MoePlan plan = ops::MoePlan::build(idx.to(Device::CPU), E);
