@@ -13,7 +13,7 @@ namespace {
 
 // cq, cqn: [N, Q] (cq null: no q part); kv: [N, C + R]; pool rows of width C + R; slots: [N].
 template <typename T, typename Wn>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(512)
     sm90_decode_latent(T* cqn, T* pool, const T* cq, const T* kv, const Wn* q_norm, const Wn* kv_norm,
                        const int64_t* pos, const float* inv_freq, const int32_t* slots, int Q, int C, int R,
                        float af, float eps) {
@@ -54,7 +54,7 @@ void mla_decode_latent(const LatentStep& a) {
     using T = decltype(t);
     auto run = [&](auto wn) {
       using Wn = decltype(wn);
-      sm90_decode_latent<T, Wn><<<unsigned(N), 256>>>(
+      sm90_decode_latent<T, Wn><<<unsigned(N), 512>>>(
           Q ? static_cast<T*>(a.cqn.raw()) : nullptr, static_cast<T*>(a.pool.raw()),
           Q ? static_cast<const T*>(a.cq.raw()) : nullptr, static_cast<const T*>(a.kv.raw()),
           Q ? static_cast<const Wn*>(a.q_norm.raw()) : nullptr, static_cast<const Wn*>(a.kv_norm.raw()),

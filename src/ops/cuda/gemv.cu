@@ -26,6 +26,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int n = 0; n < NB; ++n) acc[n] = 0.0f;
   if (vec) {
+#pragma unroll 4
     for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
       const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
       const bf16* wv = reinterpret_cast<const bf16*>(&raw);
@@ -61,6 +62,7 @@ __device__ __forceinline__ void row_dot(float* acc, const bf16* wr, const float*
 #pragma unroll
   for (int n = 0; n < NB; ++n) acc[n] = 0.0f;
   if (vec) {
+#pragma unroll 4
     for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
       const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
       const bf16* wv = reinterpret_cast<const bf16*>(&raw);

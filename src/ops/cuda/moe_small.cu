@@ -115,6 +115,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int t = 0; t < kChunk; ++t) xr[t] = x + int64_t(rows[j0 + min(t, nt - 1)] / KS) * D;
     float ag[kChunk] = {}, au[kChunk] = {};
     if (vec) {
+#pragma unroll 4
       for (int i = lane * 8; i < D; i += 256) {
         float g8[8], u8[8];
         load8(gr + i, g8);
@@ -163,6 +164,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int t = 0; t < kChunk; ++t) hr[t] = h + int64_t(rows[j0 + min(t, nt - 1)]) * F;
     float acc[kChunk] = {};
     if (vec) {
+#pragma unroll 4
       for (int i = lane * 8; i < F; i += 256) {
         float w8[8];
         load8(wr + i, w8);
@@ -245,8 +247,8 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
   } else {
     run(bf16{});
   }
-  sm90_moe_small_combine<<<unsigned(N), 256>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(),
-                                               int(K), int(KS), int(D));
+  sm90_moe_small_combine<<<unsigned(N), 1024>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(),
+                                                int(K), int(KS), int(D));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (combine)");
 }
 

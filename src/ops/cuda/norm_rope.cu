@@ -89,10 +89,12 @@ void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const T
     T* hp = static_cast<T*>(h.raw());
     T* op = static_cast<T*>(out.raw());
     const T* yp = static_cast<const T*>(y.raw());
+    const int threads = D >= 1024 ? 1024 : 256;  // a decode step's few rows: every load in flight at once
     if (w.dtype() == DType::F32) {
-      add_rmsnorm_kernel<<<int(N), 256>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), D, float(eps));
+      add_rmsnorm_kernel<<<int(N), threads>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), D,
+                                              float(eps));
     } else {
-      add_rmsnorm_kernel<<<int(N), 256>>>(hp, op, r, yp, static_cast<const T*>(w.raw()), D, float(eps));
+      add_rmsnorm_kernel<<<int(N), threads>>>(hp, op, r, yp, static_cast<const T*>(w.raw()), D, float(eps));
     }
   });
   DSEEK_CUDA_LAUNCH_CHECK("add_rmsnorm_fwd");

@@ -169,6 +169,7 @@ __global__ void sm90_router_decode(int32_t* idx_out, float* w_out, const float* 
     const Tg* g = gate + int64_t(e) * D;
     float acc = 0.0f;
     if (vec) {
+#pragma unroll 4
       for (int i = lane * 8; i < D; i += 256) {
         float w8[8];
         load8g(g + i, w8);
