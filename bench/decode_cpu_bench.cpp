@@ -211,8 +211,8 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < tokens; ++i) step();
       decode_s = seconds_since(td);
       if (dg)
-        std::printf("CUDA graphs: %lld captured, %lld replays%s%s\n", (long long)dg->captures(),
-                    (long long)dg->replays(),
+        std::printf("CUDA graphs: %lld captured, %lld replays, %lld kernels per step%s%s\n",
+                    (long long)dg->captures(), (long long)dg->replays(), (long long)dg->kernels(),
                     dg->why_eager().empty() ? "" : "; eager because: ", dg->why_eager().c_str());
     } else {
       throw std::runtime_error("--path must be paged or cached, not " + path);

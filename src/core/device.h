@@ -63,6 +63,7 @@ class DeviceGraph {
   void abort_capture();  // after an exception between begin and end: ends it, drops what was captured
   void replay() const;
   bool ready() const { return exec_ != nullptr; }
+  int64_t kernels() const;  // kernel nodes of the captured graph (0 before a capture)
 
  private:
   void* graph_ = nullptr;

@@ -103,6 +103,7 @@ std::vector<int64_t> DecodeGraphs::step(const std::vector<int64_t>& tokens, cons
         body();
         g.graph.end_capture();
         ++captures_;
+        kernels_ = g.graph.kernels();
       } catch (const std::exception& e) {
         g.graph.abort_capture();
         g.logits = Tensor();

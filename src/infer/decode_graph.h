@@ -31,6 +31,7 @@ class DecodeGraphs {
   const Tensor& last_logits() const { return last_logits_; }  // [B, V] on the device (tests)
   int64_t captures() const { return captures_; }
   int64_t replays() const { return replays_; }
+  int64_t kernels() const { return kernels_; }  // kernel launches in the last captured step
   const std::string& why_eager() const { return why_eager_; }
 
  private:
@@ -38,7 +39,7 @@ class DecodeGraphs {
   const Model& m_;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Graph>> graphs_;
   Tensor last_logits_;
-  int64_t captures_ = 0, replays_ = 0;
+  int64_t captures_ = 0, replays_ = 0, kernels_ = 0;
   std::string why_eager_;  // non-empty: graphs are off
 };
 

@@ -1,4 +1,5 @@
-// layer.cpp — decoder layer forward/backward (spec/model.md §2.1: pre-norm residual blocks).
+// layer.cpp — decoder layer forward/backward (spec/model.md §2.1: pre-norm residual blocks); each residual
+// add is fused with the RMSNorm that follows it.
 #include "model/layer.h"
 
 #include "core/profile.h"
@@ -7,7 +8,8 @@
 
 namespace dseek {
 
-void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSaved* s, RouterTrace* trace) {
+void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSaved* s, RouterTrace* trace,
+               Tensor* pending) {
   prof::Scope scope(prof::kLayerFwd);
   const ModelConfig& c = ctx.cfg;
   const int64_t N = h.size(0), D = h.size(1);
@@ -19,7 +21,12 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
     s->h_in = Tensor::empty({N, D}, dt, dev);
     ops::copy_cols(s->h_in, 0, h, 0, D);
   }
-  ops::rmsnorm_fwd(xn, rstd, h, w.input_layernorm, c.rms_norm_eps);
+  if (pending && pending->defined()) {  // the previous layer's FFN output joins the residual here
+    DSEEK_CHECK(!s, "layer_fwd: a training forward adds every residual in its own layer");
+    ops::add_rmsnorm_fwd(h, xn, rstd, *pending, w.input_layernorm, c.rms_norm_eps);
+  } else {
+    ops::rmsnorm_fwd(xn, rstd, h, w.input_layernorm, c.rms_norm_eps);
+  }
   if (s) {
     s->rstd1 = rstd;
     s->attn.recompute = s->recompute;
@@ -29,15 +36,16 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
     mla_fwd(y, xn, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, ctx.layer, ctx.path,
             s ? &s->attn : nullptr, ctx.paged, ctx.fp16_attention);
   }
-  ops::add_(h, y);
   if (s) {
-    s->h_mid = Tensor::empty({N, D}, dt, dev);  // h_mid: [N, D] after the attention residual
-    ops::copy_cols(s->h_mid, 0, h, 0, D);
     rstd = Tensor::empty({N}, dt, dev);
     s->rstd2 = rstd;
   }
-  Tensor xn2 = s ? Tensor::empty({N, D}, dt, dev) : xn;
-  ops::rmsnorm_fwd(xn2, rstd, h, w.post_attention_layernorm, c.rms_norm_eps);
+  Tensor xn2 = s ? Tensor::empty({N, D}, dt, dev) : xn;  // xn2: [N, D]
+  ops::add_rmsnorm_fwd(h, xn2, rstd, y, w.post_attention_layernorm, c.rms_norm_eps);
+  if (s) {
+    s->h_mid = Tensor::empty({N, D}, dt, dev);  // h_mid: [N, D] after the attention residual
+    ops::copy_cols(s->h_mid, 0, h, 0, D);
+  }
   if (w.is_moe) {
     prof::Scope sub(prof::kMoeFwd);
     moe_fwd(y, xn2, w.moe, c, trace, s ? &s->moe : nullptr, ctx.moe);
@@ -45,7 +53,11 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
     prof::Scope sub(prof::kMlpFwd);
     mlp_fwd(y, xn2, w.mlp, s ? &s->mlp : nullptr);
   }
-  ops::add_(h, y);
+  if (pending) {
+    *pending = y;  // added by the next layer's input norm (or the final norm)
+  } else {
+    ops::add_(h, y);
+  }
   if (s && s->recompute) {  // the normed inputs are rebuilt in the backward
     s->attn.x = Tensor();
     s->mlp.x = Tensor();

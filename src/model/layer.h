@@ -32,9 +32,11 @@ struct LayerContext {
 };
 
 // h [N, D] updated in place. `saved` (training) keeps what layer_bwd needs; `trace` (optional) gets
-// the router's choice of an MoE layer.
+// the router's choice of an MoE layer. With `pending` (inference), the FFN residual is deferred so that it
+// fuses with the next RMSNorm: on entry *pending [N, D] (when defined) is the previous layer's FFN output
+// not yet in h, added before the input norm; on return *pending is this layer's FFN output, not added.
 void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSaved* saved = nullptr,
-               RouterTrace* trace = nullptr);
+               RouterTrace* trace = nullptr, Tensor* pending = nullptr);
 
 // dh: the gradient w.r.t. the layer's output on entry, w.r.t. its input on return. Parameter
 // gradients accumulate into g. `grad_scale` scales the balance-loss gradient like the other losses.

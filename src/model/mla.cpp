@@ -157,18 +157,44 @@ void attend_absorbed(Tensor oc, const Tensor& qc, const Tensor& rows, const MlaW
   }
 }
 
-// Absorbed decode over the paged cache, every head in one launch per stage: qa [N, H, C + R] = the
-// absorbed queries, o_lat [N, H, C] the attention over each sequence's cached rows, o [N, H·dv].
-void attend_paged(Tensor o, const Tensor& q, const MlaWeights& w, const ModelConfig& c, const PagedStep& p,
-                  int64_t layer) {
+// A decode step over the paged cache, every head in one launch per stage: q_a and kv_a in one product of
+// x, their norms with the k_pe rope and the cache write in one op, q_b, then the absorbed attention with
+// the q rope applied inside the query absorption: qa [N, H, C + R] the absorbed queries, o_lat [N, H, C]
+// the attention over each sequence's cached rows, o [N, H·dv].
+void decode_paged(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& c, const Rope& rope,
+                  const Tensor& positions, const PagedStep& p, int64_t layer) {
   const Dims d(c);
-  const int64_t N = q.size(0);
-  Tensor qa = Tensor::empty({N, d.H, d.C + d.R}, q.dtype(), q.device());  // qa: [N, H, C + R]
-  ops::mla_absorb_q(qa, q.view({N, d.H, d.dq}), w.kv_b_proj, d.dn, d.dv);
-  Tensor olat = Tensor::empty({N, d.H, d.C}, q.dtype(), q.device());  // olat: [N, H, C]
+  const int64_t N = x.size(0);
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  const bool lora = c.q_lora_rank > 0;
+  Tensor q = Tensor::empty({N, d.H * d.dq}, dt, dev);  // q: [N, H, dn + R], its R part not yet roped
+  Tensor kv = Tensor::empty({N, d.C + d.R}, dt, dev);  // kv: [N, C + R] = [c_kv | k_pe] as projected
+  Tensor cq = lora ? Tensor::empty({N, c.q_lora_rank}, dt, dev) : Tensor(),  // cq, cqn: [N, q_lora_rank]
+      cqn = lora ? Tensor::empty({N, c.q_lora_rank}, dt, dev) : Tensor();
+  ops::linear_pair(lora ? cq : q, kv, x, lora ? w.q_a_proj : w.q_proj, w.kv_a_proj_with_mqa);
+  ops::mla_decode_latent({.cqn = cqn,
+                          .pool = p.cache->pool(layer),
+                          .cq = cq,
+                          .kv = kv,
+                          .q_norm = lora ? w.q_a_layernorm : Tensor(),
+                          .kv_norm = w.kv_a_layernorm,
+                          .positions = positions,
+                          .inv_freq = rope.inv_freq,
+                          .slots = p.slots,
+                          .attention_factor = rope.attention_factor,
+                          .eps = c.rms_norm_eps});
+  if (lora) ops::linear(q, cqn, w.q_b_proj);
+  Tensor qa = Tensor::empty({N, d.H, d.C + d.R}, dt, dev);  // qa: [N, H, C + R]
+  const ops::RopeAt at{
+      .positions = positions, .inv_freq = rope.inv_freq, .attention_factor = rope.attention_factor};
+  ops::mla_absorb_q(qa, q.view({N, d.H, d.dq}), w.kv_b_proj, d.dn, d.dv, &at);
+  Tensor olat = Tensor::empty({N, d.H, d.C}, dt, dev);  // olat: [N, H, C]
   ops::mla_decode_paged(olat, qa, p.cache->pool(layer), p.block_table, p.seq_lens, c.softmax_scale(),
                         p.max_len);
+  Tensor o = Tensor::empty({N, d.H * d.dv}, dt, dev);  // o: [N, H, dv]
   ops::mla_absorb_o(o.view({N, d.H, d.dv}), olat, w.kv_b_proj, d.dn, d.dv);
+  ops::linear(out, o, w.o_proj);
 }
 
 }  // namespace
@@ -180,18 +206,12 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   const int64_t N = x.size(0);
   const DType dt = x.dtype();
   const Device dev = x.device();
+  DSEEK_CHECK(!paged || !saved, "mla_fwd: a training forward does not use the paged cache");
+  if (paged && paged->decode) return decode_paged(out, x, w, c, rope, positions, *paged, layer);
   Tensor q, lat;
   project(q, lat, saved, x, w, c, rope, positions);
   Tensor o = Tensor::empty({N, d.H * d.dv}, dt, dev);  // o: [N, H, dv]
-  if (paged) {
-    DSEEK_CHECK(!saved, "mla_fwd: a training forward does not use the paged cache");
-    ops::paged_cache_write(paged->cache->pool(layer), lat, paged->slots);
-    if (paged->decode) {
-      attend_paged(o, q, w, c, *paged, layer);
-      ops::linear(out, o, w.o_proj);
-      return;
-    }
-  }
+  if (paged) ops::paged_cache_write(paged->cache->pool(layer), lat, paged->slots);
   // Whole sequences without a cache (training, a plain forward, a paged prefill): every row at once —
   // training through the varlen attention that keeps the probabilities, inference through the flash
   // kernel.

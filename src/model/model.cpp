@@ -44,6 +44,9 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
   Tensor h = Tensor::empty({N, D}, dt, dev);  // h: [N, D] the residual stream
   ops::embedding_fwd(h, ids, w.embed_tokens);
   if (trace) trace->hidden.push_back(h.clone());
+  // pending: [N, D] the last layer's FFN output, added to h inside the next RMSNorm (not with a trace,
+  // which records h after every layer).
+  Tensor pending;
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
     RouterTrace rt;
@@ -57,12 +60,16 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
                .moe = {},
                .paged = paged,
                .fp16_attention = dev == Device::CUDA && w.embed_tokens.dtype() == DType::BF16},
-              nullptr, trace && L.is_moe ? &rt : nullptr);
+              nullptr, trace && L.is_moe ? &rt : nullptr, trace ? nullptr : &pending);
     if (trace && L.is_moe) trace->routers.push_back(rt);
     if (trace && l + 1 < cfg.num_hidden_layers) trace->hidden.push_back(h.clone());
   }
   Tensor xn = Tensor::empty({N, D}, dt, dev);
-  ops::rmsnorm_fwd(xn, Tensor(), h, w.norm, cfg.rms_norm_eps);
+  if (pending.defined()) {
+    ops::add_rmsnorm_fwd(h, xn, Tensor(), pending, w.norm, cfg.rms_norm_eps);
+  } else {
+    ops::rmsnorm_fwd(xn, Tensor(), h, w.norm, cfg.rms_norm_eps);
+  }
   if (trace) trace->hidden.push_back(xn.clone());
   return xn;
 }

@@ -15,6 +15,12 @@ namespace dseek {
 
 void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) {
   const int64_t N = x.size(0), F = w.gate_proj.size(0);
+  if (!saved) {  // inference: gate, up and SwiGLU as one op (one launch for a decode step on the GPU)
+    Tensor h = Tensor::empty({N, F}, x.dtype(), x.device());  // h: [N, F] silu(g)·u
+    ops::linear_swiglu(h, x, w.gate_proj, w.up_proj);
+    ops::linear(out, h, w.down_proj);
+    return;
+  }
   Tensor g = Tensor::empty({N, F}, x.dtype(), x.device()),
          u = Tensor::empty({N, F}, x.dtype(), x.device());  // g, u: [N, F]
   const Tensor xa = ops::product_input(x, {&w.gate_proj, &w.up_proj});  // cast once on the GPU
@@ -66,6 +72,23 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
                 F = c.moe_intermediate_size, M = N * K;
   const DType dt = x.dtype();
   const Device dev = x.device();
+  const ExpertMats mats(w.experts);
+  const auto rp = ops::RouterParams::from(c);
+  const Tensor bias =
+      w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
+  if (!saved && opt.balance_alpha <= 0 && ops::moe_experts_small_applies(x, K, mats.gate)) {
+    // A decode step on the GPU: the gate product and the choice in one op, then the experts grouped on
+    // the device from idx (no host-side plan, no sync), the shared expert folded into their launches.
+    Tensor idx = Tensor::empty({N, K}, DType::I32, dev), gw = Tensor::empty({N, K}, DType::F32, dev);
+    ops::router_decode(idx, gw, x, w.gate, bias, rp);
+    if (trace) *trace = {idx, gw, 0.0};
+    const ops::SharedExpert shared = c.n_shared_experts > 0 ? ops::SharedExpert{.gate = w.shared.gate_proj,
+                                                                                .up = w.shared.up_proj,
+                                                                                .down = w.shared.down_proj}
+                                                            : ops::SharedExpert{};
+    ops::moe_experts_small(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
+    return;
+  }
   // The router runs in f32 at least (spec §4.2), whatever the activations are.
   const DType rdt = dt == DType::BF16 ? DType::F32 : dt;
   Tensor logits = Tensor::empty({N, E}, rdt, dev);  // logits: [N, E]
@@ -73,36 +96,28 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   Tensor idx = Tensor::empty({N, K}, DType::I32, dev), gw = Tensor::empty({N, K}, rdt, dev);
   const bool balance = opt.balance_alpha > 0;
   Tensor scores = saved || balance ? Tensor::empty({N, E}, rdt, dev) : Tensor();
-  const Tensor bias =
-      w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
-  const auto rp = ops::RouterParams::from(c);
   ops::router_fwd(idx, gw, scores, logits, bias, rp);
   const double bal =
       balance ? ops::router_balance_loss(Tensor(), scores, idx, opt.seq_len, opt.balance_alpha, rp) : 0;
   if (trace) *trace = {idx, gw, bal};
 
-  const ExpertMats mats(w.experts);
   Tensor routed = Tensor::empty({N, D}, dt, dev);  // routed: [N, D] Σ_k w_k · expert(x)
-  // Inference on the GPU: a decode step's few tokens, or a large batch (a prefill) with the plan built on
-  // the device; neither copies the routing back to the host. Between the two (and for training, which
-  // keeps the permuted rows for the backward) the host-side plan below.
-  const bool small = !saved && ops::moe_experts_small_applies(x, K, mats.gate);
-  const bool grouped = !saved && !small && dev == Device::CUDA && M > 1024 && K < 32 &&
+  // Inference on the GPU with a large batch (a prefill): the plan built on the device, so the routing is
+  // never copied back to the host. For training (which keeps the permuted rows for the backward) and
+  // middling batches the host-side plan below.
+  const bool grouped = !saved && dev == Device::CUDA && M > 1024 && K < 32 &&
                        ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down);
-  // The grouped op takes the shared expert as one more expert of every token when it has the routed
-  // experts' shape (DeepSeek's one shared expert).
-  const std::vector<Tensor> shared =
-      c.n_shared_experts > 0 ? std::vector<Tensor>{w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj}
-                             : std::vector<Tensor>{};
-  if (grouped && !shared.empty() && ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down, shared)) {
-    ops::moe_experts_grouped(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
-    return;
-  }
-  if (small || grouped) {
-    if (small)
-      ops::moe_experts_small(routed, x, idx, gw, mats.gate, mats.up, mats.down);
-    else
-      ops::moe_experts_grouped(routed, x, idx, gw, mats.gate, mats.up, mats.down);
+  if (grouped) {
+    // The shared expert rides along as one more expert of every token when it has the routed experts'
+    // shape (DeepSeek's one shared expert).
+    const std::vector<Tensor> shared =
+        c.n_shared_experts > 0 ? std::vector<Tensor>{w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj}
+                               : std::vector<Tensor>{};
+    if (!shared.empty() && ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down, shared)) {
+      ops::moe_experts_grouped(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
+      return;
+    }
+    ops::moe_experts_grouped(routed, x, idx, gw, mats.gate, mats.up, mats.down);
     if (c.n_shared_experts > 0) {
       mlp_fwd(out, x, w.shared);
       ops::add_(out, routed);

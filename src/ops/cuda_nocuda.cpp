@@ -18,6 +18,9 @@ void matmul_nn(Tensor, const Tensor&, const Tensor&) {
 void rmsnorm_fwd(Tensor, Tensor, const Tensor&, const Tensor&, double) {
   none("rmsnorm_fwd");
 }
+void add_rmsnorm_fwd(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, double) {
+  none("add_rmsnorm_fwd");
+}
 void rope_fwd(Tensor, const Tensor&, const Tensor&, int64_t, double) {
   none("rope_fwd");
 }

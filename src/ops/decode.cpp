@@ -1,8 +1,15 @@
-// decode.cpp — checks and device dispatch for the decode ops over the paged latent cache (ops/decode.h).
+// decode.cpp — checks and device dispatch for the decode ops over the paged latent cache (ops/decode.h),
+// and the reference of each fused op: the unfused ops in sequence (on the CPU, and on the GPU where the
+// fused kernel does not apply).
 #include "ops/decode.h"
 
 #include "ops/check.h"
 #include "ops/decode_impl.h"
+#include "ops/elementwise.h"
+#include "ops/linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/swiglu.h"
 
 namespace dseek::ops {
 
@@ -49,7 +56,8 @@ void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots) {
   return cuda::paged_cache_write(pool, rows, slots);
 }
 
-void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv) {
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv,
+                  const RopeAt* rope) {
   const char* op = "mla_absorb_q";
   check_ndim(op, "q", q, 3);
   check_act(op, "q", q);
@@ -60,10 +68,23 @@ void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, in
   check_shape(op, "qa", qa, {N, H, C + R});
   DSEEK_CHECK(qa.dtype() == q.dtype(), op, ": qa and q differ in dtype");
   check_same_device(op, {&qa, &q, &kv_b});
+  if (rope) {
+    check_shape(op, "positions", rope->positions, {N});
+    check_dtype(op, "positions", rope->positions, {DType::I64});
+    check_shape(op, "inv_freq", rope->inv_freq, {R / 2});
+    check_dtype(op, "inv_freq", rope->inv_freq, {DType::F32});
+    DSEEK_CHECK(R % 2 == 0, op, ": the roped part has ", R, " columns (pairs)");
+    check_same_device(op, {&q, &rope->positions, &rope->inv_freq});
+  }
   if (N == 0) return;
   const Tensor w = kv_b_for(kv_b, q.dtype());
-  if (q.device() == Device::CPU) return cpu::mla_absorb_q(qa, q, w, dn, dv);
-  return cuda::mla_absorb_q(qa, q, w, dn, dv);
+  if (q.device() == Device::CPU) {
+    if (!rope) return cpu::mla_absorb_q(qa, q, w, dn, dv);
+    Tensor qr = q.clone();  // qr: [N, H, dn + R] q with its last R columns roped
+    rope_fwd(qr, rope->positions, rope->inv_freq, dn, rope->attention_factor);
+    return cpu::mla_absorb_q(qa, qr, w, dn, dv);
+  }
+  return cuda::mla_absorb_q(qa, q, w, dn, dv, rope);
 }
 
 void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv) {
@@ -119,6 +140,123 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
   return cuda::mla_decode_paged(o_lat, q, pool, block_table, seq_lens, scale, max_len);
 }
 
+void mla_decode_latent(const LatentStep& a) {
+  const char* op = "mla_decode_latent";
+  check_ndim(op, "kv", a.kv, 2);
+  check_act(op, "kv", a.kv);
+  check_ndim(op, "pool", a.pool, 3);
+  const int64_t N = a.kv.size(0), W = a.kv.size(1), C = a.kv_norm.ndim() == 1 ? a.kv_norm.size(0) : -1,
+                R = W - C;
+  DSEEK_CHECK(C > 0 && R >= 0 && R % 2 == 0, op, ": kv ", a.kv.str(), " and kv_norm ", a.kv_norm.str(),
+              " leave no even rope part");
+  check_shape(op, "inv_freq", a.inv_freq, {R / 2});
+  check_dtype(op, "inv_freq", a.inv_freq, {DType::F32});
+  check_shape(op, "positions", a.positions, {N});
+  check_dtype(op, "positions", a.positions, {DType::I64});
+  check_dtype(op, "kv_norm", a.kv_norm, {DType::F32, a.kv.dtype()});
+  const bool q = a.cq.defined();
+  if (q) {
+    check_ndim(op, "cq", a.cq, 2);
+    check_shape(op, "cq", a.cq, {N, a.cq.size(1)});
+    check_shape(op, "cqn", a.cqn, a.cq.shape());
+    check_shape(op, "q_norm", a.q_norm, {a.cq.size(1)});
+    check_dtype(op, "q_norm", a.q_norm, {DType::F32, a.kv.dtype()});
+    DSEEK_CHECK(a.cq.dtype() == a.kv.dtype() && a.cqn.dtype() == a.kv.dtype(), op, ": mixed dtypes");
+    check_same_device(op, {&a.cq, &a.cqn, &a.q_norm, &a.kv});
+  }
+  check_same_device(op, {&a.kv, &a.pool, &a.kv_norm, &a.positions, &a.inv_freq, &a.slots});
+  DSEEK_CHECK(a.pool.size(1) == kCacheBlock && a.pool.size(2) == W && a.pool.dtype() == a.kv.dtype(), op,
+              ": pool ", a.pool.str(), " does not hold rows of ", a.kv.str());
+  check_shape(op, "slots", a.slots, {N});
+  check_dtype(op, "slots", a.slots, {DType::I32});
+  if (N == 0) return;
+  if (a.kv.device() == Device::CUDA && (!q || a.q_norm.dtype() == a.kv_norm.dtype()))
+    return cuda::mla_decode_latent(a);
+  // The reference: the norms, the rope of the latent row, the cache write.
+  if (q) rmsnorm_fwd(a.cqn, Tensor(), a.cq, a.q_norm, a.eps);
+  Tensor lat = a.kv.clone();                                        // lat: [N, C + R]
+  Tensor ckv = Tensor::empty({N, C}, a.kv.dtype(), a.kv.device()),  // ckv: [N, C] the latents
+      ckvn = Tensor::empty({N, C}, a.kv.dtype(), a.kv.device());    // ckvn: [N, C] normed
+  copy_cols(ckv, 0, lat, 0, C);
+  rmsnorm_fwd(ckvn, Tensor(), ckv, a.kv_norm, a.eps);
+  copy_cols(lat, 0, ckvn, 0, C);
+  rope_fwd(lat.view({N, 1, W}), a.positions, a.inv_freq, C, a.attention_factor);
+  paged_cache_write(a.pool, lat, a.slots);
+}
+
+namespace {
+bool gemv_takes(const Tensor& out, const Tensor& x, const Tensor& w) {
+  return x.device() == Device::CUDA && x.dtype() == DType::F32 && out.dtype() == DType::F32 &&
+         w.dtype() == DType::BF16 && !w.block_scale() && x.size(0) >= 1 && x.size(0) <= 8;
+}
+}  // namespace
+
+void linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, const Tensor& w_b) {
+  const char* op = "linear_pair";
+  check_ndim(op, "x", x, 2);
+  check_ndim(op, "w_a", w_a, 2);
+  check_ndim(op, "w_b", w_b, 2);
+  check_shape(op, "out_a", out_a, {x.size(0), w_a.size(0)});
+  check_shape(op, "out_b", out_b, {x.size(0), w_b.size(0)});
+  DSEEK_CHECK(w_a.size(1) == x.size(1) && w_b.size(1) == x.size(1), op, ": x ", x.str(), ", w_a ", w_a.str(),
+              " and w_b ", w_b.str(), " disagree on the input dim");
+  check_same_device(op, {&out_a, &out_b, &x, &w_a, &w_b});
+  if (gemv_takes(out_a, x, w_a) && gemv_takes(out_b, x, w_b))
+    return cuda::gemv_pair(out_a, out_b, x, w_a, w_b);
+  const Tensor xa = product_input(x, {&w_a, &w_b});  // cast once on the GPU
+  linear(out_a, xa, w_a);
+  linear(out_b, xa, w_b);
+}
+
+void linear_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor& w_up) {
+  const char* op = "linear_swiglu";
+  check_ndim(op, "x", x, 2);
+  check_ndim(op, "w_gate", w_gate, 2);
+  check_shape(op, "w_up", w_up, w_gate.shape());
+  check_shape(op, "out", out, {x.size(0), w_gate.size(0)});
+  DSEEK_CHECK(w_gate.size(1) == x.size(1), op, ": x ", x.str(), " and w_gate ", w_gate.str(),
+              " disagree on the input dim");
+  check_same_device(op, {&out, &x, &w_gate, &w_up});
+  if (gemv_takes(out, x, w_gate) && gemv_takes(out, x, w_up)) return cuda::gemv_swiglu(out, x, w_gate, w_up);
+  Tensor u = Tensor::empty(out.shape(), out.dtype(), out.device());  // u: [N, F] the up product
+  const Tensor xa = product_input(x, {&w_gate, &w_up});                // cast once on the GPU
+  linear(out, xa, w_gate);
+  linear(u, xa, w_up);
+  swiglu_fwd(out, out, u);
+}
+
+bool router_decode_applies(const Tensor& x, const Tensor& gate, const RouterParams& p) {
+  return x.device() == Device::CUDA && x.dtype() == DType::F32 && x.ndim() == 2 && gate.ndim() == 2 &&
+         (gate.dtype() == DType::F32 || gate.dtype() == DType::BF16) && !gate.block_scale() &&
+         cuda::router_small_applies(x.size(0), gate.size(0), p);
+}
+
+void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
+                   const RouterParams& p) {
+  const char* op = "router_decode";
+  check_ndim(op, "x", x, 2);
+  check_ndim(op, "gate", gate, 2);
+  const int64_t N = x.size(0), E = gate.size(0), K = p.top_k;
+  DSEEK_CHECK(gate.size(1) == x.size(1), op, ": x ", x.str(), " and gate ", gate.str(),
+              " disagree on the input dim");
+  check_shape(op, "topk_idx", topk_idx, {N, K});
+  check_dtype(op, "topk_idx", topk_idx, {DType::I32});
+  check_shape(op, "topk_w", topk_w, {N, K});
+  if (bias.defined()) check_shape(op, "bias", bias, {E});
+  check_same_device(op, {&topk_idx, &topk_w, &x, &gate, &bias});
+  if (N == 0) return;
+  if (router_decode_applies(x, gate, p)) {
+    check_dtype(op, "topk_w", topk_w, {DType::F32});
+    if (bias.defined()) check_dtype(op, "bias", bias, {DType::F32});
+    return cuda::router_decode(topk_idx, topk_w, x, gate, bias, p);
+  }
+  // The reference: the gate product in f32 or above, then the router.
+  const DType rdt = x.dtype() == DType::BF16 ? DType::F32 : x.dtype();
+  Tensor logits = Tensor::empty({N, E}, rdt, x.device());  // logits: [N, E]
+  linear(logits, x, gate.dtype() == rdt ? gate : gate.to(rdt));
+  router_fwd(topk_idx, topk_w, Tensor(), logits, bias, p);
+}
+
 void argmax_rows(Tensor ids, const Tensor& x) {
   const char* op = "argmax_rows";
   check_ndim(op, "x", x, 2);
@@ -141,7 +279,7 @@ bool moe_experts_small_applies(const Tensor& x, int64_t top_k, const std::vector
 
 void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                       const std::vector<Tensor>& down) {
+                       const std::vector<Tensor>& down, const SharedExpert& shared) {
   const char* op = "moe_experts_small";
   check_ndim(op, "x", x, 2);
   check_ndim(op, "topk_idx", topk_idx, 2);
@@ -162,7 +300,28 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
     check_shape(op, "down", down[size_t(e)], {D, F});
   }
   check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
+  const bool sh = shared.gate.defined();
+  if (sh) {
+    const int64_t Fs = shared.gate.size(0);
+    check_shape(op, "shared gate", shared.gate, {Fs, D});
+    check_shape(op, "shared up", shared.up, {Fs, D});
+    check_shape(op, "shared down", shared.down, {D, Fs});
+    check_same_device(op, {&x, &shared.gate, &shared.up, &shared.down});
+  }
   if (N == 0) return;
+  // The shared expert as one more expert of the GPU launches: same width, same dtype, no block scales.
+  bool fold = sh && x.device() == Device::CUDA && shared.gate.size(0) == F;
+  for (const Tensor* t : {&shared.gate, &shared.up, &shared.down})
+    fold = fold && t->dtype() == gate[0].dtype() && !t->block_scale();
+  if (sh && !fold) {  // the reference: out = shared MLP + routed experts (the routed sum added last)
+    Tensor routed = Tensor::empty({N, D}, DType::F32, x.device());  // routed: [N, D]
+    moe_experts_small(routed, x, topk_idx, topk_w, gate, up, down);
+    Tensor h = Tensor::empty({N, shared.gate.size(0)}, DType::F32, x.device());  // h: [N, Fs]
+    linear_swiglu(h, x, shared.gate, shared.up);
+    linear(out, h, shared.down);
+    add_(out, routed);
+    return;
+  }
   if (x.device() == Device::CPU) {
     for (int64_t i = 0; i < N * K; ++i)
       DSEEK_CHECK(topk_idx.data<int32_t>()[i] >= 0 && topk_idx.data<int32_t>()[i] < E, op, ": expert id ",
@@ -176,7 +335,7 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
     for (const Tensor* t : {&gate[size_t(e)], &up[size_t(e)], &down[size_t(e)]})
       DSEEK_CHECK(t->dtype() == gate[0].dtype() && !t->block_scale(), op, ": expert ", e, " is ",
                   dtype_name(t->dtype()), ", expert 0 ", dtype_name(gate[0].dtype()));
-  return cuda::moe_experts_small(out, x, topk_idx, topk_w, gate, up, down);
+  return cuda::moe_experts_small(out, x, topk_idx, topk_w, gate, up, down, fold ? &shared : nullptr);
 }
 
 }  // namespace dseek::ops

@@ -1,12 +1,17 @@
 // decode.h — the ops of a decode step over the paged latent cache (spec/model.md §2.5 absorbed MLA,
 // spec/serving.md paged cache): writing new latent rows into their cache slots, the absorbed query and
 // output projections for all heads at once, the absorbed attention of one query per sequence over its
-// cache blocks (all heads in one pass over the cached rows), and the greedy choice on the device.
+// cache blocks (all heads in one pass over the cached rows), and the greedy choice on the device. Fused
+// forms for the few-token step (issue 5, one launch each on the GPU where they apply, the unfused ops as
+// the reference elsewhere): two products of one input, gate+up+SwiGLU, the latent norms + k_pe RoPE +
+// cache write, the q RoPE inside the query absorption, the router's gate product with its top-k, and the
+// shared expert inside the routed experts' kernels.
 #pragma once
 
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/router.h"
 
 namespace dseek::ops {
 
@@ -20,7 +25,41 @@ void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots);
 // The absorbed query of every head: qa[n, h, :C] = q[n, h, :dn] · W_UK[h] and qa[n, h, C:] = q[n, h, dn:]
 // (the roped part), where W_UK[h] = kv_b[h·(dn + dv) .. + dn, :] ([dn, C]).
 // qa: [N, H, C + R], q: [N, H, dn + R], kv_b: [H·(dn + dv), C] (f32/bf16, or fp8 on the GPU).
-void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv);
+// With `rope`, the roped part is rotated on the way (rope_fwd's rotation of q[n, h, dn:] at position
+// positions[n]); q itself is left as it is.
+struct RopeAt {
+  Tensor positions, inv_freq;  // [N] I64, [R / 2] f32 (on the device of q)
+  double attention_factor = 1.0;
+};
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv,
+                  const RopeAt* rope = nullptr);
+
+// The latent side of a decode step after the q_a / kv_a products, one launch per step on the GPU:
+// cqn = rmsnorm(cq) · q_norm (when cq is defined; V2 has no q_a), and the cache row
+// [rmsnorm(kv[:, :C]) · kv_norm | rope(kv[:, C:])] of token n written to pool at slots[n] (as
+// paged_cache_write). cq, cqn: [N, Q]; kv: [N, C + R]; pool: [NB, 64, C + R]; norms f32 or the
+// activation dtype; the rope of kv's last R columns as rope_fwd's (col C, one head).
+struct LatentStep {
+  Tensor cqn, pool;                // outputs
+  Tensor cq, kv, q_norm, kv_norm;  // inputs
+  Tensor positions, inv_freq, slots;
+  double attention_factor = 1.0, eps = 1e-6;
+};
+void mla_decode_latent(const LatentStep& a);
+
+// Two products of one input (q_a_proj and kv_a_proj_with_mqa): out_a = x · w_aᵀ, out_b = x · w_bᵀ; one
+// launch on the GPU when the decode GEMV takes both (f32 activations of ≤ 8 rows, bf16 weights).
+void linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, const Tensor& w_b);
+// out = silu(x · w_gateᵀ) ⊙ (x · w_upᵀ) (a dense MLP's first half), one launch where the GEMV applies.
+void linear_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
+
+// The router of a decode step: logits = x · gateᵀ in f32, then router_fwd's choice (no scores). One
+// launch on the GPU when router_decode_applies (x f32 on the GPU, ≤ 64 rows, gate f32 or bf16, the
+// block-per-token router takes the configuration); the reference is linear + router_fwd.
+// topk_idx: [N, K] I32, topk_w: [N, K] f32, x: [N, D], gate: [E, D], bias: [E] f32 or undefined.
+void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
+                   const RouterParams& p);
+bool router_decode_applies(const Tensor& x, const Tensor& gate, const RouterParams& p);
 
 // The output of every head from its latent output: o[n, h, j] = Σ_c o_lat[n, h, c] · W_UV[h][j, c], where
 // W_UV[h] = kv_b[h·(dn + dv) + dn .. + dv, :] ([dv, C]). o: [N, H, dv], o_lat: [N, H, C].
@@ -40,9 +79,15 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
 // topk_idx[n, k]. out, x: [N, D] f32; topk_idx: [N, K] I32; topk_w: [N, K] f32; gate/up[e]: [F, D],
 // down[e]: [D, F] (all of one dtype). On the GPU each chosen expert's weights are read once per step
 // whatever the batch.
+// With a shared expert (all three defined: gate/up [Fs, D], down [D, Fs]), out also gets its output,
+// weight 1: on the GPU, when Fs = F and its matrices have the experts' dtype, as one more expert in the
+// same launches.
+struct SharedExpert {
+  Tensor gate, up, down;
+};
 void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                       const std::vector<Tensor>& down);
+                       const std::vector<Tensor>& down, const SharedExpert& shared = {});
 // Whether moe_experts_small takes these operands on the GPU (f32 activations, bf16 or f32 expert matrices,
 // at most kMoeSmallTokens tokens, at most kMoeSmallExperts experts).
 inline constexpr int64_t kMoeSmallTokens = 64, kMoeSmallExperts = 256;

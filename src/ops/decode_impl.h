@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/decode.h"
 #include "ops/router.h"
 
 namespace dseek::ops::cpu {
@@ -21,16 +22,27 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
                        const std::vector<Tensor>& down);
 }  // namespace dseek::ops::cpu
 
+// The fused decode ops (ops/decode.h) have no cpu:: twin of their own: their reference is the unfused ops
+// in sequence (ops/decode.cpp), which the CPU runs and the GPU falls back to where a kernel does not apply.
 namespace dseek::ops::cuda {
 void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots);
-void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv);
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv, const RopeAt* rope);
+void mla_decode_latent(const LatentStep& a);
+// gemv.cu, for f32 activations of 1 ..= 8 rows and bf16 weights: both products in one launch
+// (out_a: [N, Oa], out_b: [N, Ob] f32), and silu(x · w_gateᵀ) ⊙ (x · w_upᵀ) (out: [N, F] f32).
+void gemv_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, const Tensor& w_b);
+void gemv_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
+// router_small.cu: the gate product and the choice in one launch, one block per token.
+void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
+                   const RouterParams& p);
 void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv);
 void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
                       const Tensor& seq_lens, double scale, int64_t max_len);
 void argmax_rows(Tensor ids, const Tensor& x);
+// `shared` (optional) arrives with F rows and the experts' dtype: it runs as expert E of the launches.
 void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                       const std::vector<Tensor>& down);
+                       const std::vector<Tensor>& down, const SharedExpert* shared);
 // Routing of a few tokens, one block per token (router_small.cu); router.cu's router_fwd takes it when
 // it applies (N ≤ 64; DSEEK_ROUTER_SMALL=0 turns it off).
 bool router_small_applies(int64_t N, int64_t E, const RouterParams& p);

@@ -12,8 +12,23 @@ namespace {
 void paged_cache_write(Tensor, const Tensor&, const Tensor&) {
   none("paged_cache_write");
 }
-void mla_absorb_q(Tensor, const Tensor&, const Tensor&, int64_t, int64_t) {
+void mla_absorb_q(Tensor, const Tensor&, const Tensor&, int64_t, int64_t, const RopeAt*) {
   none("mla_absorb_q");
+}
+void mla_decode_latent(const LatentStep&) {
+  none("mla_decode_latent");
+}
+void gemv_pair(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&) {
+  none("linear_pair");
+}
+void gemv_swiglu(Tensor, const Tensor&, const Tensor&, const Tensor&) {
+  none("linear_swiglu");
+}
+bool router_small_applies(int64_t, int64_t, const RouterParams&) {
+  return false;
+}
+void router_decode(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const RouterParams&) {
+  none("router_decode");
 }
 void mla_absorb_o(Tensor, const Tensor&, const Tensor&, int64_t, int64_t) {
   none("mla_absorb_o");
@@ -25,7 +40,7 @@ void argmax_rows(Tensor, const Tensor&) {
   none("argmax_rows");
 }
 void moe_experts_small(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<Tensor>&,
-                       const std::vector<Tensor>&, const std::vector<Tensor>&) {
+                       const std::vector<Tensor>&, const std::vector<Tensor>&, const SharedExpert*) {
   none("moe_experts_small");
 }
 

@@ -7,16 +7,24 @@
 
 namespace dseek::ops {
 
+namespace {
+
+void check_fwd(const char* op, const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w) {
+  check_ndim(op, "x", x, 2);
+  check_act(op, "x", x);
+  check_shape(op, "out", out, x.shape());
+  check_shape(op, "w", w, {x.size(1)});
+  check_dtype(op, "w", w, {DType::F32, x.dtype()});
+  DSEEK_CHECK(out.dtype() == x.dtype(), op, ": out dtype differs from x");
+  if (rstd.defined()) check_shape(op, "rstd", rstd, {x.size(0)});
+  if (rstd.defined()) DSEEK_CHECK(rstd.dtype() == x.dtype(), op, ": rstd dtype differs from x");
+  check_same_device(op, {&out, &rstd, &x, &w});
+}
+
+}  // namespace
+
 void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps, Stream) {
-  check_ndim("rmsnorm_fwd", "x", x, 2);
-  check_act("rmsnorm_fwd", "x", x);
-  check_shape("rmsnorm_fwd", "out", out, x.shape());
-  check_shape("rmsnorm_fwd", "w", w, {x.size(1)});
-  check_dtype("rmsnorm_fwd", "w", w, {DType::F32, x.dtype()});
-  DSEEK_CHECK(out.dtype() == x.dtype(), "rmsnorm_fwd: out dtype differs from x");
-  if (rstd.defined()) check_shape("rmsnorm_fwd", "rstd", rstd, {x.size(0)});
-  if (rstd.defined()) DSEEK_CHECK(rstd.dtype() == x.dtype(), "rmsnorm_fwd: rstd dtype differs from x");
-  check_same_device("rmsnorm_fwd", {&out, &rstd, &x, &w});
+  check_fwd("rmsnorm_fwd", out, rstd, x, w);
   switch (x.device()) {
     case Device::CPU:
       return cpu::rmsnorm_fwd(out, rstd, x, w, eps);
@@ -24,6 +32,23 @@ void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, doub
       return cuda::rmsnorm_fwd(out, rstd, x, w, eps);
     default:
       fail("rmsnorm_fwd: no implementation for ", device_name(x.device()));
+  }
+}
+
+void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps,
+                     Stream) {
+  const char* op = "add_rmsnorm_fwd";
+  check_fwd(op, out, rstd, h, w);
+  check_shape(op, "y", y, h.shape());
+  DSEEK_CHECK(y.dtype() == h.dtype(), op, ": y dtype differs from h");
+  check_same_device(op, {&h, &y});
+  switch (h.device()) {
+    case Device::CPU:
+      return cpu::add_rmsnorm_fwd(h, out, rstd, y, w, eps);
+    case Device::CUDA:
+      return cuda::add_rmsnorm_fwd(h, out, rstd, y, w, eps);
+    default:
+      fail(op, ": no implementation for ", device_name(h.device()));
   }
 }
 

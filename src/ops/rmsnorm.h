@@ -1,4 +1,5 @@
-// rmsnorm.h — y = w ⊙ x / sqrt(mean(x²) + eps) over the last dim (spec/model.md §2.1).
+// rmsnorm.h — y = w ⊙ x / sqrt(mean(x²) + eps) over the last dim, alone or after the residual add
+// (spec/model.md §2.1).
 #pragma once
 
 #include "core/stream.h"
@@ -9,6 +10,11 @@ namespace dseek::ops {
 // out, x: [N, D] f32 or f64 (same dtype); w: [D] f32 or the activation dtype. rstd: [N] of the
 // activation dtype (saved for the backward) or undefined.
 void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps, Stream s = {});
+
+// The residual add fused with the next RMSNorm (spec/model.md §2.1 pre-norm blocks): h += y, then
+// out = rmsnorm(h) · w with rstd as rmsnorm_fwd. h, y, out: [N, D] of one dtype; one pass on the GPU.
+void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps,
+                     Stream s = {});
 
 // Backward: dx written, dw accumulated (when defined), from the forward's x, w and rstd [N].
 void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,

@@ -1,7 +1,10 @@
 // cuda_decode_test.cpp — the GPU decode ops over the paged latent cache against their CPU twins
 // (ops/decode.h): the all-heads paged decode kernel at several shapes and lengths (short ones in one
 // pass, long ones split across thread blocks and combined; more than 16 heads; C up to 512), f32 within
-// 1e-5 and bf16 within 1e-2; the absorptions with f32/bf16 weights; the cache write; the device argmax.
+// 1e-5 and bf16 within 1e-2; the absorptions with f32/bf16 weights (the query's with its rope); the cache
+// write; the device argmax; the fused decode ops (residual add + RMSNorm, two products in one launch,
+// gate+up+SwiGLU, latent norms + rope + cache write, router with its gate product, shared expert folded
+// into the routed experts' launches).
 // Then whole models: the engine's batched prefill/decode on the GPU against the CPU engine (logits and
 // greedy tokens). Outputs are poisoned with NaN first. Label "cuda" (scripts/gpu-check).
 #include <gtest/gtest.h>
@@ -16,6 +19,7 @@
 #include "infer/engine.h"
 #include "model/model.h"
 #include "ops/decode.h"
+#include "ops/rmsnorm.h"
 #include "ops/router.h"
 #include "test_util.h"
 
@@ -123,6 +127,19 @@ TEST_F(CudaDecode, AbsorptionsMatchCpu) {
                                 dtype_name(wdt) + " act " + dtype_name(dt);
         expect_close("mla_absorb_q" + tag, qa, qa_ref, dt);
         expect_close("mla_absorb_o" + tag, o, o_ref, dt);
+        if (s.R % 2 == 0 && s.R > 0) {  // the q rope inside the absorption
+          Tensor pos = Tensor::empty({s.N}, DType::I64), inv = Tensor::empty({s.R / 2}, DType::F32);
+          for (int64_t n = 0; n < s.N; ++n) pos.data<int64_t>()[n] = 7 + 301 * n;
+          for (int64_t i = 0; i < s.R / 2; ++i)
+            inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / double(s.R)));
+          const ops::RopeAt at{.positions = pos, .inv_freq = inv, .attention_factor = 1.2};
+          const ops::RopeAt atg{
+              .positions = pos.to(Device::CUDA), .inv_freq = inv.to(Device::CUDA), .attention_factor = 1.2};
+          ops::mla_absorb_q(qa_ref, q, kvb, s.dn, s.dv, &at);
+          Tensor qr = poisoned(qa_ref.shape(), dt);
+          ops::mla_absorb_q(qr, q.to(dt).to(Device::CUDA), kg, s.dn, s.dv, &atg);
+          expect_close("mla_absorb_q with rope" + tag, qr, qa_ref, dt);
+        }
       }
     }
   }
@@ -203,6 +220,154 @@ TEST_F(CudaDecode, SmallMoeMatchesCpu) {
     expect_close("moe_experts_small N " + std::to_string(s.N) + " E " + std::to_string(s.E) + " D " +
                      std::to_string(s.D),
                  got, want, DType::F32);
+    // With the shared expert as expert E of the same launches (and one of another width: the fallback).
+    for (int64_t Fs : {s.F, s.F + 8}) {
+      const ops::SharedExpert sh{.gate = randn({Fs, s.D}, 901, 0.05).to(DType::BF16),
+                                 .up = randn({Fs, s.D}, 902, 0.05).to(DType::BF16),
+                                 .down = randn({s.D, Fs}, 903, 0.05).to(DType::BF16)};
+      const ops::SharedExpert shg{
+          .gate = sh.gate.to(Device::CUDA), .up = sh.up.to(Device::CUDA), .down = sh.down.to(Device::CUDA)};
+      Tensor want2 = Tensor::empty({s.N, s.D}, DType::F32), got2 = poisoned({s.N, s.D}, DType::F32);
+      ops::moe_experts_small(want2, x, idx, w, g, u, dn, sh);
+      ops::moe_experts_small(got2, x.to(Device::CUDA), idx.to(Device::CUDA), w.to(Device::CUDA), gg, ug, dg,
+                             shg);
+      // Folded (Fs = F): f32 throughout. The fallback's shared MLP goes through ops::linear, whose cuBLASLt
+      // products round the activations to bf16 beyond 8 rows (as the unfused layer did): bf16 bound there.
+      const DType bound = Fs == s.F || s.N <= 8 ? DType::F32 : DType::BF16;
+      expect_close("moe_experts_small + shared Fs " + std::to_string(Fs) + " N " + std::to_string(s.N), got2,
+                   want2, bound);
+      EXPECT_GT(test::diff(want2, want).rel, 1e-3);  // the shared expert contributes
+    }
+  }
+}
+
+// The fused decode forms against their CPU references (the unfused ops) at several shapes.
+TEST_F(CudaDecode, FusedDecodeOpsMatchCpu) {
+  // Residual add + RMSNorm, f32 and bf16 activations.
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t N : {1, 5, 32}) {
+      for (int64_t D : {1024, 40, 7168}) {
+        Tensor h = randn({N, D}, 1).to(dt).to(DType::F32), y = randn({N, D}, 2).to(dt).to(DType::F32),
+               w = randn({D}, 3);
+        Tensor hg = h.to(dt).to(Device::CUDA), og = poisoned({N, D}, dt), rg = poisoned({N}, dt);
+        Tensor out = Tensor::empty({N, D}, DType::F32), rstd = Tensor::empty({N}, DType::F32);
+        ops::add_rmsnorm_fwd(h, out, rstd, y, w, 1e-6);
+        ops::add_rmsnorm_fwd(hg, og, rg, y.to(dt).to(Device::CUDA), w.to(Device::CUDA), 1e-6);
+        const std::string tag = " N " + std::to_string(N) + " D " + std::to_string(D);
+        expect_close("add_rmsnorm_fwd h" + tag, hg, h, dt);
+        expect_close("add_rmsnorm_fwd out" + tag, og, out, dt);
+        expect_close("add_rmsnorm_fwd rstd" + tag, rg, rstd, dt);
+      }
+    }
+  }
+  // Two products in one launch, gate+up+SwiGLU: f32 activations, bf16 weights, vector and scalar loads.
+  struct P {
+    int64_t N, I, Oa, Ob;
+  };
+  for (const P& c : {P{1, 1024, 512, 288}, P{8, 1024, 512, 288}, P{3, 36, 7, 5}, P{1, 7168, 1536, 576}}) {
+    Tensor x = randn({c.N, c.I}, 4), wa = randn({c.Oa, c.I}, 5, 0.05).to(DType::BF16),
+           wb = randn({c.Ob, c.I}, 6, 0.05).to(DType::BF16), wu = randn({c.Oa, c.I}, 7, 0.05).to(DType::BF16);
+    Tensor a = Tensor::empty({c.N, c.Oa}, DType::F32), b = Tensor::empty({c.N, c.Ob}, DType::F32),
+           h = Tensor::empty({c.N, c.Oa}, DType::F32);
+    ops::linear_pair(a, b, x, wa, wb);
+    ops::linear_swiglu(h, x, wa, wu);
+    Tensor ag = poisoned(a.shape(), DType::F32), bg = poisoned(b.shape(), DType::F32),
+           hg = poisoned(h.shape(), DType::F32);
+    const Tensor xg = x.to(Device::CUDA), wag = wa.to(Device::CUDA);
+    ops::linear_pair(ag, bg, xg, wag, wb.to(Device::CUDA));
+    ops::linear_swiglu(hg, xg, wag, wu.to(Device::CUDA));
+    const std::string tag = " N " + std::to_string(c.N) + " I " + std::to_string(c.I);
+    expect_close("linear_pair a" + tag, ag, a, DType::F32);
+    expect_close("linear_pair b" + tag, bg, b, DType::F32);
+    expect_close("linear_swiglu" + tag, hg, h, DType::F32);
+  }
+  // Latent norms + k_pe rope + cache write (and the q_a norm), bench-1b / V3 widths, with and without q.
+  struct L {
+    int64_t N, Q, C, R;
+  };
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (const L& c : {L{1, 512, 256, 32}, L{6, 1536, 512, 64}, L{3, 0, 30, 6}}) {
+      const int64_t W = c.C + c.R;
+      Tensor cq = c.Q ? randn({c.N, c.Q}, 8).to(dt).to(DType::F32) : Tensor(),
+             kv = randn({c.N, W}, 9).to(dt).to(DType::F32), wq = c.Q ? randn({c.Q}, 10) : Tensor(),
+             wkv = randn({c.C}, 11), pool = randn({4, 64, W}, 12).to(dt).to(DType::F32);
+      Tensor pos = Tensor::empty({c.N}, DType::I64), inv = Tensor::empty({c.R / 2}, DType::F32);
+      std::vector<int32_t> sl;
+      for (int64_t n = 0; n < c.N; ++n) {
+        pos.data<int64_t>()[n] = 1 + 997 * n;
+        sl.push_back(int32_t(255 - 37 * n));
+      }
+      for (int64_t i = 0; i < c.R / 2; ++i)
+        inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / double(c.R)));
+      const Tensor slots = i32(sl, {c.N});
+      Tensor gpool = pool.to(dt).to(Device::CUDA),
+             cqn = c.Q ? Tensor::empty({c.N, c.Q}, DType::F32) : Tensor(),
+             gcqn = c.Q ? poisoned({c.N, c.Q}, dt) : Tensor();
+      ops::mla_decode_latent({.cqn = cqn,
+                              .pool = pool,
+                              .cq = cq,
+                              .kv = kv,
+                              .q_norm = wq,
+                              .kv_norm = wkv,
+                              .positions = pos,
+                              .inv_freq = inv,
+                              .slots = slots,
+                              .attention_factor = 0.9,
+                              .eps = 1e-6});
+      const auto dev = [&](const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : Tensor(); };
+      const auto act = [&](const Tensor& t) { return t.defined() ? t.to(dt).to(Device::CUDA) : Tensor(); };
+      ops::mla_decode_latent({.cqn = gcqn,
+                              .pool = gpool,
+                              .cq = act(cq),
+                              .kv = act(kv),
+                              .q_norm = dev(wq),
+                              .kv_norm = dev(wkv),
+                              .positions = dev(pos),
+                              .inv_freq = dev(inv),
+                              .slots = dev(slots),
+                              .attention_factor = 0.9,
+                              .eps = 1e-6});
+      const std::string tag = " N " + std::to_string(c.N) + " C " + std::to_string(c.C);
+      expect_close("mla_decode_latent pool" + tag, gpool, pool, dt);
+      if (c.Q) expect_close("mla_decode_latent cqn" + tag, gcqn, cqn, dt);
+    }
+  }
+  // Router with its gate product: choices equal, weights within 1e-5; f32 and bf16 gates.
+  struct R {
+    ScoringFunc sf;
+    TopkMethod m;
+    int64_t E, G, TG, K, D;
+    bool bias;
+  };
+  for (int64_t N : {1, 7, 64}) {
+    for (const R& c : {R{ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 64, 8, 4, 6, 1024, true},
+                       R{ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 256, 8, 4, 8, 7168, true},
+                       R{ScoringFunc::Softmax, TopkMethod::GroupLimitedGreedy, 160, 8, 3, 6, 36, false}}) {
+      for (DType gdt : {DType::F32, DType::BF16}) {
+        const ops::RouterParams p{.scoring = c.sf,
+                                  .method = c.m,
+                                  .n_group = c.G,
+                                  .topk_group = c.TG,
+                                  .top_k = c.K,
+                                  .norm_topk_prob = true,
+                                  .routed_scaling_factor = 2.5};
+        Tensor x = randn({N, c.D}, uint32_t(13 + N)), gate = randn({c.E, c.D}, 14, 0.05).to(gdt),
+               bias = c.bias ? randn({c.E}, 15, 0.1) : Tensor();
+        Tensor idx = Tensor::empty({N, c.K}, DType::I32), w = Tensor::empty({N, c.K}, DType::F32);
+        ops::router_decode(idx, w, x, gate, bias, p);
+        const Tensor xg = x.to(Device::CUDA), gg = gate.to(Device::CUDA);
+        ASSERT_TRUE(ops::router_decode_applies(xg, gg, p));
+        Tensor gi = Tensor::empty({N, c.K}, DType::I32, Device::CUDA), gw = poisoned({N, c.K}, DType::F32);
+        gi.fill(-1);
+        ops::router_decode(gi, gw, xg, gg, c.bias ? bias.to(Device::CUDA) : Tensor(), p);
+        Tensor hi = gi.to(Device::CPU);
+        for (int64_t i = 0; i < N * c.K; ++i)
+          ASSERT_EQ(hi.data<int32_t>()[i], idx.data<int32_t>()[i])
+              << "router_decode choice " << i << " N " << N << " E " << c.E << " gate " << dtype_name(gdt);
+        expect_close("router_decode weights N " + std::to_string(N) + " E " + std::to_string(c.E), gw, w,
+                     DType::F32);
+      }
+    }
   }
 }
 

@@ -1,8 +1,10 @@
 // decode_ops_test.cpp — the CPU decode ops over the paged latent cache (ops/decode.h) against independent
 // references: rows scattered through randomly ordered blocks and attended with mla_decode_paged equal
 // the contiguous absorbed attention (ops::mla_absorbed_fwd, BLAS-based) of each sequence; the all-heads
-// absorptions equal per-head BLAS products (the form mla.cpp's contiguous path uses); the paged cache's
-// block bookkeeping; bad input refused with a clear message.
+// absorptions equal per-head BLAS products (the form mla.cpp's contiguous path uses); the fused decode
+// forms (residual add + RMSNorm, two products, gate+up+SwiGLU, latent norms + rope + cache write, q rope
+// in the absorption, router with its gate product, shared expert with the routed ones) against plain
+// loops or the unfused ops; the paged cache's block bookkeeping; bad input refused with a clear message.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +17,9 @@
 #include "ops/elementwise.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/router.h"
 #include "ops/swiglu.h"
 #include "test_util.h"
 
@@ -189,6 +194,165 @@ TEST(DecodeOps, BadInputIsRefused) {
   }
   EXPECT_THROW(ops::mla_decode_paged(o, q, pool, i32({5}, {1, 1}), i32({3}, {1}), 1.0), Error);  // block 5
   EXPECT_THROW(ops::mla_decode_paged(o, q, pool, i32({0}, {1, 1}), i32({0}, {1}), 1.0), Error);  // empty
+}
+
+// The fused forms of a decode step against plain f64 loops (norms, rope) or the unfused ops they replace.
+TEST(DecodeOps, AddRmsNormIsTheAddThenTheNorm) {
+  for (int64_t D : {int64_t(7), int64_t(64)}) {
+    const int64_t N = 3;
+    Tensor h = random({N, D}, 1), y = random({N, D}, 2), w = random({D}, 3);
+    Tensor h2 = h.clone(), out = Tensor::empty({N, D}, DType::F32), rstd = Tensor::empty({N}, DType::F32);
+    ops::add_rmsnorm_fwd(h2, out, rstd, y, w, 1e-6);
+    for (int64_t n = 0; n < N; ++n) {
+      double ss = 0;
+      for (int64_t i = 0; i < D; ++i) {
+        const float v = h.data<float>()[n * D + i] + y.data<float>()[n * D + i];
+        EXPECT_EQ(h2.data<float>()[n * D + i], v);
+        ss += double(v) * v;
+      }
+      const double r = 1.0 / std::sqrt(ss / double(D) + 1e-6);
+      EXPECT_NEAR(rstd.data<float>()[n], r, 1e-5 * r);
+      for (int64_t i = 0; i < D; ++i)
+        EXPECT_NEAR(out.data<float>()[n * D + i],
+                    double(w.data<float>()[i]) * double(h2.data<float>()[n * D + i]) * r, 1e-5)
+            << "row " << n << " col " << i;
+    }
+  }
+}
+
+TEST(DecodeOps, PairAndSwigluProductsEqualTheirParts) {
+  const int64_t N = 3, I = 40, Oa = 12, Ob = 5;
+  Tensor x = random({N, I}, 1), wa = random({Oa, I}, 2, DType::BF16), wb = random({Ob, I}, 3, DType::BF16);
+  Tensor a = Tensor::empty({N, Oa}, DType::F32), b = Tensor::empty({N, Ob}, DType::F32);
+  ops::linear_pair(a, b, x, wa, wb);
+  Tensor ar = Tensor::empty({N, Oa}, DType::F32), br = Tensor::empty({N, Ob}, DType::F32);
+  ops::linear(ar, x, wa);
+  ops::linear(br, x, wb);
+  EXPECT_EQ(test::diff(a, ar).max_abs, 0.0);
+  EXPECT_EQ(test::diff(b, br).max_abs, 0.0);
+  Tensor wu = random({Oa, I}, 4, DType::BF16), h = Tensor::empty({N, Oa}, DType::F32);
+  ops::linear_swiglu(h, x, wa, wu);
+  Tensor u = Tensor::empty({N, Oa}, DType::F32);
+  ops::linear(u, x, wu);
+  for (int64_t i = 0; i < N * Oa; ++i) {
+    const double g = ar.data<float>()[i];
+    EXPECT_NEAR(h.data<float>()[i], g / (1 + std::exp(-g)) * u.data<float>()[i], 1e-5) << i;
+  }
+  EXPECT_THROW(ops::linear_pair(a, b, x, wb, wa), Error);  // outputs swapped: shapes disagree
+}
+
+TEST(DecodeOps, DecodeLatentNormsRopesAndWrites) {
+  const int64_t N = 2, Q = 12, C = 16, R = 8, W = C + R;
+  for (bool with_q : {true, false}) {
+    Tensor cq = random({N, Q}, 1), kv = random({N, W}, 2), wq = random({Q}, 3), wkv = random({C}, 4);
+    Tensor pos = Tensor::empty({N}, DType::I64), inv = Tensor::empty({R / 2}, DType::F32);
+    pos.data<int64_t>()[0] = 5;
+    pos.data<int64_t>()[1] = 130;
+    for (int64_t i = 0; i < R / 2; ++i) inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / R));
+    Tensor pool = Tensor::zeros({3, 64, W}, DType::F32), cqn = Tensor::empty({N, Q}, DType::F32);
+    cqn.fill(std::nan(""));
+    const Tensor slots = i32({70, 3}, {N});
+    ops::mla_decode_latent({.cqn = with_q ? cqn : Tensor(),
+                            .pool = pool,
+                            .cq = with_q ? cq : Tensor(),
+                            .kv = kv,
+                            .q_norm = with_q ? wq : Tensor(),
+                            .kv_norm = wkv,
+                            .positions = pos,
+                            .inv_freq = inv,
+                            .slots = slots,
+                            .attention_factor = 0.75,
+                            .eps = 1e-6});
+    auto norm = [](const float* x, const float* w, int64_t n, int64_t i) {
+      double ss = 0;
+      for (int64_t j = 0; j < n; ++j) ss += double(x[j]) * x[j];
+      return double(w[i]) * x[i] / std::sqrt(ss / double(n) + 1e-6);
+    };
+    for (int64_t n = 0; n < N; ++n) {
+      if (with_q) {
+        for (int64_t i = 0; i < Q; ++i)
+          EXPECT_NEAR(cqn.data<float>()[n * Q + i], norm(cq.data<float>() + n * Q, wq.data<float>(), Q, i),
+                      1e-5);
+      }
+      const float* row = pool.data<float>() + slots.data<int32_t>()[n] * W;
+      const float* x = kv.data<float>() + n * W;
+      for (int64_t i = 0; i < C; ++i) EXPECT_NEAR(row[i], norm(x, wkv.data<float>(), C, i), 1e-5) << i;
+      for (int64_t i = 0; i < R / 2; ++i) {
+        const double th = double(float(pos.data<int64_t>()[n]) * inv.data<float>()[i]);
+        const double c = std::cos(th) * 0.75, sn = std::sin(th) * 0.75, a = x[C + 2 * i],
+                     b = x[C + 2 * i + 1];
+        EXPECT_NEAR(row[C + 2 * i], a * c - b * sn, 1e-5) << "pair " << i;
+        EXPECT_NEAR(row[C + 2 * i + 1], a * sn + b * c, 1e-5) << "pair " << i;
+      }
+    }
+    EXPECT_EQ(pool.data<float>()[0], 0.0f);  // other slots untouched
+  }
+}
+
+TEST(DecodeOps, AbsorbQWithRopeIsRopeThenAbsorb) {
+  const int64_t N = 3, H = 2, dn = 8, dv = 6, R = 4, C = 16;
+  Tensor q = random({N, H, dn + R}, 1), kvb = random({H * (dn + dv), C}, 2, DType::F32, 0.1);
+  Tensor pos = Tensor::empty({N}, DType::I64), inv = Tensor::empty({R / 2}, DType::F32);
+  for (int64_t n = 0; n < N; ++n) pos.data<int64_t>()[n] = 3 + 40 * n;
+  inv.data<float>()[0] = 1.0f;
+  inv.data<float>()[1] = 0.01f;
+  Tensor qa = Tensor::empty({N, H, C + R}, DType::F32), want = Tensor::empty({N, H, C + R}, DType::F32);
+  const Tensor q0 = q.clone();
+  const ops::RopeAt at{.positions = pos, .inv_freq = inv, .attention_factor = 1.1};
+  ops::mla_absorb_q(qa, q, kvb, dn, dv, &at);
+  EXPECT_EQ(test::diff(q, q0).max_abs, 0.0) << "q must not change";
+  Tensor qr = q.clone();
+  ops::rope_fwd(qr, pos, inv, dn, 1.1);
+  ops::mla_absorb_q(want, qr, kvb, dn, dv);
+  EXPECT_EQ(test::diff(qa, want).max_abs, 0.0);
+  EXPECT_GT(test::diff(qr, q).max_abs, 0.1);  // the rope did rotate
+}
+
+TEST(DecodeOps, RouterDecodeIsTheGateProductThenTheRouter) {
+  const int64_t N = 4, D = 24, E = 16;
+  const ops::RouterParams p{.scoring = ScoringFunc::Sigmoid,
+                            .method = TopkMethod::NoauxTc,
+                            .n_group = 4,
+                            .topk_group = 2,
+                            .top_k = 3,
+                            .norm_topk_prob = true,
+                            .routed_scaling_factor = 2.5};
+  Tensor x = random({N, D}, 1), gate = random({E, D}, 2), bias = random({E}, 3, DType::F32, 0.1);
+  Tensor idx = Tensor::empty({N, 3}, DType::I32), w = Tensor::empty({N, 3}, DType::F32);
+  ops::router_decode(idx, w, x, gate, bias, p);
+  Tensor logits = Tensor::empty({N, E}, DType::F32), ri = Tensor::empty({N, 3}, DType::I32),
+         rw = Tensor::empty({N, 3}, DType::F32);
+  ops::linear(logits, x, gate);
+  ops::router_fwd(ri, rw, Tensor(), logits, bias, p);
+  for (int64_t i = 0; i < N * 3; ++i) EXPECT_EQ(idx.data<int32_t>()[i], ri.data<int32_t>()[i]) << i;
+  EXPECT_EQ(test::diff(w, rw).max_abs, 0.0);
+}
+
+TEST(DecodeOps, SmallMoeWithSharedExpertAddsItsOutput) {
+  const int64_t N = 2, K = 2, E = 4, D = 16, F = 8;
+  std::vector<Tensor> g, u, dn;
+  for (int64_t e = 0; e < E; ++e) {
+    g.push_back(random({F, D}, uint32_t(20 + e), DType::F32, 0.2));
+    u.push_back(random({F, D}, uint32_t(40 + e), DType::F32, 0.2));
+    dn.push_back(random({D, F}, uint32_t(60 + e), DType::F32, 0.2));
+  }
+  const ops::SharedExpert sh{.gate = random({F, D}, 80, DType::F32, 0.2),
+                             .up = random({F, D}, 81, DType::F32, 0.2),
+                             .down = random({D, F}, 82, DType::F32, 0.2)};
+  Tensor x = random({N, D}, 3), w = random({N, K}, 4), idx = i32({0, 3, 2, 1}, {N, K});
+  Tensor got = Tensor::empty({N, D}, DType::F32), routed = Tensor::empty({N, D}, DType::F32);
+  ops::moe_experts_small(got, x, idx, w, g, u, dn, sh);
+  ops::moe_experts_small(routed, x, idx, w, g, u, dn);
+  Tensor gg = Tensor::empty({N, F}, DType::F32), uu = Tensor::empty({N, F}, DType::F32),
+         so = Tensor::empty({N, D}, DType::F32);
+  ops::linear(gg, x, sh.gate);
+  ops::linear(uu, x, sh.up);
+  ops::swiglu_fwd(gg, gg, uu);
+  ops::linear(so, gg, sh.down);
+  ops::add_(so, routed);
+  test::Diff d = test::diff(got, so);
+  EXPECT_LE(d.max_abs, 1e-6) << test::str(d);
+  EXPECT_GT(test::diff(got, routed).max_abs, 1e-3);  // the shared expert did contribute
 }
 
 TEST(PagedCache, BlocksAreTakenAndReturned) {

@@ -4,6 +4,8 @@
 // instead of running outside the graph; end_capture then reports it and nothing is kept.
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "core/cuda/cuda_check.h"
 #include "core/device.h"
 
@@ -47,6 +49,22 @@ void DeviceGraph::abort_capture() {
     if (g) cudaGraphDestroy(g);
   }
   cudaGetLastError();
+}
+
+int64_t DeviceGraph::kernels() const {
+  if (!graph_) return 0;
+  const auto g = static_cast<cudaGraph_t>(graph_);
+  size_t n = 0;
+  DSEEK_CUDA_CHECK(cudaGraphGetNodes(g, nullptr, &n), "cudaGraphGetNodes");
+  std::vector<cudaGraphNode_t> nodes(n);
+  DSEEK_CUDA_CHECK(cudaGraphGetNodes(g, nodes.data(), &n), "cudaGraphGetNodes");
+  int64_t k = 0;
+  for (cudaGraphNode_t node : nodes) {
+    cudaGraphNodeType t{};
+    DSEEK_CUDA_CHECK(cudaGraphNodeGetType(node, &t), "cudaGraphNodeGetType");
+    k += t == cudaGraphNodeTypeKernel;
+  }
+  return k;
 }
 
 void DeviceGraph::replay() const {

@@ -14,6 +14,7 @@ namespace dseek::ops::cpu {
 void linear(Tensor out, const Tensor& x, const Tensor& w);
 void matmul_nn(Tensor out, const Tensor& x, const Tensor& w);
 void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps);
+void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps);
 void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
               double attention_factor);
 void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,

@@ -130,6 +130,12 @@ void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, doub
   }
 }
 
+// The reference: the add, then the norm of the sum (what the unfused layer computes, bit for bit).
+void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps) {
+  axpy_(h, y, 1.0);
+  rmsnorm_fwd(out, rstd, h, w, eps);
+}
+
 namespace {
 void rope_any(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col, double attention_factor,
               float sign) {

@@ -1,7 +1,8 @@
 // decode_attention.cu — the decode step's attention on the GPU over the paged latent cache
 // (spec/model.md §2.5 absorbed MLA; spec/serving.md paged cache, flash-decoding split):
 //   * sm90_paged_cache_write: new latent rows into their cache slots;
-//   * sm90_absorb_q / sm90_absorb_o: the W_UK and W_UV absorptions of every head in one launch each;
+//   * sm90_absorb_q / sm90_absorb_o: the W_UK and W_UV absorptions of every head in one launch each (the
+//     q RoPE applied inside the query's);
 //   * sm90_mla_decode_paged: one thread block per (sequence, key split, group of ≤ 16 heads) streams the
 //     split's cached rows through shared memory in tiles of 32 once for all heads of the group (so with
 //     H ≤ 16 each latent row is read once per step), with an online softmax in f32; a second kernel
@@ -38,10 +39,12 @@ constexpr int kColsQ = 64;        // absorb_q: columns per block (x 4 slices of 
 
 // grid (H, ceil(C / 64), ceil(N / 8)), 256 threads = 64 columns x 4 interleaved slices of the dn sum:
 // qa[n, h, c] = Σ_i q[n, h, i] · W_UK[h][i, c], partial sums combined through shared memory; the blocks
-// of column chunk 0 also copy the roped part qa[n, h, C:] = q[n, h, dn:].
+// of column chunk 0 also copy the roped part qa[n, h, C:] = q[n, h, dn:], rotated on the way when pos is
+// given (rope_fwd's rotation at position pos[n], cos/sin scaled by af).
 template <typename T, typename Wt>
 __global__ void __launch_bounds__(256)
-    sm90_absorb_q(T* qa, const T* q, const Wt* kvb, int N, int H, int dn, int dv, int R, int C) {
+    sm90_absorb_q(T* qa, const T* q, const Wt* kvb, int N, int H, int dn, int dv, int R, int C,
+                  const int64_t* pos, const float* inv_freq, float af) {
   extern __shared__ float sm_q[];
   float* qs = sm_q;                        // [8, dn]
   float* red = sm_q + kRowsPerBlock * dn;  // [4, 8, 64]
@@ -74,10 +77,23 @@ __global__ void __launch_bounds__(256)
       for (int sl = 0; sl < 4; ++sl) v += red[(sl * kRowsPerBlock + r) * kColsQ + cl];
       qa[(int64_t(n0 + r) * H + h) * W + c] = st<T>(v);
     }
-  if (blockIdx.y == 0)
+  if (blockIdx.y == 0 && !pos)
     for (int i = threadIdx.x; i < nr * R; i += blockDim.x) {
       const int r = i / R, j = i - r * R;
       qa[(int64_t(n0 + r) * H + h) * W + C + j] = q[(int64_t(n0 + r) * H + h) * Dq + dn + j];
+    }
+  if (blockIdx.y == 0 && pos)
+    for (int i = threadIdx.x; i < nr * (R / 2); i += blockDim.x) {  // pairs (2j, 2j + 1)
+      const int r = i / (R / 2), j = i - r * (R / 2);
+      float s, c;
+      sincosf(float(pos[n0 + r]) * inv_freq[j], &s, &c);
+      c *= af;
+      s *= af;
+      const T* src = q + (int64_t(n0 + r) * H + h) * Dq + dn + 2 * j;
+      T* dst = qa + (int64_t(n0 + r) * H + h) * W + C + 2 * j;
+      const float a = ld(src[0]), b = ld(src[1]);
+      dst[0] = st<T>(a * c - b * s);
+      dst[1] = st<T>(a * s + b * c);
     }
 }
 
@@ -432,7 +448,8 @@ void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots) {
   DSEEK_CUDA_LAUNCH_CHECK("paged_cache_write");
 }
 
-void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv) {
+void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv,
+                  const RopeAt* rope) {
   const int64_t N = q.size(0), H = q.size(1), R = q.size(2) - dn, C = kv_b.size(1);
   const dim3 grid{unsigned(H), unsigned((C + kColsQ - 1) / kColsQ),
                   unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
@@ -442,9 +459,10 @@ void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, in
     with_weight(kv_b.dtype(), "mla_absorb_q", [&](auto wt) {
       using Wt = decltype(wt);
       allow_smem(sm90_absorb_q<T, Wt>, smem, "mla_absorb_q");
-      sm90_absorb_q<T, Wt><<<grid, 256, smem>>>(static_cast<T*>(qa.raw()), static_cast<const T*>(q.raw()),
-                                                static_cast<const Wt*>(kv_b.raw()), int(N), int(H), int(dn),
-                                                int(dv), int(R), int(C));
+      sm90_absorb_q<T, Wt><<<grid, 256, smem>>>(
+          static_cast<T*>(qa.raw()), static_cast<const T*>(q.raw()), static_cast<const Wt*>(kv_b.raw()),
+          int(N), int(H), int(dn), int(dv), int(R), int(C), rope ? rope->positions.data<int64_t>() : nullptr,
+          rope ? rope->inv_freq.data<float>() : nullptr, rope ? float(rope->attention_factor) : 1.0f);
     });
   });
   DSEEK_CUDA_LAUNCH_CHECK("mla_absorb_q");

@@ -1,9 +1,12 @@
 // gemv.cu — decode-sized products on the GPU: y[N, O] = x[N, I] · W[O, I]ᵀ for N ≤ 8 rows of f32
 // activations and bf16 weights. Bandwidth-bound: each weight row is read once with 16-byte loads by one
 // warp, products accumulate in f32 for all N rows at once, and the activations are never rounded to
-// bf16 (so decoding matches the CPU's bf16-weight path).
+// bf16 (so decoding matches the CPU's bf16-weight path). Two fused forms for a decode step (ops/decode.h):
+// two weight matrices over one input in one launch (q_a_proj and kv_a_proj_with_mqa), and gate + up with
+// the SwiGLU in one launch (a warp reads both rows of output f and writes silu(g) · u).
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemv.h"
+#include "ops/decode_impl.h"
 
 namespace dseek::ops::cuda {
 
@@ -23,6 +26,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
   for (int n = 0; n < NB; ++n) acc[n] = 0.0f;
   if (vec) {
+#pragma unroll 4
     for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
       const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
       const bf16* wv = reinterpret_cast<const bf16*>(&raw);
@@ -51,6 +55,80 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// acc[n] = one lane's part of w_row · x[n] (the warp's lanes cover the row; warp_sum completes it).
+template <int NB>
+__device__ __forceinline__ void row_dot(float* acc, const bf16* wr, const float* x, int64_t I, bool vec,
+                                        int lane) {
+#pragma unroll
+  for (int n = 0; n < NB; ++n) acc[n] = 0.0f;
+  if (vec) {
+#pragma unroll 4
+    for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
+      const bf16* wv = reinterpret_cast<const bf16*>(&raw);
+      float wf[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) wf[j] = __bfloat162float(wv[j]);
+#pragma unroll
+      for (int n = 0; n < NB; ++n) {
+        const float4 a = *reinterpret_cast<const float4*>(x + n * I + i);
+        const float4 b = *reinterpret_cast<const float4*>(x + n * I + i + 4);
+        acc[n] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
+                  wf[6] * b.z + wf[7] * b.w;
+      }
+    }
+  } else {
+    for (int64_t i = lane; i < I; i += 32) {
+      const float wf = __bfloat162float(wr[i]);
+#pragma unroll
+      for (int n = 0; n < NB; ++n) acc[n] += wf * x[n * I + i];
+    }
+  }
+}
+
+// Rows o < Oa of the grid: ya[:, o] = x · wa[o]; the rest: yb[:, o - Oa] = x · wb[o - Oa].
+template <int NB>
+__global__ void __launch_bounds__(kWarps * 32)
+    sm90_gemv_bf16_pair(float* ya, float* yb, const float* x, const bf16* wa, const bf16* wb, int64_t I,
+                        int64_t Oa, int64_t Ob, bool vec) {
+  const int lane = threadIdx.x & 31;
+  const int64_t o = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
+  if (o >= Oa + Ob) return;
+  const bool a = o < Oa;
+  const int64_t r = a ? o : o - Oa, O = a ? Oa : Ob;
+  float acc[NB];
+  row_dot<NB>(acc, (a ? wa : wb) + r * I, x, I, vec, lane);
+  float* y = a ? ya : yb;
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+    const float s = warp_sum(acc[n]);
+    if (lane == 0) y[n * O + r] = s;
+  }
+}
+
+// y[:, f] = silu(x · wg[f]) ⊙ (x · wu[f]), as swiglu_fwd computes it from the two products.
+template <int NB>
+__global__ void __launch_bounds__(kWarps * 32)
+    sm90_gemv_bf16_swiglu(float* y, const float* x, const bf16* wg, const bf16* wu, int64_t I, int64_t F,
+                          bool vec) {
+  const int lane = threadIdx.x & 31;
+  const int64_t f = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
+  if (f >= F) return;
+  float ag[NB], au[NB];
+  row_dot<NB>(ag, wg + f * I, x, I, vec, lane);
+  row_dot<NB>(au, wu + f * I, x, I, vec, lane);
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+    const float g = warp_sum(ag[n]), u = warp_sum(au[n]);
+    if (lane == 0) y[n * F + f] = g / (1.0f + __expf(-g)) * u;
+  }
+}
+
+bool vec_ok(const void* x, const void* a, const void* b, int64_t I) {
+  const auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  return I % 8 == 0 && al(x) && al(a) && al(b);
+}
+
 template <int NB>
 void launch(float* y, const float* x, const bf16* w, int64_t I, int64_t O, bool vec) {
   gemv_bf16_kernel<NB><<<unsigned((O + kWarps - 1) / kWarps), kWarps * 32>>>(y, x, w, I, O, vec);
@@ -76,6 +154,34 @@ void gemv_bf16(Tensor out, const Tensor& x, const Tensor& w) {
   });
 
   DSEEK_CUDA_LAUNCH_CHECK("linear (bf16 gemv)");
+}
+
+void gemv_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, const Tensor& w_b) {
+  const int64_t N = x.size(0), I = x.size(1), Oa = w_a.size(0), Ob = w_b.size(0);
+  const float* xp = x.data<float>();
+  const bf16* wa = static_cast<const bf16*>(w_a.raw());
+  const bf16* wb = static_cast<const bf16*>(w_b.raw());
+  const bool vec = vec_ok(xp, wa, wb, I);
+  with_rows(N, "linear_pair", [&](auto nb) {
+    using NB = decltype(nb);
+    sm90_gemv_bf16_pair<NB::value><<<unsigned((Oa + Ob + kWarps - 1) / kWarps), kWarps * 32>>>(
+        out_a.data<float>(), out_b.data<float>(), xp, wa, wb, I, Oa, Ob, vec);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("linear_pair (bf16 gemv)");
+}
+
+void gemv_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor& w_up) {
+  const int64_t N = x.size(0), I = x.size(1), F = w_gate.size(0);
+  const float* xp = x.data<float>();
+  const bf16* wg = static_cast<const bf16*>(w_gate.raw());
+  const bf16* wu = static_cast<const bf16*>(w_up.raw());
+  const bool vec = vec_ok(xp, wg, wu, I);
+  with_rows(N, "linear_swiglu", [&](auto nb) {
+    using NB = decltype(nb);
+    sm90_gemv_bf16_swiglu<NB::value>
+        <<<unsigned((F + kWarps - 1) / kWarps), kWarps * 32>>>(out.data<float>(), xp, wg, wu, I, F, vec);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("linear_swiglu (bf16 gemv)");
 }
 
 }  // namespace dseek::ops::cuda

@@ -2,8 +2,13 @@
 // issue 5: "no host synchronisation inside the decode step"): the router's expert ids and gate weights
 // are read from device memory. Grouped by expert: a block of grid (rows, expert e) first gathers the
 // (token, slot) pairs that chose e (exiting at once if none did), then one warp per weight row reads the
-// row once with 16-byte loads for all of them. Three launches: gate+up with SwiGLU, down, and the
-// weighted sum over each token's K slots in a fixed order (deterministic).
+// row once with 16-byte loads for all of them; grid row y takes the y-th distinct chosen expert, so only
+// min(E, N·K) rows are launched. Three launches: gate+up with SwiGLU, down, and the
+// weighted sum over each token's K slots in a fixed order (deterministic). A shared expert of the same
+// width runs as expert E (grid row E, every token, slot K of KS = K + 1 per token, weight 1, added after
+// the routed sum), so the whole MoE layer of a decode step is these three launches.
+#include <algorithm>
+
 #include "ops/cuda/common.cuh"
 #include "ops/decode.h"
 #include "ops/decode_impl.h"
@@ -20,12 +25,18 @@ struct ExpertPtrs {
   const void* p[kMoeSmallExperts];
 };
 
-// The (token, slot) pairs n·K + k whose expert is e, into rows[0 .. returned count).
-__device__ int gather_slots(int* rows, int* count, const int32_t* idx, int NK, int e) {
+// The slots n·KS + k (k < K) whose expert is e, into rows[0 .. returned count); for e = E (the shared
+// expert) the slots n·KS + K of all N = NK / K tokens.
+__device__ int gather_slots(int* rows, int* count, const int32_t* idx, int NK, int K, int KS, int e, int E) {
+  if (e == E) {
+    for (int n = threadIdx.x; n < NK / K; n += blockDim.x) rows[n] = n * KS + K;
+    __syncthreads();
+    return NK / K;
+  }
   if (threadIdx.x == 0) *count = 0;
   __syncthreads();
   for (int i = threadIdx.x; i < NK; i += blockDim.x)
-    if (idx[i] == e) rows[atomicAdd(count, 1)] = i;
+    if (idx[i] == e) rows[atomicAdd(count, 1)] = (i / K) * KS + i % K;
   __syncthreads();
   return *count;
 }
@@ -47,26 +58,64 @@ __device__ __forceinline__ float dot8(const float* w, const float* x) {
          w[7] * b.w;
 }
 
-// grid (ceil(F / 8), E): h[s, f] = silu(gate_e[f] · x[s / K]) · (up_e[f] · x[s / K]) for slots s of e.
+// Grid row y's expert: the y-th distinct expert id in idx (ascending), or -1 when fewer are chosen, so a
+// decode step of one token launches K + 1 expert rows instead of E + 1 (each thread flags expert tid; a
+// ballot per warp ranks them). Needs blockDim.x ≥ E (E ≤ kMoeSmallExperts = 256 threads).
+__device__ int nth_expert(const int32_t* idx, int NK, int E, int y) {
+  __shared__ int flag[kMoeSmallExperts], per_warp[kWarps], found;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (tid < E) flag[tid] = 0;
+  if (tid == 0) found = -1;
+  __syncthreads();
+  for (int i = tid; i < NK; i += blockDim.x)
+    if (unsigned(idx[i]) < unsigned(E)) flag[idx[i]] = 1;
+  __syncthreads();
+  const bool f = tid < E && flag[tid];
+  const unsigned b = __ballot_sync(0xffffffffu, f);
+  if (lane == 0) per_warp[warp] = __popc(b);
+  __syncthreads();
+  int rank = __popc(b & ((1u << lane) - 1u));
+  for (int w = 0; w < warp; ++w) rank += per_warp[w];
+  if (f && rank == y) found = tid;
+  __syncthreads();
+  return found;
+}
+
+// Grid row y's expert when the grid has R = min(E, N·K) routed rows (+ 1 for the shared expert, E).
+__device__ __forceinline__ int row_expert(const int32_t* idx, int NK, int E, int R) {
+  const int y = blockIdx.y;
+  return y == R ? E : nth_expert(idx, NK, E, y);
+}
+
+// Expert e's matrix: the table's, or the shared expert's for e = E.
+__device__ __forceinline__ const void* mat(const ExpertPtrs& t, const void* shared, int e, int E) {
+  return e == E ? shared : t.p[e];
+}
+
+// grid (ceil(F / 8), min(E, N·K) (+ 1 shared)): h[s, f] = silu(gate_e[f] · x[s / KS]) · (up_e[f] · x[s / KS])
+// for slots s of e.
 template <typename Wt>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_moe_small_gate_up(float* h, const float* x, const int32_t* idx, ExpertPtrs gate, ExpertPtrs up,
-                           int NK, int K, int D, int F, bool vec) {
+                           const void* sh_gate, const void* sh_up, int NK, int K, int KS, int E, int D, int F,
+                           bool vec) {
   __shared__ int rows[kMoeSmallTokens * 16];
   __shared__ int count;
-  const int e = blockIdx.y;
-  const int c = gather_slots(rows, &count, idx, NK, e);
+  const int e = row_expert(idx, NK, E, min(E, NK));
+  if (e < 0) return;
+  const int c = gather_slots(rows, &count, idx, NK, K, KS, e, E);
   const int lane = threadIdx.x & 31, f = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (c == 0 || f >= F) return;
-  const Wt* gr = static_cast<const Wt*>(gate.p[e]) + int64_t(f) * D;
-  const Wt* ur = static_cast<const Wt*>(up.p[e]) + int64_t(f) * D;
+  const Wt* gr = static_cast<const Wt*>(mat(gate, sh_gate, e, E)) + int64_t(f) * D;
+  const Wt* ur = static_cast<const Wt*>(mat(up, sh_up, e, E)) + int64_t(f) * D;
   for (int j0 = 0; j0 < c; j0 += kChunk) {
     const int nt = min(kChunk, c - j0);
     const float* xr[kChunk];
 #pragma unroll
-    for (int t = 0; t < kChunk; ++t) xr[t] = x + int64_t(rows[j0 + min(t, nt - 1)] / K) * D;
+    for (int t = 0; t < kChunk; ++t) xr[t] = x + int64_t(rows[j0 + min(t, nt - 1)] / KS) * D;
     float ag[kChunk] = {}, au[kChunk] = {};
     if (vec) {
+#pragma unroll 4
       for (int i = lane * 8; i < D; i += 256) {
         float g8[8], u8[8];
         load8(gr + i, g8);
@@ -95,18 +144,19 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// grid (ceil(D / 8), E): yp[s, d] = down_e[d] · h[s] for slots s of e.
+// grid (ceil(D / 8), min(E, N·K) (+ 1 shared)): yp[s, d] = down_e[d] · h[s] for slots s of e.
 template <typename Wt>
 __global__ void __launch_bounds__(kWarps * 32)
-    sm90_moe_small_down(float* yp, const float* h, const int32_t* idx, ExpertPtrs down, int NK, int D, int F,
-                        bool vec) {
+    sm90_moe_small_down(float* yp, const float* h, const int32_t* idx, ExpertPtrs down, const void* sh_down,
+                        int NK, int K, int KS, int E, int D, int F, bool vec) {
   __shared__ int rows[kMoeSmallTokens * 16];
   __shared__ int count;
-  const int e = blockIdx.y;
-  const int c = gather_slots(rows, &count, idx, NK, e);
+  const int e = row_expert(idx, NK, E, min(E, NK));
+  if (e < 0) return;
+  const int c = gather_slots(rows, &count, idx, NK, K, KS, e, E);
   const int lane = threadIdx.x & 31, d = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (c == 0 || d >= D) return;
-  const Wt* wr = static_cast<const Wt*>(down.p[e]) + int64_t(d) * F;
+  const Wt* wr = static_cast<const Wt*>(mat(down, sh_down, e, E)) + int64_t(d) * F;
   for (int j0 = 0; j0 < c; j0 += kChunk) {
     const int nt = min(kChunk, c - j0);
     const float* hr[kChunk];
@@ -114,6 +164,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int t = 0; t < kChunk; ++t) hr[t] = h + int64_t(rows[j0 + min(t, nt - 1)]) * F;
     float acc[kChunk] = {};
     if (vec) {
+#pragma unroll 4
       for (int i = lane * 8; i < F; i += 256) {
         float w8[8];
         load8(wr + i, w8);
@@ -135,12 +186,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// grid N: out[n, d] = Σ_k w[n, k] · yp[n·K + k, d], k ascending.
-__global__ void sm90_moe_small_combine(float* out, const float* yp, const float* w, int K, int D) {
+// grid N: out[n, d] = Σ_k w[n, k] · yp[n·KS + k, d], k ascending, then + yp[n·KS + K, d] (the shared
+// expert) when KS > K.
+__global__ void sm90_moe_small_combine(float* out, const float* yp, const float* w, int K, int KS, int D) {
   const int64_t n = blockIdx.x;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0.0f;
-    for (int k = 0; k < K; ++k) acc += w[n * K + k] * yp[(n * K + k) * D + d];
+    for (int k = 0; k < K; ++k) acc += w[n * K + k] * yp[(n * KS + k) * D + d];
+    if (KS > K) acc = yp[(n * KS + K) * D + d] + acc;
     out[n * D + d] = acc;
   }
 }
@@ -162,22 +215,31 @@ ExpertPtrs table(const std::vector<Tensor>& m, bool& aligned) {
 
 void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                       const std::vector<Tensor>& down) {
+                       const std::vector<Tensor>& down, const SharedExpert* shared) {
   const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size()),
-                F = gate[0].size(0), NK = N * K;
+                F = gate[0].size(0), NK = N * K, KS = K + (shared ? 1 : 0),
+                EG = std::min(E, NK) + (shared ? 1 : 0);  // grid rows: the distinct experts at most, + shared
   bool al_gu = aligned16(x.raw()), al_dn = true;
   const ExpertPtrs g = table(gate, al_gu), u = table(up, al_gu), dn = table(down, al_dn);
-  Tensor h = Tensor::empty({NK, F}, DType::F32, Device::CUDA);   // h: [N·K, F] silu(gate)·up per slot
-  Tensor yp = Tensor::empty({NK, D}, DType::F32, Device::CUDA);  // yp: [N·K, D] expert output per slot
+  const void* sg = shared ? shared->gate.raw() : nullptr;
+  const void* su = shared ? shared->up.raw() : nullptr;
+  const void* sd = shared ? shared->down.raw() : nullptr;
+  if (shared) {
+    al_gu = al_gu && aligned16(sg) && aligned16(su);
+    al_dn = al_dn && aligned16(sd);
+  }
+  Tensor h = Tensor::empty({N * KS, F}, DType::F32, Device::CUDA);   // h: [N·KS, F] silu(gate)·up per slot
+  Tensor yp = Tensor::empty({N * KS, D}, DType::F32, Device::CUDA);  // yp: [N·KS, D] expert output per slot
   const bool vec_gu = al_gu && D % 8 == 0, vec_dn = al_dn && F % 8 == 0 && aligned16(h.raw());
   auto run = [&](auto wt) {
     using Wt = decltype(wt);
-    sm90_moe_small_gate_up<Wt><<<dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(E)), kWarps * 32>>>(
-        h.data<float>(), x.data<float>(), topk_idx.data<int32_t>(), g, u, int(NK), int(K), int(D), int(F),
-        vec_gu);
+    sm90_moe_small_gate_up<Wt><<<dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
+        h.data<float>(), x.data<float>(), topk_idx.data<int32_t>(), g, u, sg, su, int(NK), int(K), int(KS),
+        int(E), int(D), int(F), vec_gu);
     DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (gate, up)");
-    sm90_moe_small_down<Wt><<<dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(E)), kWarps * 32>>>(
-        yp.data<float>(), h.data<float>(), topk_idx.data<int32_t>(), dn, int(NK), int(D), int(F), vec_dn);
+    sm90_moe_small_down<Wt><<<dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
+        yp.data<float>(), h.data<float>(), topk_idx.data<int32_t>(), dn, sd, int(NK), int(K), int(KS), int(E),
+        int(D), int(F), vec_dn);
     DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (down)");
   };
   if (gate[0].dtype() == DType::F32) {
@@ -185,8 +247,8 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
   } else {
     run(bf16{});
   }
-  sm90_moe_small_combine<<<unsigned(N), 256>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(),
-                                               int(K), int(D));
+  sm90_moe_small_combine<<<unsigned(N), 1024>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(),
+                                                int(K), int(KS), int(D));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (combine)");
 }
 

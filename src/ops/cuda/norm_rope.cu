@@ -1,5 +1,5 @@
-// norm_rope.cu — RMSNorm (one block per row, f32 statistics) and interleaved-pair RoPE on the GPU
-// (spec/model.md §2.1, §2.4, §3).
+// norm_rope.cu — RMSNorm (one block per row, f32 statistics), alone or fused with the residual add before
+// it, and interleaved-pair RoPE on the GPU (spec/model.md §2.1, §2.4, §3).
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -21,6 +21,26 @@ __global__ void rmsnorm_kernel(T* out, T* rstd, const T* x, const W* w, int64_t 
   if (rstd && threadIdx.x == 0) rstd[n] = st<T>(r);
   T* o = out + n * D;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) o[i] = st<T>(ld(w[i]) * (ld(xr[i]) * r));
+}
+
+// h[n] += y[n] (rounded to T, as axpy_ does), then out[n] = w ⊙ h[n] · rstd over the rounded sums. Each
+// thread reads back only the elements it wrote.
+template <typename T, typename W>
+__global__ void add_rmsnorm_kernel(T* h, T* out, T* rstd, const T* y, const W* w, int64_t D, float eps) {
+  const int64_t n = blockIdx.x;
+  T* hr = h + n * D;
+  const T* yr = y + n * D;
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const T v = st<T>(ld(hr[i]) + ld(yr[i]));
+    hr[i] = v;
+    ss += ld(v) * ld(v);
+  }
+  ss = block_sum(ss);
+  const float r = rsqrtf(ss / float(D) + eps);
+  if (rstd && threadIdx.x == 0) rstd[n] = st<T>(r);
+  T* o = out + n * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) o[i] = st<T>(ld(w[i]) * (ld(hr[i]) * r));
 }
 
 template <typename T>
@@ -58,6 +78,26 @@ void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, doub
     }
   });
   DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_fwd");
+}
+
+void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps) {
+  const int64_t N = h.size(0), D = h.size(1);
+  if (N == 0) return;
+  with_act(h.dtype(), "add_rmsnorm_fwd", [&](auto t) {
+    using T = decltype(t);
+    T* r = rstd.defined() ? static_cast<T*>(rstd.raw()) : nullptr;
+    T* hp = static_cast<T*>(h.raw());
+    T* op = static_cast<T*>(out.raw());
+    const T* yp = static_cast<const T*>(y.raw());
+    const int threads = D >= 1024 ? 1024 : 256;  // a decode step's few rows: every load in flight at once
+    if (w.dtype() == DType::F32) {
+      add_rmsnorm_kernel<<<int(N), threads>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), D,
+                                              float(eps));
+    } else {
+      add_rmsnorm_kernel<<<int(N), threads>>>(hp, op, r, yp, static_cast<const T*>(w.raw()), D, float(eps));
+    }
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("add_rmsnorm_fwd");
 }
 
 void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,

@@ -2,7 +2,9 @@
 // (spec/model.md §4.2, §4.3): scores (sigmoid or softmax) in parallel, each group's score (top-2 sum for
 // noaux_tc, max for group_limited_greedy) by one warp per group, the kept groups, then top-k rounds of a
 // block-wide argmax (ties to the lower expert index), ascending ids and normalized, scaled gate weights —
-// the same rules as router.cu's one-thread-per-token kernel, which large batches keep using.
+// the same rules as router.cu's one-thread-per-token kernel, which large batches keep using. The decode
+// form (router_decode) also computes the logits x · gateᵀ in the same block, so routing a decode step is
+// one launch (no cuBLAS product).
 #include <cstdlib>
 #include <cstring>
 
@@ -22,17 +24,16 @@ __device__ __forceinline__ bool beats(float v, int e, float w, int f) {
   return v > w || (v == w && e < f);
 }
 
-template <typename T>
-__global__ void sm90_router_small(int32_t* idx_out, T* w_out, T* scores_out, const T* logits,
-                                  const float* bias, int E, RouterParams p) {
+// The choice of token n from its logits l[0 .. E) (T or f32 in shared memory), by the whole block.
+template <typename T, typename L>
+__device__ void route_token(int32_t* idx_out, T* w_out, T* scores_out, const L* l, const float* bias, int E,
+                            const RouterParams& p, int64_t n) {
   __shared__ float sc[kMaxE], sel[kMaxE], gscore[kMaxG];
   __shared__ bool keep[kMaxG], used[kMaxE];
   __shared__ int chosen[kMaxK];
   __shared__ float rv[32];
   __shared__ int ri[32];
-  const int64_t n = blockIdx.x;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-  const T* l = logits + n * E;
   const int K = int(p.top_k);
   float mx = 0, z = 1;
   if (p.scoring == ScoringFunc::Softmax) {
@@ -137,6 +138,56 @@ __global__ void sm90_router_small(int32_t* idx_out, T* w_out, T* scores_out, con
   }
 }
 
+template <typename T>
+__global__ void sm90_router_small(int32_t* idx_out, T* w_out, T* scores_out, const T* logits,
+                                  const float* bias, int E, RouterParams p) {
+  const int64_t n = blockIdx.x;
+  route_token<T, T>(idx_out, w_out, scores_out, logits + n * E, bias, E, p, n);
+}
+
+__device__ __forceinline__ void load8g(const float* p, float* f) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void load8g(const bf16* p, float* f) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
+}
+
+// One block per token: logits[e] = x[n] · gate[e] in f32 (one warp per expert row, 16-byte loads when
+// vec), kept in shared memory, then the same choice as sm90_router_small.
+template <typename Tg>
+__global__ void sm90_router_decode(int32_t* idx_out, float* w_out, const float* x, const Tg* gate,
+                                   const float* bias, int E, int D, bool vec, RouterParams p) {
+  __shared__ float lg[kMaxE];
+  const int64_t n = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const float* xr = x + n * D;
+  for (int e = warp; e < E; e += nw) {
+    const Tg* g = gate + int64_t(e) * D;
+    float acc = 0.0f;
+    if (vec) {
+#pragma unroll 4
+      for (int i = lane * 8; i < D; i += 256) {
+        float w8[8];
+        load8g(g + i, w8);
+        const float4 a = *reinterpret_cast<const float4*>(xr + i),
+                     b = *reinterpret_cast<const float4*>(xr + i + 4);
+        acc += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
+               w8[6] * b.z + w8[7] * b.w;
+      }
+    } else {
+      for (int i = lane; i < D; i += 32) acc += ld(g[i]) * xr[i];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) lg[e] = acc;
+  }
+  __syncthreads();
+  route_token<float, float>(idx_out, w_out, nullptr, lg, bias, E, p, n);
+}
+
 }  // namespace
 
 bool router_small_applies(int64_t N, int64_t E, const RouterParams& p) {
@@ -160,6 +211,28 @@ void router_fwd_small(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tenso
                                                    bias.defined() ? bias.data<float>() : nullptr, int(E), p);
   });
   DSEEK_CUDA_LAUNCH_CHECK("router_fwd (small batch)");
+}
+
+}  // namespace dseek::ops::cuda
+
+namespace dseek::ops::cuda {
+
+void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
+                   const RouterParams& p) {
+  const int64_t N = x.size(0), D = x.size(1), E = gate.size(0);
+  const auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
+  const bool vec = D % 8 == 0 && al(x.raw()) && al(gate.raw());
+  const float* b = bias.defined() ? bias.data<float>() : nullptr;
+  if (gate.dtype() == DType::F32) {
+    sm90_router_decode<float><<<unsigned(N), 512>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
+                                                    x.data<float>(), gate.data<float>(), b, int(E), int(D),
+                                                    vec, p);
+  } else {
+    sm90_router_decode<bf16><<<unsigned(N), 512>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
+                                                   x.data<float>(), static_cast<const bf16*>(gate.raw()), b,
+                                                   int(E), int(D), vec, p);
+  }
+  DSEEK_CUDA_LAUNCH_CHECK("router_decode");
 }
 
 }  // namespace dseek::ops::cuda
