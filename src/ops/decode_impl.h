@@ -32,7 +32,13 @@ void mla_decode_latent(const LatentStep& a);
 // (out_a: [N, Oa], out_b: [N, Ob] f32), and silu(x · w_gateᵀ) ⊙ (x · w_upᵀ) (out: [N, F] f32).
 void gemv_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, const Tensor& w_b);
 void gemv_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
-// router_small.cu: the gate product and the choice in one launch, one block per token.
+// decode_counters.cu: kArrivalCounters zeroed ints on the current device for this host thread, for kernels
+// whose last block per row finishes the row (each leaves them at zero): [0, 64) the router's tokens,
+// [64, 128) the argmax's rows.
+inline constexpr int kArrivalCounters = 128, kRouterCounters = 0, kArgmaxCounters = 64, kArgmaxRows = 64;
+int* arrival_counters();
+// router_small.cu: the gate product (blocks of 8 experts) and the choice (the token's last block) in one
+// launch.
 void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
                    const RouterParams& p);
 void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv);

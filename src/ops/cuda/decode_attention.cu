@@ -7,7 +7,8 @@
 //     split's cached rows through shared memory in tiles of 32 once for all heads of the group (so with
 //     H ≤ 16 each latent row is read once per step), with an online softmax in f32; a second kernel
 //     combines the splits (FlashDecoding);
-//   * sm90_argmax_rows: greedy choice on the device, so only token ids go back to the host.
+//   * sm90_argmax_rows / sm90_argmax_split: greedy choice on the device, so only token ids go back to the
+//     host (rows of a decode step split over blocks, the last block of a row combining them).
 #include <algorithm>
 #include <map>
 #include <mutex>
@@ -348,30 +349,19 @@ __global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float
   }
 }
 
-// One block per row: the first index of the largest value.
-template <typename T>
-__global__ void sm90_argmax_rows(int64_t* ids, const T* x, int64_t V) {
+// (a, ia) beats (b, ib): a real entry over none, a larger value, then the lower index.
+__device__ __forceinline__ bool argmax_better(float a, int64_t ia, float b, int64_t ib) {
+  return ib < 0 ? true : (ia < 0 ? false : (a > b || (a == b && ia < ib)));
+}
+
+// The block's best (value, index) from each thread's, in thread 0.
+__device__ void block_argmax(float& best, int64_t& idx) {
   __shared__ float bv[32];
   __shared__ int64_t bi[32];
-  const int64_t n = blockIdx.x;
-  const T* row = x + n * V;
-  float best = -INFINITY;
-  int64_t idx = -1;  // none yet
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    const float f = ld(row[v]);
-    if (idx < 0 || f > best) {
-      best = f;
-      idx = v;
-    }
-  }
-  // (a, ia) beats (b2, ib): a real entry over none, a larger value, then the lower index.
-  auto better = [](float a, int64_t ia, float b2, int64_t ib) {
-    return ib < 0 ? true : (ia < 0 ? false : (a > b2 || (a == b2 && ia < ib)));
-  };
   for (int o = 16; o > 0; o >>= 1) {
     const float ob = __shfl_xor_sync(0xffffffffu, best, o);
     const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (!better(best, idx, ob, oi)) {
+    if (!argmax_better(best, idx, ob, oi)) {
       best = ob;
       idx = oi;
     }
@@ -389,13 +379,73 @@ __global__ void sm90_argmax_rows(int64_t* ids, const T* x, int64_t V) {
     for (int o = 16; o > 0; o >>= 1) {
       const float ob = __shfl_xor_sync(0xffffffffu, best, o);
       const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
-      if (!better(best, idx, ob, oi)) {
+      if (!argmax_better(best, idx, ob, oi)) {
         best = ob;
         idx = oi;
       }
     }
-    if (lane == 0) ids[n] = idx < 0 ? 0 : idx;
   }
+}
+
+// Each thread's first index of the largest value among row[v0 .. v1) (strided), then the block's.
+template <typename T>
+__device__ void scan_argmax(const T* row, int64_t v0, int64_t v1, float& best, int64_t& idx) {
+  best = -INFINITY;
+  idx = -1;  // none yet
+  for (int64_t v = v0 + threadIdx.x; v < v1; v += blockDim.x) {
+    const float f = ld(row[v]);
+    if (idx < 0 || f > best) {
+      best = f;
+      idx = v;
+    }
+  }
+  block_argmax(best, idx);
+}
+
+// One block per row: the first index of the largest value.
+template <typename T>
+__global__ void sm90_argmax_rows(int64_t* ids, const T* x, int64_t V) {
+  const int64_t n = blockIdx.x;
+  float best;
+  int64_t idx;
+  scan_argmax(x + n * V, 0, V, best, idx);
+  if (threadIdx.x == 0) ids[n] = idx < 0 ? 0 : idx;
+}
+
+// grid (G, N): block g takes row n's chunk [g·chunk, (g + 1)·chunk) into part_*[n, g]; the row's last block
+// to arrive (arrive[n] counts them, then is reset) combines the G partial results in order.
+template <typename T>
+__global__ void __launch_bounds__(1024) sm90_argmax_split(int64_t* ids, float* part_v, int64_t* part_i,
+                                                          int* arrive, const T* x, int64_t V, int64_t chunk) {
+  __shared__ bool last;
+  const int64_t n = blockIdx.y;
+  const int G = gridDim.x, g = blockIdx.x;
+  float best;
+  int64_t idx;
+  const int64_t v0 = g * chunk, v1 = v0 + chunk < V ? v0 + chunk : V;
+  scan_argmax(x + n * V, v0, v1, best, idx);
+  if (threadIdx.x == 0) {
+    part_v[n * G + g] = best;
+    part_i[n * G + g] = idx;
+  }
+  __threadfence();  // the partial result is visible device-wide before this block counts itself in
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&arrive[n], 1) == G - 1;
+  __syncthreads();
+  if (!last) return;
+  if (threadIdx.x == 0) arrive[n] = 0;  // ready for the next launch
+  best = -INFINITY;
+  idx = -1;
+  for (int j = threadIdx.x; j < G; j += blockDim.x) {
+    const float v = __ldcg(part_v + n * G + j);
+    const int64_t i = __ldcg(reinterpret_cast<const long long*>(part_i) + n * G + j);
+    if (argmax_better(v, i, best, idx)) {
+      best = v;
+      idx = i;
+    }
+  }
+  block_argmax(best, idx);
+  if (threadIdx.x == 0) ids[n] = idx < 0 ? 0 : idx;
 }
 
 // Raises a kernel's dynamic shared-memory limit when needed, once per kernel and size (so a captured
@@ -548,7 +598,17 @@ void argmax_rows(Tensor ids, const Tensor& x) {
   const int64_t N = x.size(0), V = x.size(1);
   with_act(x.dtype(), "argmax_rows", [&](auto t) {
     using T = decltype(t);
-    sm90_argmax_rows<T><<<unsigned(N), 1024>>>(ids.data<int64_t>(), static_cast<const T*>(x.raw()), V);
+    constexpr int64_t kChunk = 4096;       // values per block when a row is split
+    if (N <= kArgmaxRows && V > kChunk) {  // a decode step: every row over many blocks, one launch
+      const int64_t G = (V + kChunk - 1) / kChunk;
+      Tensor pv = Tensor::empty({N, G}, DType::F32, Device::CUDA);  // pv, pi: [N, G] each block's best
+      Tensor pi = Tensor::empty({N, G}, DType::I64, Device::CUDA);
+      sm90_argmax_split<T><<<dim3(unsigned(G), unsigned(N)), 1024>>>(
+          ids.data<int64_t>(), pv.data<float>(), pi.data<int64_t>(), arrival_counters() + kArgmaxCounters,
+          static_cast<const T*>(x.raw()), V, kChunk);
+    } else {
+      sm90_argmax_rows<T><<<unsigned(N), 1024>>>(ids.data<int64_t>(), static_cast<const T*>(x.raw()), V);
+    }
   });
   DSEEK_CUDA_LAUNCH_CHECK("argmax_rows");
 }

@@ -18,7 +18,6 @@ namespace dseek::ops::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kChunk = 4;  // tokens accumulated at once per weight row
 
 // Expert matrices by value (the kernel parameter space holds 256 pointers per table), bf16 or f32.
 struct ExpertPtrs {
@@ -94,7 +93,7 @@ __device__ __forceinline__ const void* mat(const ExpertPtrs& t, const void* shar
 
 // grid (ceil(F / 8), min(E, N·K) (+ 1 shared)): h[s, f] = silu(gate_e[f] · x[s / KS]) · (up_e[f] · x[s / KS])
 // for slots s of e.
-template <typename Wt>
+template <typename Wt, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_moe_small_gate_up(float* h, const float* x, const int32_t* idx, ExpertPtrs gate, ExpertPtrs up,
                            const void* sh_gate, const void* sh_up, int NK, int K, int KS, int E, int D, int F,
@@ -145,7 +144,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 // grid (ceil(D / 8), min(E, N·K) (+ 1 shared)): yp[s, d] = down_e[d] · h[s] for slots s of e.
-template <typename Wt>
+template <typename Wt, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_moe_small_down(float* yp, const float* h, const int32_t* idx, ExpertPtrs down, const void* sh_down,
                         int NK, int K, int KS, int E, int D, int F, bool vec) {
@@ -231,16 +230,28 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
   Tensor h = Tensor::empty({N * KS, F}, DType::F32, Device::CUDA);   // h: [N·KS, F] silu(gate)·up per slot
   Tensor yp = Tensor::empty({N * KS, D}, DType::F32, Device::CUDA);  // yp: [N·KS, D] expert output per slot
   const bool vec_gu = al_gu && D % 8 == 0, vec_dn = al_dn && F % 8 == 0 && aligned16(h.raw());
-  auto run = [&](auto wt) {
+  // kChunk: the slots accumulated at once per weight row; an expert has at most N slots (its tokens).
+  auto run_chunk = [&](auto wt, auto ch) {
     using Wt = decltype(wt);
-    sm90_moe_small_gate_up<Wt><<<dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
-        h.data<float>(), x.data<float>(), topk_idx.data<int32_t>(), g, u, sg, su, int(NK), int(K), int(KS),
-        int(E), int(D), int(F), vec_gu);
+    constexpr int kChunk = decltype(ch)::value;
+    sm90_moe_small_gate_up<Wt, kChunk>
+        <<<dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
+            h.data<float>(), x.data<float>(), topk_idx.data<int32_t>(), g, u, sg, su, int(NK), int(K),
+            int(KS), int(E), int(D), int(F), vec_gu);
     DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (gate, up)");
-    sm90_moe_small_down<Wt><<<dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
+    sm90_moe_small_down<Wt, kChunk><<<dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
         yp.data<float>(), h.data<float>(), topk_idx.data<int32_t>(), dn, sd, int(NK), int(K), int(KS), int(E),
         int(D), int(F), vec_dn);
     DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (down)");
+  };
+  auto run = [&](auto wt) {
+    if (N == 1) {
+      run_chunk(wt, std::integral_constant<int, 1>{});
+    } else if (N == 2) {
+      run_chunk(wt, std::integral_constant<int, 2>{});
+    } else {
+      run_chunk(wt, std::integral_constant<int, 4>{});
+    }
   };
   if (gate[0].dtype() == DType::F32) {
     run(float{});

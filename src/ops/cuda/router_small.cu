@@ -3,8 +3,8 @@
 // noaux_tc, max for group_limited_greedy) by one warp per group, the kept groups, then top-k rounds of a
 // block-wide argmax (ties to the lower expert index), ascending ids and normalized, scaled gate weights —
 // the same rules as router.cu's one-thread-per-token kernel, which large batches keep using. The decode
-// form (router_decode) also computes the logits x · gateᵀ in the same block, so routing a decode step is
-// one launch (no cuBLAS product).
+// form (router_decode) also computes the logits x · gateᵀ, spread over blocks of 8 experts, and the last
+// block of each token to finish routes it, so routing a decode step is one launch (no cuBLAS product).
 #include <cstdlib>
 #include <cstring>
 
@@ -156,16 +156,19 @@ __device__ __forceinline__ void load8g(const bf16* p, float* f) {
   for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
 }
 
-// One block per token: logits[e] = x[n] · gate[e] in f32 (one warp per expert row, 16-byte loads when
-// vec), kept in shared memory, then the same choice as sm90_router_small.
+// grid (ceil(E / 8), N), 8 warps: logits[n, e] = x[n] · gate[e] in f32 for the block's 8 experts (one warp
+// per row, 16-byte loads when vec) into global memory; the last block of token n to arrive (arrive[n]
+// counts them, then is reset) routes it from the logits as sm90_router_small does.
 template <typename Tg>
-__global__ void sm90_router_decode(int32_t* idx_out, float* w_out, const float* x, const Tg* gate,
-                                   const float* bias, int E, int D, bool vec, RouterParams p) {
+__global__ void __launch_bounds__(256)
+    sm90_router_decode(int32_t* idx_out, float* w_out, float* logits, int* arrive, const float* x,
+                       const Tg* gate, const float* bias, int E, int D, bool vec, RouterParams p) {
   __shared__ float lg[kMaxE];
-  const int64_t n = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __shared__ bool last;
+  const int64_t n = blockIdx.y;
+  const int lane = threadIdx.x & 31, e = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const float* xr = x + n * D;
-  for (int e = warp; e < E; e += nw) {
+  if (e < E) {
     const Tg* g = gate + int64_t(e) * D;
     float acc = 0.0f;
     if (vec) {
@@ -182,8 +185,15 @@ __global__ void sm90_router_decode(int32_t* idx_out, float* w_out, const float* 
       for (int i = lane; i < D; i += 32) acc += ld(g[i]) * xr[i];
     }
     acc = warp_sum(acc);
-    if (lane == 0) lg[e] = acc;
+    if (lane == 0) logits[n * E + e] = acc;
   }
+  __threadfence();  // the logits are visible device-wide before this block counts itself in
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&arrive[n], 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  if (threadIdx.x == 0) arrive[n] = 0;  // ready for the next launch
+  for (int j = threadIdx.x; j < E; j += blockDim.x) lg[j] = __ldcg(logits + n * E + j);
   __syncthreads();
   route_token<float, float>(idx_out, w_out, nullptr, lg, bias, E, p, n);
 }
@@ -223,14 +233,17 @@ void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor
   const auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
   const bool vec = D % 8 == 0 && al(x.raw()) && al(gate.raw());
   const float* b = bias.defined() ? bias.data<float>() : nullptr;
+  Tensor logits = Tensor::empty({N, E}, DType::F32, Device::CUDA);  // logits: [N, E]
+  int* arrive = arrival_counters() + kRouterCounters;
+  const dim3 grid{unsigned((E + 7) / 8), unsigned(N)};
   if (gate.dtype() == DType::F32) {
-    sm90_router_decode<float><<<unsigned(N), 512>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
-                                                    x.data<float>(), gate.data<float>(), b, int(E), int(D),
-                                                    vec, p);
+    sm90_router_decode<float><<<grid, 256>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
+                                             logits.data<float>(), arrive, x.data<float>(),
+                                             gate.data<float>(), b, int(E), int(D), vec, p);
   } else {
-    sm90_router_decode<bf16><<<unsigned(N), 512>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
-                                                   x.data<float>(), static_cast<const bf16*>(gate.raw()), b,
-                                                   int(E), int(D), vec, p);
+    sm90_router_decode<bf16><<<grid, 256>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
+                                            logits.data<float>(), arrive, x.data<float>(),
+                                            static_cast<const bf16*>(gate.raw()), b, int(E), int(D), vec, p);
   }
   DSEEK_CUDA_LAUNCH_CHECK("router_decode");
 }
