@@ -83,12 +83,19 @@ __global__ void scatter_kernel(bf16* __restrict__ xp, int32_t* __restrict__ row_
   }
   const int slots = K + (shared ? 1 : 0);
   const float* src = x + n * D;
-  for (int d = lane * 4; d < D; d += 128) {  // each 4 columns read once, written to every claimed row
-    const float4 f = *reinterpret_cast<const float4*>(src + d);
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(f.x, f.y), hi = __floats2bfloat162_rn(f.z, f.w);
+  // Each 4 columns read once, written to every claimed row. Every lane runs every pass (the shuffles need
+  // the whole warp); lanes past the row's end only take part in them.
+  for (int d0 = 0; d0 < D; d0 += 128) {
+    const int d = d0 + lane * 4;
+    __nv_bfloat162 lo{}, hi{};
+    if (d < D) {
+      const float4 f = *reinterpret_cast<const float4*>(src + d);
+      lo = __floats2bfloat162_rn(f.x, f.y);
+      hi = __floats2bfloat162_rn(f.z, f.w);
+    }
     for (int k = 0; k < slots; ++k) {
       const int rk = __shfl_sync(0xffffffffu, r, k);
-      if (rk < 0) continue;
+      if (rk < 0 || d >= D) continue;
       __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(xp + int64_t(rk) * D + d);
       dst[0] = lo;
       dst[1] = hi;
