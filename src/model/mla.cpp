@@ -118,15 +118,19 @@ void flash_inputs(Tensor& kv, Tensor& kpe, const Tensor& src, const MlaWeights& 
   const bool half = fp16 && dev == Device::CUDA;
   Tensor ckvn = Tensor::empty({S, d.C}, src.dtype(), dev);  // ckvn: [S, C] the normed latents
   ops::copy_cols(ckvn, 0, src, 0, d.C);
-  kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, src.dtype(), dev);
-  ops::linear(kv, ckvn, w.kv_b_proj);
   Tensor pe = Tensor::empty({S, d.R}, src.dtype(), dev);  // pe: [S, R] the roped k_pe columns
   ops::copy_cols(pe, 0, src, d.C, d.R);
-  kpe = pe;
-  if (half) {
-    kv = kv.to(DType::F16);
-    kpe = pe.to(DType::F16);
+  kpe = half ? pe.to(DType::F16) : pe;
+  if (half && src.dtype() == DType::F32 && w.kv_b_proj.dtype() == DType::BF16 && !w.kv_b_proj.block_scale()) {
+    // The product itself in fp16 (bf16 weights convert exactly within fp16's range; the normed latents
+    // keep 3 more bits than in bf16): kv comes out in the dtype the kernel reads, with no f32 round trip.
+    kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, DType::F16, dev);
+    ops::linear(kv, ckvn.to(DType::F16), w.kv_b_proj.to(DType::F16));
+    return;
   }
+  kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, src.dtype(), dev);
+  ops::linear(kv, ckvn, w.kv_b_proj);
+  if (half) kv = kv.to(DType::F16);
 }
 
 // Absorbed attention for one chunk against cache rows [0, pos0 + len): q_lat_h = q_nope_h · W_UK[h],

@@ -245,8 +245,8 @@ TEST_F(CudaDecode, SmallMoeMatchesCpu) {
 TEST_F(CudaDecode, FusedDecodeOpsMatchCpu) {
   // Residual add + RMSNorm, f32 and bf16 activations.
   for (DType dt : {DType::F32, DType::BF16}) {
-    for (int64_t N : {1, 5, 32}) {
-      for (int64_t D : {1024, 40, 7168}) {
+    for (int64_t N : {1, 5, 32, 300}) {  // 32, 300: a warp per row for D % 128 == 0, D ≤ 2048
+      for (int64_t D : {1024, 40, 7168, 384}) {
         Tensor h = randn({N, D}, 1).to(dt).to(DType::F32), y = randn({N, D}, 2).to(dt).to(DType::F32),
                w = randn({D}, 3);
         Tensor hg = h.to(dt).to(Device::CUDA), og = poisoned({N, D}, dt), rg = poisoned({N}, dt);

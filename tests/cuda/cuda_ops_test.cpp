@@ -75,6 +75,17 @@ TEST_F(Cuda, Linear) {
       ops::matmul_nn(out2, x.gpu, wn.gpu);
       expect_close("matmul_nn", out2, ref, dt);
     }
+  // fp16 products (the flash kernel's keys/values): f16 x, W and out, f32 accumulation.
+  for (auto [N, I, O] : {std::tuple{300, 256, 2048}, {9, 64, 40}}) {
+    Pair x = upload(randn({N, I}), DType::F16), w = upload(randn({O, I}, 0.05), DType::F16);
+    Tensor ref = Tensor::empty({N, O}, DType::F32), out = poisoned({N, O}, DType::F16);
+    ops::linear(ref, x.cpu, w.cpu);
+    ops::linear(out, x.gpu, w.gpu);
+    expect_close("linear f16", out, ref, DType::BF16);  // f16 output rounding: the 16-bit bound
+  }
+  EXPECT_THROW(ops::linear(poisoned({2, 4}, DType::F32), poisoned({2, 8}, DType::F16),
+                           poisoned({4, 8}, DType::F16)),
+               Error);
 }
 
 TEST_F(Cuda, LinearF32ActivationsBf16Weights) {

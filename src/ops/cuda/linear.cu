@@ -1,4 +1,4 @@
-// linear.cu — matrix products through cuBLASLt (DESIGN.md "CUDA backend"): bf16 × bf16 or f32 × f32
+// linear.cu — matrix products through cuBLASLt (DESIGN.md "CUDA backend"): bf16 × bf16, f16 × f16 or f32 × f32
 // operands, f32 accumulation (no TF32 on the f32 path, so it matches the CPU to ~1e-6), row-major
 // tensors mapped onto cuBLASLt's column-major view. A mixed f32-activation × bf16-weight product casts
 // the activation to bf16 first.
@@ -48,6 +48,8 @@ cudaDataType_t cuda_type(DType d) {
       return CUDA_R_32F;
     case DType::BF16:
       return CUDA_R_16BF;
+    case DType::F16:
+      return CUDA_R_16F;
     default:
       fail("cuBLASLt: unsupported dtype ", dtype_name(d));
   }

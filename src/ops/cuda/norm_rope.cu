@@ -1,5 +1,7 @@
 // norm_rope.cu — RMSNorm (one block per row, f32 statistics), alone or fused with the residual add before
 // it, and interleaved-pair RoPE on the GPU (spec/model.md §2.1, §2.4, §3).
+#include <type_traits>
+
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
 
@@ -41,6 +43,42 @@ __global__ void add_rmsnorm_kernel(T* h, T* out, T* rstd, const T* y, const W* w
   if (rstd && threadIdx.x == 0) rstd[n] = st<T>(r);
   T* o = out + n * D;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) o[i] = st<T>(ld(w[i]) * (ld(hr[i]) * r));
+}
+
+// The same for many f32 rows: a warp per row, the row's sums kept in registers (D / 128 float4 per lane,
+// D % 128 == 0, D ≤ 128·C), one pass over memory for each of h, y, out.
+template <typename W, int C>
+__global__ void add_rmsnorm_rows_kernel(float* h, float* out, float* rstd, const float* y, const W* w, int64_t N,
+                                        int D, float eps) {
+  const int64_t n = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (n >= N) return;
+  float4 v[C];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    const int d = j * 128 + lane * 4;
+    if (d >= D) break;
+    const float4 a = *reinterpret_cast<const float4*>(h + n * D + d);
+    const float4 b = *reinterpret_cast<const float4*>(y + n * D + d);
+    v[j] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+    *reinterpret_cast<float4*>(h + n * D + d) = v[j];
+    ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+  }
+  ss = warp_sum(ss);
+  const float r = rsqrtf(ss / float(D) + eps);
+  if (rstd && lane == 0) rstd[n] = r;
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    const int d = j * 128 + lane * 4;
+    if (d >= D) break;
+    float4 o;
+    o.x = ld(w[d]) * (v[j].x * r);
+    o.y = ld(w[d + 1]) * (v[j].y * r);
+    o.z = ld(w[d + 2]) * (v[j].z * r);
+    o.w = ld(w[d + 3]) * (v[j].w * r);
+    *reinterpret_cast<float4*>(out + n * D + d) = o;
+  }
 }
 
 template <typename T>
@@ -89,6 +127,18 @@ void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const T
     T* hp = static_cast<T*>(h.raw());
     T* op = static_cast<T*>(out.raw());
     const T* yp = static_cast<const T*>(y.raw());
+    if constexpr (std::is_same_v<T, float>) {
+      if (N > 8 && D % 128 == 0 && D <= 2048) {  // a prefill's many rows: a warp per row
+        const unsigned blocks = unsigned((N + 7) / 8);
+        if (w.dtype() == DType::F32)
+          add_rmsnorm_rows_kernel<float, 16><<<blocks, 256>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), N,
+                                                              int(D), float(eps));
+        else
+          add_rmsnorm_rows_kernel<bf16, 16><<<blocks, 256>>>(hp, op, r, yp, static_cast<const bf16*>(w.raw()), N,
+                                                             int(D), float(eps));
+        return;
+      }
+    }
     const int threads = D >= 1024 ? 1024 : 256;  // a decode step's few rows: every load in flight at once
     if (w.dtype() == DType::F32) {
       add_rmsnorm_kernel<<<int(N), threads>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), D,
