@@ -22,6 +22,13 @@ struct DecodeGraphs::Graph {
 
 DecodeGraphs::DecodeGraphs(const Model& m) : m_(m) {
   DSEEK_CHECK(m.device() == Device::CUDA, "DecodeGraphs: the model is not on the GPU");
+  // Block-scaled (fp8) experts take the host-planned MoE, whose device→host copy a capture cannot hold:
+  // such a model decodes eagerly from the start (no capture attempted and abandoned).
+  for (const LayerWeights& l : m.w.layers)
+    if (l.is_moe && !l.moe.experts.empty() && l.moe.experts[0].gate_proj.block_scale()) {
+      why_eager_ = "fp8 (block-scaled) experts: the MoE is planned on the host, which a graph cannot capture";
+      break;
+    }
 }
 
 DecodeGraphs::~DecodeGraphs() = default;
