@@ -59,7 +59,8 @@ std::vector<GenerateResult> Engine::generate(const std::vector<std::vector<int64
       Tensor u = Tensor::empty({A}, DType::F64);
       for (int64_t a = 0; a < A; ++a) u.data<double>()[a] = samplers[size_t(active[size_t(a)])].draw();
       const Tensor lf = logits.dtype() == DType::F32 ? logits : logits.to(DType::F32);
-      Tensor ids = Tensor::empty({A}, DType::I64, Device::CUDA), fb = Tensor::empty({A}, DType::I32, Device::CUDA);
+      Tensor ids = Tensor::empty({A}, DType::I64, Device::CUDA),
+             fb = Tensor::empty({A}, DType::I32, Device::CUDA);
       ops::sample_rows(ids, fb, lf, u.to(Device::CUDA), samplers[0].rule());
       const Tensor hi = ids.to(Device::CPU), hf = fb.to(Device::CPU);
       for (int64_t a = 0; a < A; ++a) {

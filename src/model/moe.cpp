@@ -22,7 +22,7 @@ void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) 
     return;
   }
   Tensor g = Tensor::empty({N, F}, x.dtype(), x.device()),
-         u = Tensor::empty({N, F}, x.dtype(), x.device());  // g, u: [N, F]
+         u = Tensor::empty({N, F}, x.dtype(), x.device());              // g, u: [N, F]
   const Tensor xa = ops::product_input(x, {&w.gate_proj, &w.up_proj});  // cast once on the GPU
   ops::linear(g, xa, w.gate_proj);
   ops::linear(u, xa, w.up_proj);

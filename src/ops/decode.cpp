@@ -219,7 +219,7 @@ void linear_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tens
   check_same_device(op, {&out, &x, &w_gate, &w_up});
   if (gemv_takes(out, x, w_gate) && gemv_takes(out, x, w_up)) return cuda::gemv_swiglu(out, x, w_gate, w_up);
   Tensor u = Tensor::empty(out.shape(), out.dtype(), out.device());  // u: [N, F] the up product
-  const Tensor xa = product_input(x, {&w_gate, &w_up});                // cast once on the GPU
+  const Tensor xa = product_input(x, {&w_gate, &w_up});              // cast once on the GPU
   linear(out, xa, w_gate);
   linear(u, xa, w_up);
   swiglu_fwd(out, out, u);

@@ -17,9 +17,10 @@ namespace dseek::ops {
 // of kv and kpe, with Lk ≥ Lq; query t of the sequence sits at position Lk − Lq + t and sees keys
 // 0 ..= that position (a chunk continuing a cached prefix). fp16_operands: on CUDA, the two products
 // take fp16 operands on the tensor cores (f32 scores, softmax and accumulation), kv/kpe may be f16
-// while q/out are f32, and out may be bf16 under f32 q (for a bf16 product next); otherwise f32 throughout. The CPU computes in the input dtype. fp16 rather than
-// bf16: rounding q, k, v to bf16 moved tiny-v3-fp8's logits 12 % on one prompt (its attention is sharp),
-// fp16 0.04 %; the price is fp16's range (±65504), far above MLA's normed-latent keys and values.
+// while q/out are f32, and out may be bf16 under f32 q (for a bf16 product next); otherwise f32 throughout.
+// The CPU computes in the input dtype. fp16 rather than bf16: rounding q, k, v to bf16 moved tiny-v3-fp8's
+// logits 12 % on one prompt (its attention is sharp), fp16 0.04 %; the price is fp16's range (±65504), far
+// above MLA's normed-latent keys and values.
 void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                    const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, double scale,
                    bool fp16_operands, Stream s = {});

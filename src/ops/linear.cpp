@@ -28,7 +28,8 @@ void linear(Tensor out, const Tensor& x, const Tensor& w, Stream) {
     DSEEK_CHECK(w.dtype() == DType::F16 && out.dtype() == DType::F16 && !w.block_scale(),
                 "linear: an f16 x takes f16 weights and output (got w ", dtype_name(w.dtype()), ", out ",
                 dtype_name(out.dtype()), ")");
-    DSEEK_CHECK(x.size(1) == w.size(1), "linear: x ", x.str(), " and w ", w.str(), " disagree on the input dim");
+    DSEEK_CHECK(x.size(1) == w.size(1), "linear: x ", x.str(), " and w ", w.str(),
+                " disagree on the input dim");
     check_shape("linear", "out", out, {x.size(0), w.size(0)});
     check_same_device("linear", {&out, &x, &w});
     return cuda::linear(out, x, w);

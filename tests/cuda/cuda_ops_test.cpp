@@ -83,9 +83,9 @@ TEST_F(Cuda, Linear) {
     ops::linear(out, x.gpu, w.gpu);
     expect_close("linear f16", out, ref, DType::BF16);  // f16 output rounding: the 16-bit bound
   }
-  EXPECT_THROW(ops::linear(poisoned({2, 4}, DType::F32), poisoned({2, 8}, DType::F16),
-                           poisoned({4, 8}, DType::F16)),
-               Error);
+  EXPECT_THROW(
+      ops::linear(poisoned({2, 4}, DType::F32), poisoned({2, 8}, DType::F16), poisoned({4, 8}, DType::F16)),
+      Error);
 }
 
 TEST_F(Cuda, LinearF32ActivationsBf16Weights) {
@@ -290,7 +290,8 @@ TEST_F(Cuda, MlaFlashPrefill) {
   const int64_t Nq = cu_q.back(), Nk = cu_k.back();
   for (auto [H, dn, R, dv] : {std::tuple{4, 16, 8, 16}, {16, 64, 32, 64}, {3, 128, 64, 128}, {2, 24, 8, 16}})
     for (DType dt : kTypes)
-      for (int mode = 0; mode < 4; ++mode) {  // 0: exact; 1: fp16 operands; 2: and f16 kv/kpe; 3: and bf16 out
+      for (int mode = 0; mode < 4;
+           ++mode) {  // 0: exact; 1: fp16 operands; 2: and f16 kv/kpe; 3: and bf16 out
         if (mode == 3 && dt != DType::F32) continue;
         const bool fp16_ops = mode > 0;
         const double scale = 1.0 / std::sqrt(double(dn + R));
@@ -417,8 +418,8 @@ TEST_F(Cuda, MoeExpertsGroupedDevicePlan) {
       Tensor out = poisoned({c.N, c.D}, DType::F32), again = poisoned({c.N, c.D}, DType::F32);
       ops::moe_experts_grouped(out, xg, ig, wg, gg, ug, dg, with_shared ? shg : none);
       ops::moe_experts_grouped(again, xg, ig, wg, gg, ug, dg, with_shared ? shg : none);
-      expect_close("moe_experts_grouped N=" + std::to_string(c.N) + (with_shared ? " + shared" : ""), out, ref,
-                   DType::BF16);
+      expect_close("moe_experts_grouped N=" + std::to_string(c.N) + (with_shared ? " + shared" : ""), out,
+                   ref, DType::BF16);
       const Tensor a = down(out), b = down(again);
       EXPECT_EQ(std::memcmp(a.raw(), b.raw(), size_t(a.numel()) * sizeof(float)), 0) << "runs differ";
     }
@@ -447,22 +448,24 @@ TEST_F(Cuda, SampleRowsEqualsTheCpuRule) {
   for (int64_t b = 0; b < B; ++b) u.data<double>()[b] = ud(rng);
   const Tensor lg = logits.to(Device::CUDA), ug = u.to(Device::CUDA);
   int decided = 0, flagged = 0;
-  for (const ops::SampleParams p : {ops::SampleParams{1.0, 0, 1.0}, ops::SampleParams{0.7, 50, 0.9},
-                                    ops::SampleParams{1.3, 2000, 0.95}, ops::SampleParams{1.0, 1, 1.0},
-                                    ops::SampleParams{0.8, 1024, 1.0}, ops::SampleParams{1.0, 0, 0.5}}) {
-    Tensor ids = Tensor::empty({B}, DType::I64, Device::CUDA), fb = Tensor::empty({B}, DType::I32, Device::CUDA);
+  for (const ops::SampleParams p :
+       {ops::SampleParams{1.0, 0, 1.0}, ops::SampleParams{0.7, 50, 0.9}, ops::SampleParams{1.3, 2000, 0.95},
+        ops::SampleParams{1.0, 1, 1.0}, ops::SampleParams{0.8, 1024, 1.0}, ops::SampleParams{1.0, 0, 0.5}}) {
+    Tensor ids = Tensor::empty({B}, DType::I64, Device::CUDA),
+           fb = Tensor::empty({B}, DType::I32, Device::CUDA);
     ops::sample_rows(ids, fb, lg, ug, p);
     const Tensor hi = ids.to(Device::CPU), hf = fb.to(Device::CPU);
     for (int64_t b = 0; b < B; ++b) {
       const int64_t want = ops::sample_row(logits.data<float>() + b * V, V, p, u.data<double>()[b]);
       if (hf.data<int32_t>()[b] != 0) {
         ++flagged;
-        EXPECT_TRUE(p.top_k == 0 || p.top_k > ops::kDeviceSampleCandidates) << "flagged with top_k " << p.top_k;
+        EXPECT_TRUE(p.top_k == 0 || p.top_k > ops::kDeviceSampleCandidates)
+            << "flagged with top_k " << p.top_k;
         continue;
       }
       ++decided;
-      EXPECT_EQ(hi.data<int64_t>()[b], want) << "row " << b << " T " << p.temperature << " top_k " << p.top_k
-                                              << " top_p " << p.top_p;
+      EXPECT_EQ(hi.data<int64_t>()[b], want)
+          << "row " << b << " T " << p.temperature << " top_k " << p.top_k << " top_p " << p.top_p;
     }
   }
   EXPECT_GE(decided, 3 * B) << flagged << " rows flagged";  // every row of the three top_k ≤ 1024 sets
@@ -472,7 +475,8 @@ TEST_F(Cuda, SampleRowsEqualsTheCpuRule) {
   nanrow.data<float>()[V + 5] = NAN;
   Tensor half = Tensor::empty({2}, DType::F64);
   half.data<double>()[0] = half.data<double>()[1] = 0.5;
-  Tensor ids = Tensor::empty({2}, DType::I64, Device::CUDA), fb = Tensor::empty({2}, DType::I32, Device::CUDA);
+  Tensor ids = Tensor::empty({2}, DType::I64, Device::CUDA),
+         fb = Tensor::empty({2}, DType::I32, Device::CUDA);
   ops::sample_rows(ids, fb, nanrow.to(Device::CUDA), half.to(Device::CUDA), ops::SampleParams{});
   const Tensor hf = fb.to(Device::CPU), hi = ids.to(Device::CPU);
   EXPECT_EQ(hf.data<int32_t>()[0], 0);

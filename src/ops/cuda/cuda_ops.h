@@ -7,8 +7,8 @@
 
 #include "core/tensor.h"
 #include "ops/moe.h"
-#include "ops/sample.h"
 #include "ops/router.h"
+#include "ops/sample.h"
 
 namespace dseek::ops::cuda {
 

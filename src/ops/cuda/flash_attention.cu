@@ -1,12 +1,11 @@
 // flash_attention.cu — causal MLA prefill attention on the GPU (ops/flash_attention.h; spec/model.md §2.2,
 // §2.6), flash-style: a block takes 128 query rows of one head (64 for the wide V3 head dims), walks the
-// visible keys in tiles of 64 with an online softmax, and never writes the score matrix. Both products run on the tensor cores
-// (mma.sync m16n8k16, fp16 operands, f32 accumulation; ops/flash_attention.h says why not bf16); keys
-// [k_nope | k_pe] and values are read in place from the kv_b_proj output and the rope-key rows (fp16), staged
-// through shared memory with cp.async in two stages; Q, K and V fragments by ldmatrix. Eight warps per block
-// (four for the wide dims), 16 query rows each. Head dims
-// other than the instantiated ones, and f32 operands, take the exact per-row kernel of attention.cu after
-// assembling k and v.
+// visible keys in tiles of 64 with an online softmax, and never writes the score matrix. Both products run on
+// the tensor cores (mma.sync m16n8k16, fp16 operands, f32 accumulation; ops/flash_attention.h says why not
+// bf16); keys [k_nope | k_pe] and values are read in place from the kv_b_proj output and the rope-key rows
+// (fp16), staged through shared memory with cp.async in two stages; Q, K and V fragments by ldmatrix. Eight
+// warps per block (four for the wide dims), 16 query rows each. Head dims other than the instantiated ones,
+// and f32 operands, take the exact per-row kernel of attention.cu after assembling k and v.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -141,7 +140,8 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   const bool warp_active = warp * 16 < nq;
   uint32_t aq[KQ][4];  // this warp's Q fragments, kept in registers for every tile
 #pragma unroll
-  for (int kk = 0; kk < KQ; ++kk) ldsm_x4(aq[kk], Qs + (warp * 16 + (lane & 15)) * LDQ + kk * 16 + (lane >> 4) * 8);
+  for (int kk = 0; kk < KQ; ++kk)
+    ldsm_x4(aq[kk], Qs + (warp * 16 + (lane & 15)) * LDQ + kk * 16 + (lane >> 4) * 8);
   float o[NT_O][4];
 #pragma unroll
   for (int n = 0; n < NT_O; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -202,7 +202,8 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
       // A row with nothing visible yet keeps max −inf; 0 as its reference makes exp2 give 0, not NaN.
       const float ref_a = mx_a == -INFINITY ? 0.0f : mx_a * scale_log2,
                   ref_b = mx_b == -INFINITY ? 0.0f : mx_b * scale_log2;
-      const float alpha_a = exp2f(fmaf(m_a, scale_log2, -ref_a)), alpha_b = exp2f(fmaf(m_b, scale_log2, -ref_b));
+      const float alpha_a = exp2f(fmaf(m_a, scale_log2, -ref_a)),
+                  alpha_b = exp2f(fmaf(m_b, scale_log2, -ref_b));
       float sum_a = 0.0f, sum_b = 0.0f;
 #pragma unroll
       for (int n = 0; n < NT_S; ++n) {

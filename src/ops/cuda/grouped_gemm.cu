@@ -1,8 +1,8 @@
 // grouped_gemm.cu — the experts' products of a DeepSeekMoE layer in one launch (spec/model.md §4;
 // DESIGN.md "grouped expert GEMM"): for every expert e, out[rows of e] = x[rows of e] · W_eᵀ, bf16
 // operands on the tensor cores (Hopper wgmma from 128-byte-swizzled shared memory, f32 accumulation),
-// 128×128 output tiles, K in steps of 64 through a three-stage cp.async pipeline. The work list (expert, 128-row
-// tile; the column tile is blockIdx.y) comes from the host's routing plan or is built on the device
+// 128×128 output tiles, K in steps of 64 through a three-stage cp.async pipeline. The work list (expert,
+// 128-row tile; the column tile is blockIdx.y) comes from the host's routing plan or is built on the device
 // (moe_grouped.cu), so a layer's 64 experts cost one launch instead of 64 cuBLASLt calls. The paired form
 // takes the gate and up matrices together, 64 features of each per tile, and writes silu(g)·u (SwiGLU in
 // the epilogue: g and u never reach memory).
@@ -48,10 +48,11 @@ template <typename TO, bool PAIR>
 __global__ void __launch_bounds__(THREADS)
     grouped_gemm_kernel(TO* __restrict__ out, const bf16* __restrict__ x, const bf16* const* __restrict__ w,
                         const bf16* const* __restrict__ w2, const int64_t* __restrict__ offsets,
-                        const GroupedTile* __restrict__ tiles, const int* __restrict__ n_tiles, int I, int O) {
+                        const GroupedTile* __restrict__ tiles, const int* __restrict__ n_tiles, int I,
+                        int O) {
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                                         ~uintptr_t(1023));
+  unsigned char* smem =
+      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   if (n_tiles && int(blockIdx.x) >= *n_tiles) return;
   const GroupedTile t = tiles[blockIdx.x];
   constexpr int TN = PAIR ? BN / 2 : BN;  // output columns per tile
@@ -59,8 +60,8 @@ __global__ void __launch_bounds__(THREADS)
   const int64_t row_base = offsets[t.e] + t.r0;
   const int rows = int(min(int64_t(BM), offsets[t.e + 1] - row_base));
   const int cols = min(TN, O - c0);
-  const bf16* A = x + row_base * I;         // [rows, I]
-  const bf16* B = w[t.e] + int64_t(c0) * I;  // [cols, I] (PAIR: the gate rows)
+  const bf16* A = x + row_base * I;                             // [rows, I]
+  const bf16* B = w[t.e] + int64_t(c0) * I;                     // [cols, I] (PAIR: the gate rows)
   const bf16* B2 = PAIR ? w2[t.e] + int64_t(c0) * I : nullptr;  // [cols, I] the up rows
   const int tid = threadIdx.x, wg = tid >> 7;  // warpgroup wg takes tile rows [64·wg, 64·wg + 64)
   const int KT = (I + BK - 1) / BK;

@@ -1,7 +1,7 @@
-// linear.cu — matrix products through cuBLASLt (DESIGN.md "CUDA backend"): bf16 × bf16, f16 × f16 or f32 × f32
-// operands, f32 accumulation (no TF32 on the f32 path, so it matches the CPU to ~1e-6), row-major
-// tensors mapped onto cuBLASLt's column-major view. A mixed f32-activation × bf16-weight product casts
-// the activation to bf16 first.
+// linear.cu — matrix products through cuBLASLt (DESIGN.md "CUDA backend"): bf16 × bf16, f16 × f16 or f32 ×
+// f32 operands, f32 accumulation (no TF32 on the f32 path, so it matches the CPU to ~1e-6), row-major tensors
+// mapped onto cuBLASLt's column-major view. A mixed f32-activation × bf16-weight product casts the activation
+// to bf16 first.
 #include <map>
 #include <mutex>
 #include <tuple>

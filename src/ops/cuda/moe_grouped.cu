@@ -28,7 +28,8 @@ __global__ void count_kernel(int* counts, const int32_t* idx, int64_t M, int E) 
   __shared__ int local[kPlanThreads];
   for (int e = threadIdx.x; e < E; e += blockDim.x) local[e] = 0;
   __syncthreads();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M;
+       i += int64_t(gridDim.x) * blockDim.x) {
     const int e = idx[i];
     if (e >= 0 && e < E) atomicAdd(&local[e], 1);
   }
@@ -106,8 +107,9 @@ __global__ void scatter_kernel(bf16* __restrict__ xp, int32_t* __restrict__ row_
 // out[n, :] = Σ_k w[n, k] · yp[row_of_slot[n·K + k], :] (slots in order, f32 sums; unassigned slots add
 // nothing), then + yp[row_of_slot[M + n], :] with `shared`. yp is bf16 (as the expert outputs of vLLM's
 // fused MoE and of transformers), D % 4 == 0.
-__global__ void combine_kernel(float* __restrict__ out, const bf16* __restrict__ yp, const float* __restrict__ w,
-                               const int32_t* __restrict__ row_of_slot, int64_t M, int K, int D, bool shared) {
+__global__ void combine_kernel(float* __restrict__ out, const bf16* __restrict__ yp,
+                               const float* __restrict__ w, const int32_t* __restrict__ row_of_slot,
+                               int64_t M, int K, int D, bool shared) {
   const int64_t n = blockIdx.x;
   for (int d = threadIdx.x * 4; d < D; d += blockDim.x * 4) {
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -130,7 +132,8 @@ __global__ void combine_kernel(float* __restrict__ out, const bf16* __restrict__
 }  // namespace
 
 bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate) {
-  if (x.device() != Device::CUDA || x.dtype() != DType::F32 || x.ndim() != 2 || x.size(1) % 8 != 0) return false;
+  if (x.device() != Device::CUDA || x.dtype() != DType::F32 || x.ndim() != 2 || x.size(1) % 8 != 0)
+    return false;
   if (gate.empty() || int64_t(gate.size()) >= kPlanThreads || gate[0].ndim() != 2) return false;
   const Tensor& g = gate[0];
   return g.dtype() == DType::BF16 && !g.block_scale() && g.size(0) % 8 == 0;
@@ -168,7 +171,8 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   copy_bytes(counts, Device::CUDA, init.data(), Device::CPU, init.size() * sizeof(int32_t));
   const auto* wt = reinterpret_cast<const void* const*>(table.raw());
 
-  count_kernel<<<unsigned(std::min<int64_t>((M + 4095) / 4096, 1024)), 256>>>(counts, topk_idx.data<int32_t>(), M, int(E));
+  count_kernel<<<unsigned(std::min<int64_t>((M + 4095) / 4096, 1024)), 256>>>(
+      counts, topk_idx.data<int32_t>(), M, int(E));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (count)");
   plan_kernel<<<1, kPlanThreads>>>(offsets.data<int64_t>(), cursor, tt, n_tiles, counts, int(ET));
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (plan)");
@@ -183,8 +187,8 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   Tensor yp = Tensor::empty({S, D}, DType::BF16, Device::CUDA);  // yp: [S, D] each row's expert output
   grouped_gemm_device(yp.raw(), DType::BF16, h.raw(), wt + 2 * ET, nullptr, offsets.data<int64_t>(), tt,
                       n_tiles, max_tiles, F, D);
-  combine_kernel<<<unsigned(N), 256>>>(out.data<float>(), static_cast<const bf16*>(yp.raw()), topk_w.data<float>(), row_of_slot, M,
-                                       int(K), int(D), sh);
+  combine_kernel<<<unsigned(N), 256>>>(out.data<float>(), static_cast<const bf16*>(yp.raw()),
+                                       topk_w.data<float>(), row_of_slot, M, int(K), int(D), sh);
   DSEEK_CUDA_LAUNCH_CHECK("moe_experts_grouped (combine)");
 }
 

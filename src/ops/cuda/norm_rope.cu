@@ -48,8 +48,8 @@ __global__ void add_rmsnorm_kernel(T* h, T* out, T* rstd, const T* y, const W* w
 // The same for many f32 rows: a warp per row, the row's sums kept in registers (D / 128 float4 per lane,
 // D % 128 == 0, D ≤ 128·C), one pass over memory for each of h, y, out.
 template <typename W, int C>
-__global__ void add_rmsnorm_rows_kernel(float* h, float* out, float* rstd, const float* y, const W* w, int64_t N,
-                                        int D, float eps) {
+__global__ void add_rmsnorm_rows_kernel(float* h, float* out, float* rstd, const float* y, const W* w,
+                                        int64_t N, int D, float eps) {
   const int64_t n = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (n >= N) return;
@@ -131,11 +131,11 @@ void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const T
       if (N > 8 && D % 128 == 0 && D <= 2048) {  // a prefill's many rows: a warp per row
         const unsigned blocks = unsigned((N + 7) / 8);
         if (w.dtype() == DType::F32)
-          add_rmsnorm_rows_kernel<float, 16><<<blocks, 256>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), N,
-                                                              int(D), float(eps));
+          add_rmsnorm_rows_kernel<float, 16>
+              <<<blocks, 256>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), N, int(D), float(eps));
         else
-          add_rmsnorm_rows_kernel<bf16, 16><<<blocks, 256>>>(hp, op, r, yp, static_cast<const bf16*>(w.raw()), N,
-                                                             int(D), float(eps));
+          add_rmsnorm_rows_kernel<bf16, 16>
+              <<<blocks, 256>>>(hp, op, r, yp, static_cast<const bf16*>(w.raw()), N, int(D), float(eps));
         return;
       }
     }

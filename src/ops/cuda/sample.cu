@@ -117,8 +117,10 @@ __global__ void __launch_bounds__(kThreads)
   int nan = 0;
   for (int64_t i = tid; i < V; i += kThreads) {
     const float v = l[i];
-    if (v != v) nan = 1;
-    else m = fmaxf(m, v);
+    if (v != v)
+      nan = 1;
+    else
+      m = fmaxf(m, v);
   }
   m = block_max(m);
   if (__syncthreads_or(nan)) {
@@ -232,8 +234,9 @@ __global__ void __launch_bounds__(kThreads)
 void sample_rows(Tensor ids, Tensor fallback, const Tensor& logits, const Tensor& u, const SampleParams& p) {
   const int64_t B = logits.size(0), V = logits.size(1);
   DSEEK_CHECK(V < (int64_t(1) << 32) - 1, "sample_rows: ", V, " logits per row (at most 2^32 − 2)");
-  sample_kernel<<<unsigned(B), kThreads>>>(ids.data<int64_t>(), fallback.data<int32_t>(), logits.data<float>(),
-                                           u.data<double>(), V, p.temperature, p.top_k, p.top_p);
+  sample_kernel<<<unsigned(B), kThreads>>>(ids.data<int64_t>(), fallback.data<int32_t>(),
+                                           logits.data<float>(), u.data<double>(), V, p.temperature, p.top_k,
+                                           p.top_p);
   DSEEK_CUDA_LAUNCH_CHECK("sample_rows");
 }
 
