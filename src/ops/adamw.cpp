@@ -3,6 +3,7 @@
 
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops {
 
@@ -19,6 +20,8 @@ void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Adam
   switch (param.device()) {
     case Device::CPU:
       return cpu::adamw_step(param, grad, m, v, p);
+    case Device::CUDA:
+      return cuda::adamw_step(param, grad, m, v, p);
     default:
       fail("adamw_step: no implementation for ", device_name(param.device()));
   }
@@ -29,6 +32,8 @@ double sum_squares(const Tensor& t, Stream) {
   switch (t.device()) {
     case Device::CPU:
       return cpu::sum_squares(t);
+    case Device::CUDA:
+      return cuda::sum_squares(t);
     default:
       fail("sum_squares: no implementation for ", device_name(t.device()));
   }

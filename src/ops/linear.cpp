@@ -96,6 +96,8 @@ void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const T
   switch (x.device()) {
     case Device::CPU:
       return cpu::linear_bwd(dx, dw, dy, x, w);
+    case Device::CUDA:
+      return cuda::linear_bwd(dx, dw, dy, x, w);
     default:
       fail("linear_bwd: no implementation for ", device_name(x.device()));
   }

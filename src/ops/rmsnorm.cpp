@@ -68,6 +68,8 @@ void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const 
   switch (x.device()) {
     case Device::CPU:
       return cpu::rmsnorm_bwd(dx, dw, dy, x, w, rstd);
+    case Device::CUDA:
+      return cuda::rmsnorm_bwd(dx, dw, dy, x, w, rstd);
     default:
       fail("rmsnorm_bwd: no implementation for ", device_name(x.device()));
   }

@@ -41,6 +41,8 @@ void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_
   switch (dx.device()) {
     case Device::CPU:
       return cpu::rope_bwd(dx, positions, inv_freq, col, attention_factor);
+    case Device::CUDA:
+      return cuda::rope_bwd(dx, positions, inv_freq, col, attention_factor);
     default:
       fail("rope_bwd: no implementation for ", device_name(dx.device()));
   }

@@ -33,6 +33,8 @@ void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate
   switch (gate.device()) {
     case Device::CPU:
       return cpu::swiglu_bwd(dgate, dup, dout, gate, up);
+    case Device::CUDA:
+      return cuda::swiglu_bwd(dgate, dup, dout, gate, up);
     default:
       fail("swiglu_bwd: no implementation for ", device_name(gate.device()));
   }

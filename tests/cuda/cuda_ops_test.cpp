@@ -13,6 +13,7 @@
 
 #include "core/device.h"
 #include "cuda_test_util.h"
+#include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
@@ -483,6 +484,80 @@ TEST_F(Cuda, SampleRowsEqualsTheCpuRule) {
   EXPECT_EQ(hi.data<int64_t>()[0], ops::sample_row(logits.data<float>(), V, {}, 0.5));
   EXPECT_EQ(hf.data<int32_t>()[1], 1);
   EXPECT_THROW(ops::sample_row(nanrow.data<float>() + V, V, {}, 0.5), Error);
+}
+
+// Training ops (issue 6, f32 activations) against their CPU twins: linear's backward through cuBLASLt (dx
+// written, dw accumulated; f32 weights at the f32 bound, bf16 weights — dy and x rounded to bf16 — at the
+// 16-bit bound), RMSNorm, SwiGLU and RoPE backward, AdamW bit for bit with f32 and bf16 moments over three
+// steps, and the f64 sum of squares.
+TEST_F(Cuda, TrainingOpsMatchTheCpu) {
+  for (DType wt : {DType::F32, DType::BF16})
+    for (auto [N, I, O] : {std::tuple{130, 256, 129}, {7, 64, 40}, {1000, 1024, 512}}) {
+      Tensor x = randn({N, I}), dy = randn({N, O}), w = randn({O, I}, 0.05).to(wt).to(DType::F32);
+      Tensor dx = Tensor::empty({N, I}, DType::F32), dw = randn({O, I}, 0.1);
+      Tensor gdw = dw.to(Device::CUDA), gdx = poisoned({N, I}, DType::F32);
+      ops::linear_bwd(dx, dw, dy, x, w);
+      ops::linear_bwd(gdx, gdw, dy.to(Device::CUDA), x.to(Device::CUDA), w.to(wt).to(Device::CUDA));
+      const DType bound = wt == DType::BF16 ? DType::BF16 : DType::F32;
+      expect_close("linear_bwd dx " + std::string(dtype_name(wt)), gdx, dx, bound);
+      expect_close("linear_bwd dw " + std::string(dtype_name(wt)), gdw, dw, bound);
+    }
+  for (auto [N, D] : {std::pair{77, 1024}, {5, 40}}) {
+    Tensor x = randn({N, D}), w = randn({D}), dy = randn({N, D});
+    Tensor y = Tensor::empty({N, D}, DType::F32), rstd = Tensor::empty({N}, DType::F32);
+    ops::rmsnorm_fwd(y, rstd, x, w, 1e-6);
+    Tensor dx = Tensor::empty({N, D}, DType::F32), dw = randn({D}, 0.1);
+    Tensor gdx = poisoned({N, D}, DType::F32), gdw = dw.to(Device::CUDA);
+    ops::rmsnorm_bwd(dx, dw, dy, x, w, rstd);
+    ops::rmsnorm_bwd(gdx, gdw, dy.to(Device::CUDA), x.to(Device::CUDA), w.to(Device::CUDA),
+                     rstd.to(Device::CUDA));
+    expect_close("rmsnorm_bwd dx", gdx, dx, DType::F32);
+    expect_close("rmsnorm_bwd dw", gdw, dw, DType::F32);
+  }
+  {
+    Tensor g = randn({300, 512}, 2), u = randn({300, 512}), d = randn({300, 512});
+    Tensor dg = Tensor::empty({300, 512}, DType::F32), du = Tensor::empty({300, 512}, DType::F32);
+    Tensor gdg = poisoned({300, 512}, DType::F32), gdu = poisoned({300, 512}, DType::F32);
+    ops::swiglu_bwd(dg, du, d, g, u);
+    ops::swiglu_bwd(gdg, gdu, d.to(Device::CUDA), g.to(Device::CUDA), u.to(Device::CUDA));
+    expect_close("swiglu_bwd dgate", gdg, dg, DType::F32);
+    expect_close("swiglu_bwd dup", gdu, du, DType::F32);
+  }
+  {
+    const int64_t N = 33;
+    Tensor q = randn({N, 4, 96}), pos = Tensor::empty({N}, DType::I64), inv = Tensor::empty({16}, DType::F32);
+    for (int64_t i = 0; i < N; ++i) pos.data<int64_t>()[i] = 11 * i + 2;
+    for (int i = 0; i < 16; ++i) inv.data<float>()[i] = std::pow(10000.0f, -i / 16.0f);
+    Tensor qg = q.to(Device::CUDA);
+    ops::rope_bwd(q, pos, inv, 64, 1.3);
+    ops::rope_bwd(qg, pos.to(Device::CUDA), inv.to(Device::CUDA), 64, 1.3);
+    expect_close("rope_bwd", qg, q, DType::F32);
+  }
+  for (DType md : {DType::F32, DType::BF16}) {
+    const int64_t n = 100003;
+    Tensor w = randn({n}), m = Tensor::zeros({n}, md), v = Tensor::zeros({n}, md);
+    Tensor gw = w.to(Device::CUDA), gm = m.to(Device::CUDA), gv = v.to(Device::CUDA);
+    for (int64_t step = 1; step <= 3; ++step) {
+      const Tensor g = randn({n});
+      const ops::AdamWParams p{.lr = 3e-3, .step = step, .grad_scale = 0.8};
+      ops::adamw_step(w, g, m, v, p);
+      ops::adamw_step(gw, g.to(Device::CUDA), gm, gv, p);
+    }
+    // The same operations in the same order; the CPU compiler may still fuse a multiply-add (GCC's
+    // default contraction), so equal to within a rounding, not bit for bit: ‖Δ‖/‖ref‖ ≤ 1e-6 (f32), and
+    // bf16 moments may round one step apart (≤ 1e-3).
+    for (auto [name, cpu, gpu] : {std::tuple{"param", &w, &gw}, {"m", &m, &gm}, {"v", &v, &gv}}) {
+      test::Diff d = test::diff(down(*gpu), cpu->to(DType::F32));
+      const bool moment = std::string(name) != "param";
+      EXPECT_LE(d.rel, md == DType::BF16 && moment ? 1e-3 : 1e-6)
+          << "adamw " << name << " with " << dtype_name(md) << " moments: " << test::str(d);
+    }
+  }
+  {
+    const Tensor t = randn({1000003});
+    const double want = ops::sum_squares(t), got = ops::sum_squares(t.to(Device::CUDA));
+    EXPECT_NEAR(got, want, 1e-12 * want);
+  }
 }
 
 TEST_F(Cuda, TensorMovesAndConversions) {

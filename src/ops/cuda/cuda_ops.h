@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/adamw.h"
 #include "ops/moe.h"
 #include "ops/router.h"
 #include "ops/sample.h"
@@ -42,5 +43,15 @@ void sample_rows(Tensor ids, Tensor fallback, const Tensor& logits, const Tensor
 void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                    const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, double scale,
                    bool fp16_operands);
+
+// Training (issue 6), f32 activations: backward.cu, linear.cu (linear_bwd), norm_rope.cu (rope_bwd).
+void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w);
+void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                 const Tensor& rstd);
+void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up);
+void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor);
+void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p);
+double sum_squares(const Tensor& t);
 
 }  // namespace dseek::ops::cuda

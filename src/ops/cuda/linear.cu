@@ -170,4 +170,27 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w) {
   if (o.raw() != out.raw()) out.copy_from(o);
 }
 
+// The backward of linear (training, issue 6): dx[N, I] = dy[N, O] · W[O, I] (written) and dw[O, I] +=
+// dy[N, O]ᵀ · x[N, I] (accumulated in f32: cuBLASLt's beta = 1). An f32 W takes f32 products; a bf16 W
+// takes dy and x rounded to bf16 (f32 accumulation), as mixed-precision training does.
+void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
+  const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
+  DSEEK_CHECK(
+      x.dtype() == DType::F32 && !w.block_scale() && (w.dtype() == DType::F32 || w.dtype() == DType::BF16),
+      "linear_bwd (CUDA): f32 activations with f32 or bf16 weights, not ", dtype_name(x.dtype()), " / ",
+      dtype_name(w.dtype()));
+  if (N == 0) return;
+  const DType op = w.dtype();
+  const Tensor dyo = dy.dtype() == op ? dy : dy.to(op);
+  if (dx.defined()) {
+    // dx row-major [N, I] = col-major [I, N] = W_cm[I, O] · dy_cm[O, N]
+    lt_matmul(false, false, I, N, O, w.raw(), I, dyo.raw(), O, dx.raw(), I, op, DType::F32, 0.0f);
+  }
+  if (dw.defined()) {
+    // dw row-major [O, I] = col-major [I, O] = x_cm[I, N] · dy_cm[O, N]ᵀ, added to dw
+    const Tensor xo = x.dtype() == op ? x : x.to(op);
+    lt_matmul(false, true, I, O, N, xo.raw(), I, dyo.raw(), O, dw.raw(), I, op, DType::F32, 1.0f);
+  }
+}
+
 }  // namespace dseek::ops::cuda

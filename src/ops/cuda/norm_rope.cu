@@ -83,7 +83,7 @@ __global__ void add_rmsnorm_rows_kernel(float* h, float* out, float* rstd, const
 
 template <typename T>
 __global__ void rope_kernel(T* x, const int64_t* pos, const float* inv_freq, int64_t N, int64_t H, int64_t W,
-                            int64_t col, int64_t half, float af) {
+                            int64_t col, int64_t half, float af, float sign) {
   const int64_t total = N * H * half;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
        t += int64_t(gridDim.x) * blockDim.x) {
@@ -91,7 +91,7 @@ __global__ void rope_kernel(T* x, const int64_t* pos, const float* inv_freq, int
     float s, c;
     sincosf(float(pos[n]) * inv_freq[i], &s, &c);
     c *= af;
-    s *= af;
+    s *= af * sign;  // sign −1: the transposed rotation (the backward)
     T* v = x + nh * W + col + 2 * i;
     const float a = ld(v[0]), b = ld(v[1]);
     v[0] = st<T>(a * c - b * s);
@@ -150,17 +150,29 @@ void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const T
   DSEEK_CUDA_LAUNCH_CHECK("add_rmsnorm_fwd");
 }
 
-void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
-              double attention_factor) {
+namespace {
+void rope_any(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col, double attention_factor,
+              float sign, const char* op) {
   const int64_t N = x.size(0), H = x.size(1), W = x.size(2), half = inv_freq.size(0);
   if (N == 0) return;
-  with_act(x.dtype(), "rope_fwd", [&](auto t) {
+  with_act(x.dtype(), op, [&](auto t) {
     using T = decltype(t);
     rope_kernel<<<blocks_for(N * H * half, 256), 256>>>(static_cast<T*>(x.raw()), positions.data<int64_t>(),
                                                         inv_freq.data<float>(), N, H, W, col, half,
-                                                        float(attention_factor));
+                                                        float(attention_factor), sign);
   });
-  DSEEK_CUDA_LAUNCH_CHECK("rope_fwd");
+  DSEEK_CUDA_LAUNCH_CHECK(op);
+}
+}  // namespace
+
+void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor) {
+  rope_any(x, positions, inv_freq, col, attention_factor, 1.0f, "rope_fwd");
+}
+
+void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_t col,
+              double attention_factor) {
+  rope_any(dx, positions, inv_freq, col, attention_factor, -1.0f, "rope_bwd");
 }
 
 }  // namespace dseek::ops::cuda

@@ -1,0 +1,159 @@
+// backward.cu — the first CUDA backward and optimizer ops of GPU training (issue 6; spec/model.md §2.1
+// RMSNorm and SwiGLU, the training issue's AdamW): RMSNorm backward (dx per row, dw by a column-parallel
+// sum over rows in row order — no atomics, the same bits every run), SwiGLU backward, AdamW with f32 or
+// bf16 moments (the CPU's operations in the CPU's order, rounded the same way: bit-equal to the CPU), and
+// the f64 sum of squares for global-norm clipping (per-block partial sums added in a fixed order).
+// f32 activations; each op's CPU version in ops/cpu is the reference.
+#include <cmath>
+
+#include "core/device.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+// dx[n] = r·(w ⊙ dy[n]) − (Σ_j dy_j w_j x_j / D)·r³·x[n], r = rstd[n]; a block per row.
+__global__ void rmsnorm_bwd_dx_kernel(float* dx, const float* dy, const float* x, const float* w,
+                                      const float* rstd, int64_t D) {
+  const int64_t n = blockIdx.x;
+  const float* xr = x + n * D;
+  const float* gr = dy + n * D;
+  float dot = 0.0f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dot += w[i] * gr[i] * xr[i];
+  dot = block_sum(dot);
+  const float r = rstd[n], c = dot / float(D) * r * r * r;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dx[n * D + i] = r * (w[i] * gr[i]) - c * xr[i];
+}
+
+// dw[i] += Σ_n dy[n, i]·x[n, i]·rstd[n], rows in order; a thread per column (coalesced across the warp).
+__global__ void rmsnorm_bwd_dw_kernel(float* dw, const float* dy, const float* x, const float* rstd,
+                                      int64_t N, int64_t D) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= D) return;
+  float s = 0.0f;
+  for (int64_t n = 0; n < N; ++n) s += dy[n * D + i] * x[n * D + i] * rstd[n];
+  dw[i] += s;
+}
+
+// dg = d·u·σ·(1 + g·(1 − σ)), du = d·g·σ (the CPU's formula).
+__global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const float* g, const float* u,
+                                  int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float gv = g[i], d = dout[i], sg = 1.0f / (1.0f + expf(-gv));
+    dg[i] = d * u[i] * sg * (1.0f + gv * (1.0f - sg));
+    du[i] = d * (gv * sg);
+  }
+}
+
+template <typename M>
+__device__ __forceinline__ float load_m(const M* p, int64_t i) {
+  return ld(p[i]);
+}
+template <typename M>
+__device__ __forceinline__ void store_m(M* p, int64_t i, float v) {
+  p[i] = st<M>(v);
+}
+
+// The CPU's AdamW step, operation by operation with IEEE round-to-nearest and no contraction to FMA.
+template <typename M>
+__global__ void adamw_kernel(float* w, const float* g, M* m, M* v, int64_t n, float b1, float b2, float gs,
+                             float eps, float step_size, float bc2_sqrt, float decay) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float gi = __fmul_rn(g[i], gs);
+    const float mi = __fadd_rn(__fmul_rn(b1, load_m(m, i)), __fmul_rn(__fsub_rn(1.0f, b1), gi));
+    const float vi =
+        __fadd_rn(__fmul_rn(b2, load_m(v, i)), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi));
+    store_m(m, i, mi);
+    store_m(v, i, vi);
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(load_m(v, i)), bc2_sqrt), eps);
+    w[i] = __fsub_rn(__fmul_rn(w[i], decay), __fdiv_rn(__fmul_rn(step_size, load_m(m, i)), denom));
+  }
+}
+
+constexpr int kSumBlocks = 1024, kSumThreads = 256;
+
+// part[b] = Σ x² over block b's grid-stride share, f64 (the block's threads summed by a fixed tree).
+__global__ void sum_squares_kernel(double* part, const float* x, int64_t n) {
+  __shared__ double s[kSumThreads];
+  double acc = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    acc += double(x[i]) * double(x[i]);
+  s[threadIdx.x] = acc;
+  __syncthreads();
+  for (int o = kSumThreads / 2; o > 0; o >>= 1) {
+    if (int(threadIdx.x) < o) s[threadIdx.x] += s[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = s[0];
+}
+
+}  // namespace
+
+void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                 const Tensor& rstd) {
+  const int64_t N = x.size(0), D = x.size(1);
+  DSEEK_CHECK(x.dtype() == DType::F32 && w.dtype() == DType::F32,
+              "rmsnorm_bwd (CUDA): f32 activations and weights, not ", dtype_name(x.dtype()), " / ",
+              dtype_name(w.dtype()));
+  if (N == 0) return;
+  if (dx.defined()) {
+    rmsnorm_bwd_dx_kernel<<<unsigned(N), 256>>>(dx.data<float>(), dy.data<float>(), x.data<float>(),
+                                                w.data<float>(), rstd.data<float>(), D);
+    DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_bwd (dx)");
+  }
+  if (dw.defined()) {
+    rmsnorm_bwd_dw_kernel<<<unsigned((D + 127) / 128), 128>>>(dw.data<float>(), dy.data<float>(),
+                                                              x.data<float>(), rstd.data<float>(), N, D);
+    DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_bwd (dw)");
+  }
+}
+
+void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
+  DSEEK_CHECK(gate.dtype() == DType::F32, "swiglu_bwd (CUDA): f32 activations, not ",
+              dtype_name(gate.dtype()));
+  const int64_t n = gate.numel();
+  if (n == 0) return;
+  swiglu_bwd_kernel<<<blocks_for(n, 256), 256>>>(dgate.data<float>(), dup.data<float>(), dout.data<float>(),
+                                                 gate.data<float>(), up.data<float>(), n);
+  DSEEK_CUDA_LAUNCH_CHECK("swiglu_bwd");
+}
+
+void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p) {
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  // The scalars as the CPU derives them (f64, then rounded to f32).
+  const double bc1 = 1.0 - std::pow(p.beta1, double(p.step)), bc2 = 1.0 - std::pow(p.beta2, double(p.step));
+  const float step_size = float(p.lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
+  const float decay = float(1.0 - p.lr * p.weight_decay);
+  const int blocks = blocks_for(n, 256);
+  if (m.dtype() == DType::F32) {
+    adamw_kernel<float><<<blocks, 256>>>(param.data<float>(), grad.data<float>(), m.data<float>(),
+                                         v.data<float>(), n, float(p.beta1), float(p.beta2),
+                                         float(p.grad_scale), float(p.eps), step_size, bc2_sqrt, decay);
+  } else {
+    adamw_kernel<bf16><<<blocks, 256>>>(param.data<float>(), grad.data<float>(), static_cast<bf16*>(m.raw()),
+                                        static_cast<bf16*>(v.raw()), n, float(p.beta1), float(p.beta2),
+                                        float(p.grad_scale), float(p.eps), step_size, bc2_sqrt, decay);
+  }
+  DSEEK_CUDA_LAUNCH_CHECK("adamw_step");
+}
+
+double sum_squares(const Tensor& t) {
+  DSEEK_CHECK(t.dtype() == DType::F32, "sum_squares (CUDA): f32, not ", dtype_name(t.dtype()));
+  const int64_t n = t.numel();
+  if (n == 0) return 0.0;
+  Tensor part = Tensor::empty({kSumBlocks}, DType::F64, Device::CUDA);
+  sum_squares_kernel<<<kSumBlocks, kSumThreads>>>(part.data<double>(), t.data<float>(), n);
+  DSEEK_CUDA_LAUNCH_CHECK("sum_squares");
+  const Tensor h = part.to(Device::CPU);
+  double total = 0;
+  for (int64_t b = 0; b < kSumBlocks; ++b) total += h.data<double>()[b];  // fixed order
+  return total;
+}
+
+}  // namespace dseek::ops::cuda
