@@ -94,5 +94,10 @@ double sum_squares(const Tensor&) {
   none("sum_squares");
   return 0;
 }
+CrossEntropyResult lm_head_cross_entropy(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&,
+                                         double) {
+  none("lm_head_cross_entropy");
+  return {};
+}
 
 }  // namespace dseek::ops::cuda

@@ -15,6 +15,7 @@
 #include "cuda_test_util.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"
+#include "ops/cross_entropy.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/flash_attention.h"
@@ -489,7 +490,7 @@ TEST_F(Cuda, SampleRowsEqualsTheCpuRule) {
 // Training ops (issue 6, f32 activations) against their CPU twins: linear's backward through cuBLASLt (dx
 // written, dw accumulated; f32 weights at the f32 bound, bf16 weights — dy and x rounded to bf16 — at the
 // 16-bit bound), RMSNorm, SwiGLU and RoPE backward, AdamW bit for bit with f32 and bf16 moments over three
-// steps, and the f64 sum of squares.
+// steps, the f64 sum of squares, and the LM head fused with cross-entropy.
 TEST_F(Cuda, TrainingOpsMatchTheCpu) {
   for (DType wt : {DType::F32, DType::BF16})
     for (auto [N, I, O] : {std::tuple{130, 256, 129}, {7, 64, 40}, {1000, 1024, 512}}) {
@@ -557,6 +558,21 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
     const Tensor t = randn({1000003});
     const double want = ops::sum_squares(t), got = ops::sum_squares(t.to(Device::CUDA));
     EXPECT_NEAR(got, want, 1e-12 * want);
+  }
+  // The LM head fused with cross-entropy: loss, count, dh (written) and dw (accumulated); a real vocabulary
+  // in three chunks of logits (1,200 rows × 129,280), some rows without a target.
+  for (auto [N, D, V] : {std::tuple{70, 64, 1000}, {1200, 32, 129280}}) {
+    Tensor h = randn({N, D}), w = randn({V, D}, 0.05), tg = Tensor::empty({N}, DType::I64);
+    for (int64_t i = 0; i < N; ++i) tg.data<int64_t>()[i] = i % 7 == 3 ? -1 : (i * 7919) % V;
+    Tensor dh = Tensor::empty({N, D}, DType::F32), dw = randn({V, D}, 0.01);
+    Tensor gdh = poisoned({N, D}, DType::F32), gdw = dw.to(Device::CUDA);
+    const auto want = ops::lm_head_cross_entropy(dh, dw, h, w, tg, 0.01);
+    const auto got = ops::lm_head_cross_entropy(gdh, gdw, h.to(Device::CUDA), w.to(Device::CUDA),
+                                                tg.to(Device::CUDA), 0.01);
+    EXPECT_EQ(got.count, want.count);
+    EXPECT_NEAR(got.loss_sum, want.loss_sum, 1e-6 * want.loss_sum) << "V " << V;
+    expect_close("lm_head_cross_entropy dh V=" + std::to_string(V), gdh, dh, DType::F32);
+    expect_close("lm_head_cross_entropy dw V=" + std::to_string(V), gdw, dw, DType::F32);
   }
 }
 

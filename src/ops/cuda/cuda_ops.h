@@ -7,6 +7,7 @@
 
 #include "core/tensor.h"
 #include "ops/adamw.h"
+#include "ops/cross_entropy.h"
 #include "ops/moe.h"
 #include "ops/router.h"
 #include "ops/sample.h"
@@ -53,5 +54,7 @@ void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_
               double attention_factor);
 void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p);
 double sum_squares(const Tensor& t);
+CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
+                                         const Tensor& targets, double scale);
 
 }  // namespace dseek::ops::cuda
