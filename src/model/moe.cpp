@@ -76,16 +76,16 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   const auto rp = ops::RouterParams::from(c);
   const Tensor bias =
       w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
+  const ops::SharedExpert shared =
+      c.n_shared_experts > 0
+          ? ops::SharedExpert{.gate = w.shared.gate_proj, .up = w.shared.up_proj, .down = w.shared.down_proj}
+          : ops::SharedExpert{};
   if (!saved && opt.balance_alpha <= 0 && ops::moe_experts_small_applies(x, K, mats.gate)) {
     // A decode step on the GPU: the gate product and the choice in one op, then the experts grouped on
     // the device from idx (no host-side plan, no sync), the shared expert folded into their launches.
     Tensor idx = Tensor::empty({N, K}, DType::I32, dev), gw = Tensor::empty({N, K}, DType::F32, dev);
     ops::router_decode(idx, gw, x, w.gate, bias, rp);
     if (trace) *trace = {idx, gw, 0.0};
-    const ops::SharedExpert shared = c.n_shared_experts > 0 ? ops::SharedExpert{.gate = w.shared.gate_proj,
-                                                                                .up = w.shared.up_proj,
-                                                                                .down = w.shared.down_proj}
-                                                            : ops::SharedExpert{};
     ops::moe_experts_small(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
     return;
   }
@@ -105,26 +105,19 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   // Inference on the GPU with a large batch (a prefill): the plan built on the device, so the routing is
   // never copied back to the host. For training (which keeps the permuted rows for the backward) and
   // middling batches the host-side plan below.
-  const bool grouped = !saved && dev == Device::CUDA && M > 1024 && K < 32 &&
-                       ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down);
-  if (grouped) {
+  if (!saved && dev == Device::CUDA && M > 1024 && K < 32) {
     // The shared expert rides along as one more expert of every token when it has the routed experts'
-    // shape (DeepSeek's one shared expert).
-    const std::vector<Tensor> shared =
-        c.n_shared_experts > 0 ? std::vector<Tensor>{w.shared.gate_proj, w.shared.up_proj, w.shared.down_proj}
-                               : std::vector<Tensor>{};
-    if (!shared.empty() && ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down, shared)) {
+    // shape (DeepSeek's one shared expert); otherwise it runs beside the grouped op.
+    if (ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down, shared)) {
       ops::moe_experts_grouped(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
       return;
     }
-    ops::moe_experts_grouped(routed, x, idx, gw, mats.gate, mats.up, mats.down);
-    if (c.n_shared_experts > 0) {
+    if (shared.defined() && ops::moe_experts_grouped_applies(x, mats.gate, mats.up, mats.down)) {
+      ops::moe_experts_grouped(routed, x, idx, gw, mats.gate, mats.up, mats.down);
       mlp_fwd(out, x, w.shared);
       ops::add_(out, routed);
-    } else {
-      out.copy_from(routed);
+      return;
     }
-    return;
   }
   // Routed experts: permute tokens by expert, one grouped product per projection, un-permute with the
   // gate weights. xp, yp: [M, D]; g, u, h: [M, F].

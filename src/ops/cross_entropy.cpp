@@ -17,12 +17,16 @@ CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, 
   DSEEK_CHECK(w.dtype() == h.dtype(), "lm_head_cross_entropy: w must have the activation dtype");
   check_shape("lm_head_cross_entropy", "targets", targets, {h.size(0)});
   check_dtype("lm_head_cross_entropy", "targets", targets, {DType::I64});
-  {  // every target −1 or a token (read back from the GPU for the check)
+  // Every target −1 or a token (read back from the GPU for the check); the count of real ones.
+  int64_t count = 0;
+  {
     const Tensor ht = targets.device() == Device::CPU ? targets : targets.to(Device::CPU);
     const int64_t* t = ht.data<int64_t>();
-    for (int64_t i = 0; i < ht.numel(); ++i)
+    for (int64_t i = 0; i < ht.numel(); ++i) {
       DSEEK_CHECK(t[i] < w.size(0) && t[i] >= -1, "lm_head_cross_entropy: target ", t[i],
                   " outside the vocabulary (", w.size(0), ")");
+      count += t[i] >= 0;
+    }
   }
   if (dh.defined()) check_shape("lm_head_cross_entropy", "dh", dh, h.shape());
   if (dw.defined()) check_shape("lm_head_cross_entropy", "dw", dw, w.shape());
@@ -31,7 +35,7 @@ CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, 
     case Device::CPU:
       return cpu::lm_head_cross_entropy(dh, dw, h, w, targets, scale);
     case Device::CUDA:
-      return cuda::lm_head_cross_entropy(dh, dw, h, w, targets, scale);
+      return {cuda::lm_head_cross_entropy_sum(dh, dw, h, w, targets, scale), count};
     default:
       fail("lm_head_cross_entropy: no implementation for ", device_name(h.device()));
   }

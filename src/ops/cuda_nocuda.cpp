@@ -62,7 +62,7 @@ bool moe_experts_grouped_applies(const Tensor&, const std::vector<Tensor>&) {
   return false;
 }
 void moe_experts_grouped(Tensor, const Tensor&, const Tensor&, const Tensor&, const std::vector<Tensor>&,
-                         const std::vector<Tensor>&, const std::vector<Tensor>&, const std::vector<Tensor>&) {
+                         const std::vector<Tensor>&, const std::vector<Tensor>&, const SharedExpert&) {
   none("moe_experts_grouped");
 }
 
@@ -94,10 +94,9 @@ double sum_squares(const Tensor&) {
   none("sum_squares");
   return 0;
 }
-CrossEntropyResult lm_head_cross_entropy(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&,
-                                         double) {
+double lm_head_cross_entropy_sum(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, double) {
   none("lm_head_cross_entropy");
-  return {};
+  return 0;
 }
 
 }  // namespace dseek::ops::cuda

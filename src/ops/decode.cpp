@@ -281,33 +281,9 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
                        const std::vector<Tensor>& down, const SharedExpert& shared) {
   const char* op = "moe_experts_small";
-  check_ndim(op, "x", x, 2);
-  check_ndim(op, "topk_idx", topk_idx, 2);
+  const int64_t F = check_expert_call(op, out, x, topk_idx, topk_w, gate, up, down, shared);
   const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size());
-  check_shape(op, "topk_idx", topk_idx, {N, K});
-  check_shape(op, "topk_w", topk_w, {N, K});
-  check_shape(op, "out", out, {N, D});
-  check_dtype(op, "topk_idx", topk_idx, {DType::I32});
-  check_dtype(op, "topk_w", topk_w, {DType::F32});
-  check_dtype(op, "x", x, {DType::F32});
-  check_dtype(op, "out", out, {DType::F32});
-  DSEEK_CHECK(E > 0 && up.size() == gate.size() && down.size() == gate.size(), op, ": ", gate.size(),
-              " gate, ", up.size(), " up and ", down.size(), " down matrices");
-  const int64_t F = gate[0].size(0);
-  for (int64_t e = 0; e < E; ++e) {
-    check_shape(op, "gate", gate[size_t(e)], {F, D});
-    check_shape(op, "up", up[size_t(e)], {F, D});
-    check_shape(op, "down", down[size_t(e)], {D, F});
-  }
-  check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
-  const bool sh = shared.gate.defined();
-  if (sh) {
-    const int64_t Fs = shared.gate.size(0);
-    check_shape(op, "shared gate", shared.gate, {Fs, D});
-    check_shape(op, "shared up", shared.up, {Fs, D});
-    check_shape(op, "shared down", shared.down, {D, Fs});
-    check_same_device(op, {&x, &shared.gate, &shared.up, &shared.down});
-  }
+  const bool sh = shared.defined();
   if (N == 0) return;
   // The shared expert as one more expert of the GPU launches: same width, same dtype, no block scales.
   bool fold = sh && x.device() == Device::CUDA && shared.gate.size(0) == F;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/moe.h"
 #include "ops/router.h"
 
 namespace dseek::ops {
@@ -82,9 +83,6 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
 // With a shared expert (all three defined: gate/up [Fs, D], down [D, Fs]), out also gets its output,
 // weight 1: on the GPU, when Fs = F and its matrices have the experts' dtype, as one more expert in the
 // same launches.
-struct SharedExpert {
-  Tensor gate, up, down;
-};
 void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
                        const std::vector<Tensor>& down, const SharedExpert& shared = {});

@@ -4,6 +4,7 @@
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/decode.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
 #include "ops/swiglu.h"
@@ -211,27 +212,10 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
   }
 }
 
-bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate,
-                                 const std::vector<Tensor>& up, const std::vector<Tensor>& down,
-                                 const std::vector<Tensor>& shared) {
-  if (x.device() == Device::CPU) return true;
-  if (!cuda::moe_experts_grouped_applies(x, gate) || up.size() != gate.size() || down.size() != gate.size())
-    return false;
-  if (!shared.empty() && (shared.size() != 3 || shared[0].shape() != gate[0].shape() ||
-                          shared[1].shape() != gate[0].shape() || shared[2].shape() != down[0].shape()))
-    return false;
-  for (const auto* list : {&gate, &up, &down, &shared})
-    for (const Tensor& t : *list)
-      if (t.dtype() != DType::BF16 || t.block_scale() || t.device() != Device::CUDA ||
-          (reinterpret_cast<uintptr_t>(t.raw()) & 15) != 0)
-        return false;
-  return true;
-}
-
-void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
-                         const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                         const std::vector<Tensor>& down, const std::vector<Tensor>& shared) {
-  const char* op = "moe_experts_grouped";
+int64_t check_expert_call(const char* op, const Tensor& out, const Tensor& x, const Tensor& topk_idx,
+                          const Tensor& topk_w, const std::vector<Tensor>& gate,
+                          const std::vector<Tensor>& up, const std::vector<Tensor>& down,
+                          const SharedExpert& shared) {
   check_ndim(op, "x", x, 2);
   check_ndim(op, "topk_idx", topk_idx, 2);
   const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size());
@@ -244,26 +228,59 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   check_dtype(op, "out", out, {DType::F32});
   DSEEK_CHECK(E > 0 && up.size() == gate.size() && down.size() == gate.size(), op, ": ", gate.size(),
               " gate, ", up.size(), " up and ", down.size(), " down matrices");
-  DSEEK_CHECK(shared.empty() || shared.size() == 3, op, ": the shared expert is {gate, up, down}, not ",
-              shared.size(), " matrices");
   const int64_t F = gate[0].size(0);
   for (int64_t e = 0; e < E; ++e) {
     check_shape(op, "gate", gate[size_t(e)], {F, D});
     check_shape(op, "up", up[size_t(e)], {F, D});
     check_shape(op, "down", down[size_t(e)], {D, F});
   }
-  if (!shared.empty()) {
-    check_shape(op, "shared gate", shared[0], {F, D});
-    check_shape(op, "shared up", shared[1], {F, D});
-    check_shape(op, "shared down", shared[2], {D, F});
-  }
   check_same_device(op, {&out, &x, &topk_idx, &topk_w, &gate[0]});
+  if (shared.gate.defined() || shared.up.defined() || shared.down.defined()) {
+    DSEEK_CHECK(shared.gate.defined() && shared.up.defined() && shared.down.defined(), op,
+                ": the shared expert needs its gate, up and down matrices");
+    const int64_t Fs = shared.gate.size(0);
+    check_shape(op, "shared gate", shared.gate, {Fs, D});
+    check_shape(op, "shared up", shared.up, {Fs, D});
+    check_shape(op, "shared down", shared.down, {D, Fs});
+    check_same_device(op, {&x, &shared.gate, &shared.up, &shared.down});
+  }
+  return F;
+}
+
+bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate,
+                                 const std::vector<Tensor>& up, const std::vector<Tensor>& down,
+                                 const SharedExpert& shared) {
+  if (x.device() == Device::CPU) return true;
+  if (!cuda::moe_experts_grouped_applies(x, gate) || up.size() != gate.size() || down.size() != gate.size())
+    return false;
+  std::vector<const Tensor*> mats;
+  for (const auto* list : {&gate, &up, &down})
+    for (const Tensor& t : *list) mats.push_back(&t);
+  if (shared.defined()) {
+    if (shared.gate.shape() != gate[0].shape() || shared.up.shape() != gate[0].shape() ||
+        shared.down.shape() != down[0].shape())
+      return false;
+    for (const Tensor* t : {&shared.gate, &shared.up, &shared.down}) mats.push_back(t);
+  }
+  for (const Tensor* t : mats)
+    if (t->dtype() != DType::BF16 || t->block_scale() || t->device() != Device::CUDA ||
+        (reinterpret_cast<uintptr_t>(t->raw()) & 15) != 0)
+      return false;
+  return true;
+}
+
+void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                         const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                         const std::vector<Tensor>& down, const SharedExpert& shared) {
+  const char* op = "moe_experts_grouped";
+  const int64_t F = check_expert_call(op, out, x, topk_idx, topk_w, gate, up, down, shared);
+  const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size());
   if (N == 0) return;
   if (x.device() == Device::CUDA) {
     DSEEK_CHECK(K < 32, op, ": the GPU version takes at most 31 experts per token, not ", K);
     DSEEK_CHECK(moe_experts_grouped_applies(x, gate, up, down, shared), op,
                 ": the GPU version takes f32 activations with D % 8 == 0 and 16-byte aligned bf16 experts "
-                "(F % 8 == 0, at most 1023 of them)");
+                "(F % 8 == 0, at most 1023 of them, a shared expert of their shape)");
     return cuda::moe_experts_grouped(out, x, topk_idx, topk_w, gate, up, down, shared);
   }
   // The CPU reference: the plan-based ops (permute, paired gate/up products, SwiGLU, down, un-permute),
@@ -278,13 +295,11 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   Tensor yp = Tensor::empty({M, D}, x.dtype());  // yp: [M, D]
   grouped_linear(yp, g, down, plan);
   moe_unpermute(out, yp, topk_w, plan);
-  if (!shared.empty()) {
-    Tensor sg = Tensor::empty({N, F}, x.dtype()), su = Tensor::empty({N, F}, x.dtype()),
-           sy = Tensor::empty({N, D}, x.dtype());  // sg, su: [N, F]; sy: [N, D]
-    linear(sg, x, shared[0]);
-    linear(su, x, shared[1]);
-    swiglu_fwd(sg, sg, su);
-    linear(sy, sg, shared[2]);
+  if (shared.defined()) {
+    Tensor sh = Tensor::empty({N, shared.gate.size(0)}, x.dtype()),
+           sy = Tensor::empty({N, D}, x.dtype());  // sh: [N, Fs] silu(g)·u; sy: [N, D]
+    linear_swiglu(sh, x, shared.gate, shared.up);
+    linear(sy, sh, shared.down);
     add_(out, sy);
   }
 }

@@ -49,22 +49,36 @@ void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const Moe
 void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
                        const MoePlan& plan, Stream s = {});
 
+// A shared expert (DeepSeekMoE's always-on MLP: gate/up [Fs, D], down [D, Fs]); all three undefined: none.
+struct SharedExpert {
+  Tensor gate, up, down;
+  bool defined() const { return gate.defined(); }
+};
+
+// The checks common to the one-call expert ops (moe_experts_grouped here, moe_experts_small in
+// ops/decode.h): out, x [N, D] f32; topk_idx [N, K] I32; topk_w [N, K] f32; E ≥ 1 experts with gate/up
+// [F, D], down [D, F]; a shared expert complete or absent; one device. Returns F.
+int64_t check_expert_call(const char* op, const Tensor& out, const Tensor& x, const Tensor& topk_idx,
+                          const Tensor& topk_w, const std::vector<Tensor>& gate,
+                          const std::vector<Tensor>& up, const std::vector<Tensor>& down,
+                          const SharedExpert& shared);
+
 // The routed experts of many tokens in one call, for inference, with the shared expert folded in:
 //   out[n] = Σ_k topk_w[n, k] · down_e(silu(gate_e · x[n]) ⊙ (up_e · x[n]))  (+ the same of the shared
-//            expert, weight 1, when `shared` = {gate, up, down} is given),  e = topk_idx[n, k].
-// out, x: [N, D] f32; topk_idx: [N, K] I32; topk_w: [N, K] f32; gate[e], up[e]: [F, D]; down[e]: [D, F];
-// the shared expert's matrices have the same shapes. On the CPU it is the plan-based ops above (the
-// reference). On the GPU (bf16 experts, moe_experts_grouped_applies) the plan is built on the device (no
-// device→host copy, no host wait), the shared expert is one more expert that every token takes, the
-// permuted rows and the SwiGLU output are bf16, SwiGLU runs in the gate/up product's epilogue.
+//            expert, weight 1, when given),  e = topk_idx[n, k].
+// out, x: [N, D] f32; topk_idx: [N, K] I32; topk_w: [N, K] f32; gate[e], up[e]: [F, D]; down[e]: [D, F]. On
+// the CPU it is the plan-based ops above (the reference). On the GPU (bf16 experts,
+// moe_experts_grouped_applies) the plan is built on the device (no device→host copy, no host wait), the
+// shared expert is one more expert that every token takes, the permuted rows and the SwiGLU output are bf16,
+// SwiGLU runs in the gate/up product's epilogue.
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                          const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                         const std::vector<Tensor>& down, const std::vector<Tensor>& shared = {});
+                         const std::vector<Tensor>& down, const SharedExpert& shared = {});
 // Whether the GPU version takes these operands: x f32 on CUDA with D % 8 == 0, every expert matrix (the
-// shared one's too) bf16, not block-scaled, 16-byte aligned, F % 8 == 0, at most 1023 experts. Always
-// true on the CPU.
+// shared one's too, which must have the routed experts' shape) bf16, not block-scaled, 16-byte aligned,
+// F % 8 == 0, at most 1023 experts. Always true on the CPU.
 bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate,
                                  const std::vector<Tensor>& up, const std::vector<Tensor>& down,
-                                 const std::vector<Tensor>& shared = {});
+                                 const SharedExpert& shared = {});
 
 }  // namespace dseek::ops

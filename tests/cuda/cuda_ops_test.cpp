@@ -410,10 +410,10 @@ TEST_F(Cuda, MoeExpertsGroupedDevicePlan) {
     }
     Pair sa = upload(randn({c.F, c.D}, 0.05), DType::BF16), sb = upload(randn({c.F, c.D}, 0.05), DType::BF16),
          sd = upload(randn({c.D, c.F}, 0.05), DType::BF16);
-    const std::vector<Tensor> shc{sa.cpu, sb.cpu, sd.cpu}, shg{sa.gpu, sb.gpu, sd.gpu};
+    const ops::SharedExpert shc{sa.cpu, sb.cpu, sd.cpu}, shg{sa.gpu, sb.gpu, sd.gpu};
     const Tensor xg = x.to(Device::CUDA), ig = idx.to(Device::CUDA), wg = w.to(Device::CUDA);
     for (bool with_shared : {false, true}) {  // the shared expert folded in as one more expert of every token
-      const std::vector<Tensor> none;
+      const ops::SharedExpert none;
       Tensor ref = Tensor::empty({c.N, c.D}, DType::F32);
       ops::moe_experts_grouped(ref, x, idx, w, gc, uc, dc, with_shared ? shc : none);
       ASSERT_TRUE(ops::moe_experts_grouped_applies(xg, gg, ug, dg, with_shared ? shg : none));

@@ -310,12 +310,13 @@ TEST(CpuKernels, MoeExpertsGroupedMatchesTheF64Reference) {
   EXPECT_LE(d.rel, 1e-5) << test::str(d);
   // With the shared expert: the routed sum plus its MLP (the f64 reference with it as a K+1-th expert of
   // weight 1 for every token).
-  const std::vector<Tensor> sh{f32(randn({F, D}, rng, 0.2)), f32(randn({F, D}, rng, 0.2)),
-                               f32(randn({D, F}, rng, 0.2))};
+  const ops::SharedExpert sh{.gate = f32(randn({F, D}, rng, 0.2)),
+                             .up = f32(randn({F, D}, rng, 0.2)),
+                             .down = f32(randn({D, F}, rng, 0.2))};
   std::vector<Tensor> g1 = g, u1 = u, d1 = dn;
-  g1.push_back(sh[0]);
-  u1.push_back(sh[1]);
-  d1.push_back(sh[2]);
+  g1.push_back(sh.gate);
+  u1.push_back(sh.up);
+  d1.push_back(sh.down);
   Tensor idx1 = Tensor::empty({N, K + 1}, DType::I32), w1 = Tensor::empty({N, K + 1}, DType::F32);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) {
@@ -332,7 +333,9 @@ TEST(CpuKernels, MoeExpertsGroupedMatchesTheF64Reference) {
   EXPECT_LE(d.rel, 1e-5) << "with the shared expert: " << test::str(d);
   idx.data<int32_t>()[7] = int32_t(E);
   EXPECT_THROW(ops::moe_experts_grouped(got, x, idx, w, g, u, dn), Error);
-  EXPECT_THROW(ops::moe_experts_grouped(got, x, idx, w, g, u, dn, {sh[0], sh[1]}), Error);
+  EXPECT_THROW(
+      ops::moe_experts_grouped(got, x, idx, w, g, u, dn, {.gate = sh.gate, .up = sh.up, .down = Tensor()}),
+      Error);
 }
 
 }  // namespace

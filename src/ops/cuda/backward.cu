@@ -48,15 +48,6 @@ __global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const
   }
 }
 
-template <typename M>
-__device__ __forceinline__ float load_m(const M* p, int64_t i) {
-  return ld(p[i]);
-}
-template <typename M>
-__device__ __forceinline__ void store_m(M* p, int64_t i, float v) {
-  p[i] = st<M>(v);
-}
-
 // The CPU's AdamW step, operation by operation with IEEE round-to-nearest and no contraction to FMA.
 template <typename M>
 __global__ void adamw_kernel(float* w, const float* g, M* m, M* v, int64_t n, float b1, float b2, float gs,
@@ -64,13 +55,12 @@ __global__ void adamw_kernel(float* w, const float* g, M* m, M* v, int64_t n, fl
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float gi = __fmul_rn(g[i], gs);
-    const float mi = __fadd_rn(__fmul_rn(b1, load_m(m, i)), __fmul_rn(__fsub_rn(1.0f, b1), gi));
-    const float vi =
-        __fadd_rn(__fmul_rn(b2, load_m(v, i)), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi));
-    store_m(m, i, mi);
-    store_m(v, i, vi);
-    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(load_m(v, i)), bc2_sqrt), eps);
-    w[i] = __fsub_rn(__fmul_rn(w[i], decay), __fdiv_rn(__fmul_rn(step_size, load_m(m, i)), denom));
+    const float mi = __fadd_rn(__fmul_rn(b1, ld(m[i])), __fmul_rn(__fsub_rn(1.0f, b1), gi));
+    const float vi = __fadd_rn(__fmul_rn(b2, ld(v[i])), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi));
+    m[i] = st<M>(mi);
+    v[i] = st<M>(vi);
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(ld(v[i])), bc2_sqrt), eps);
+    w[i] = __fsub_rn(__fmul_rn(w[i], decay), __fdiv_rn(__fmul_rn(step_size, ld(m[i])), denom));
   }
 }
 

@@ -65,6 +65,15 @@ __device__ __forceinline__ float block_max(float v) {
   return warp_max(r);
 }
 
+// (v, e) beats (w, f) in an argmax: a larger value, then the lower index; a negative index is "none",
+// which loses to everything (the routers' top-k rounds, the device argmax).
+template <typename I>
+__device__ __forceinline__ bool beats(float v, I e, float w, I f) {
+  if (e < 0) return false;
+  if (f < 0) return true;
+  return v > w || (v == w && e < f);
+}
+
 // Calls fn(std::integral_constant<int, NB>{}) for NB = rows, 1 ≤ rows ≤ 8 (kernels templated on the
 // number of activation rows they accumulate at once).
 template <typename Fn>

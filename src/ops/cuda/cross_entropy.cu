@@ -46,13 +46,12 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
-                                         const Tensor& targets, double scale) {
+double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
+                                 const Tensor& targets, double scale) {
   const int64_t N = h.size(0), V = w.size(0);
   DSEEK_CHECK(h.dtype() == DType::F32 && w.dtype() == DType::F32, "lm_head_cross_entropy (CUDA): f32, not ",
               dtype_name(h.dtype()));
-  CrossEntropyResult res;
-  if (N == 0) return res;
+  if (N == 0) return 0.0;
   const bool grad = dh.defined();
   const int64_t chunk = std::clamp<int64_t>((int64_t(256) << 20) / (4 * std::max<int64_t>(V, 1)), 1, N);
   Tensor logits = Tensor::empty({chunk, V}, DType::F32, Device::CUDA);  // logits: [chunk, V]
@@ -66,14 +65,11 @@ CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, 
     DSEEK_CUDA_LAUNCH_CHECK("lm_head_cross_entropy (rows)");
     if (grad) linear_bwd(dh.slice(n0, n), dw, lc, hc, w);  // dh = dlogits · W, dw += dlogitsᵀ · h
   }
-  // The loss and the count on the host, rows in order (the targets come back to be counted).
-  const Tensor hl = loss.to(Device::CPU), ht = targets.to(Device::CPU);
-  for (int64_t i = 0; i < N; ++i)
-    if (ht.data<int64_t>()[i] >= 0) {
-      res.loss_sum += hl.data<double>()[i];
-      ++res.count;
-    }
-  return res;
+  // The loss on the host, rows in order (rows without a target hold 0).
+  const Tensor hl = loss.to(Device::CPU);
+  double sum = 0;
+  for (int64_t i = 0; i < N; ++i) sum += hl.data<double>()[i];
+  return sum;
 }
 
 }  // namespace dseek::ops::cuda

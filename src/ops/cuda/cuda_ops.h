@@ -7,7 +7,6 @@
 
 #include "core/tensor.h"
 #include "ops/adamw.h"
-#include "ops/cross_entropy.h"
 #include "ops/moe.h"
 #include "ops/router.h"
 #include "ops/sample.h"
@@ -37,7 +36,7 @@ void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const Moe
 bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate);
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                          const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                         const std::vector<Tensor>& down, const std::vector<Tensor>& shared);
+                         const std::vector<Tensor>& down, const SharedExpert& shared);
 
 void sample_rows(Tensor ids, Tensor fallback, const Tensor& logits, const Tensor& u, const SampleParams& p);
 
@@ -54,7 +53,8 @@ void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_
               double attention_factor);
 void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p);
 double sum_squares(const Tensor& t);
-CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
-                                         const Tensor& targets, double scale);
+// The LM head + cross-entropy's Σ loss over the rows with a target (the dispatcher counts them).
+double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
+                                 const Tensor& targets, double scale);
 
 }  // namespace dseek::ops::cuda

@@ -349,11 +349,6 @@ __global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float
   }
 }
 
-// (a, ia) beats (b, ib): a real entry over none, a larger value, then the lower index.
-__device__ __forceinline__ bool argmax_better(float a, int64_t ia, float b, int64_t ib) {
-  return ib < 0 ? true : (ia < 0 ? false : (a > b || (a == b && ia < ib)));
-}
-
 // The block's best (value, index) from each thread's, in thread 0.
 __device__ void block_argmax(float& best, int64_t& idx) {
   __shared__ float bv[32];
@@ -361,7 +356,7 @@ __device__ void block_argmax(float& best, int64_t& idx) {
   for (int o = 16; o > 0; o >>= 1) {
     const float ob = __shfl_xor_sync(0xffffffffu, best, o);
     const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (!argmax_better(best, idx, ob, oi)) {
+    if (!beats(best, idx, ob, oi)) {
       best = ob;
       idx = oi;
     }
@@ -379,7 +374,7 @@ __device__ void block_argmax(float& best, int64_t& idx) {
     for (int o = 16; o > 0; o >>= 1) {
       const float ob = __shfl_xor_sync(0xffffffffu, best, o);
       const int64_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
-      if (!argmax_better(best, idx, ob, oi)) {
+      if (!beats(best, idx, ob, oi)) {
         best = ob;
         idx = oi;
       }
@@ -439,7 +434,7 @@ __global__ void __launch_bounds__(1024) sm90_argmax_split(int64_t* ids, float* p
   for (int j = threadIdx.x; j < G; j += blockDim.x) {
     const float v = __ldcg(part_v + n * G + j);
     const int64_t i = __ldcg(reinterpret_cast<const long long*>(part_i) + n * G + j);
-    if (argmax_better(v, i, best, idx)) {
+    if (beats(v, i, best, idx)) {
       best = v;
       idx = i;
     }

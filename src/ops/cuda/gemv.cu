@@ -14,47 +14,6 @@ namespace {
 
 constexpr int kWarps = 8;
 
-// vec: I % 8 == 0 and both bases 16-byte aligned, so every row start is too.
-template <int NB>
-__global__ void __launch_bounds__(kWarps * 32)
-    gemv_bf16_kernel(float* y, const float* x, const bf16* w, int64_t I, int64_t O, bool vec) {
-  const int lane = threadIdx.x & 31;
-  const int64_t o = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
-  if (o >= O) return;
-  const bf16* wr = w + o * I;
-  float acc[NB];
-#pragma unroll
-  for (int n = 0; n < NB; ++n) acc[n] = 0.0f;
-  if (vec) {
-#pragma unroll 4
-    for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
-      const bf16* wv = reinterpret_cast<const bf16*>(&raw);
-      float wf[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) wf[j] = __bfloat162float(wv[j]);
-#pragma unroll
-      for (int n = 0; n < NB; ++n) {
-        const float4 a = *reinterpret_cast<const float4*>(x + n * I + i);
-        const float4 b = *reinterpret_cast<const float4*>(x + n * I + i + 4);
-        acc[n] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-                  wf[6] * b.z + wf[7] * b.w;
-      }
-    }
-  } else {
-    for (int64_t i = lane; i < I; i += 32) {
-      const float wf = __bfloat162float(wr[i]);
-#pragma unroll
-      for (int n = 0; n < NB; ++n) acc[n] += wf * x[n * I + i];
-    }
-  }
-#pragma unroll
-  for (int n = 0; n < NB; ++n) {
-    const float s = warp_sum(acc[n]);
-    if (lane == 0) y[n * O + o] = s;
-  }
-}
-
 // acc[n] = one lane's part of w_row · x[n] (the warp's lanes cover the row; warp_sum completes it).
 template <int NB>
 __device__ __forceinline__ void row_dot(float* acc, const bf16* wr, const float* x, int64_t I, bool vec,
@@ -83,6 +42,22 @@ __device__ __forceinline__ void row_dot(float* acc, const bf16* wr, const float*
 #pragma unroll
       for (int n = 0; n < NB; ++n) acc[n] += wf * x[n * I + i];
     }
+  }
+}
+
+// vec: I % 8 == 0 and both bases 16-byte aligned, so every row start is too.
+template <int NB>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_bf16_kernel(float* y, const float* x, const bf16* w, int64_t I, int64_t O, bool vec) {
+  const int lane = threadIdx.x & 31;
+  const int64_t o = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
+  if (o >= O) return;
+  float acc[NB];
+  row_dot<NB>(acc, w + o * I, x, I, vec, lane);
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+    const float s = warp_sum(acc[n]);
+    if (lane == 0) y[n * O + o] = s;
   }
 }
 

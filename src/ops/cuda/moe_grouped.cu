@@ -141,8 +141,8 @@ bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gat
 
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                          const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                         const std::vector<Tensor>& down, const std::vector<Tensor>& shared) {
-  const bool sh = !shared.empty();
+                         const std::vector<Tensor>& down, const SharedExpert& shared) {
+  const bool sh = shared.defined();
   const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size()),
                 F = gate[0].size(0), M = N * K, S = M + (sh ? N : 0), ET = E + (sh ? 1 : 0);
   DSEEK_CHECK(S < (int64_t(1) << 31) && S * std::max(D, F) < (int64_t(1) << 40), "moe_experts_grouped: ", N,
@@ -161,7 +161,7 @@ void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, co
   std::vector<const void*> ptrs;
   for (int m = 0; m < 3; ++m) {
     for (const Tensor& t : m == 0 ? gate : m == 1 ? up : down) ptrs.push_back(t.raw());
-    if (sh) ptrs.push_back(shared[size_t(m)].raw());
+    if (sh) ptrs.push_back((m == 0 ? shared.gate : m == 1 ? shared.up : shared.down).raw());
   }
   // The shared expert's count (every token) goes up with the pointers: counts start as {0 …, N}.
   std::vector<int32_t> init(size_t(2 * ET + 1), 0);

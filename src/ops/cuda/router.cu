@@ -95,17 +95,13 @@ __global__ void router_kernel(int32_t* idx_out, T* w_out, T* scores_out, const T
 
 constexpr int kWarpMaxE = 256, kWarpMaxG = 32, kWarpMaxK = 32, kWarpsPerBlock = 8;
 
-// (v, i) beats (w, j): larger value, then lower index.
-__device__ __forceinline__ bool wins(float v, int i, float w, int j) {
-  return v > w || (v == w && i < j);
-}
 // The warp's best (value, index) pair; index −1 stands for "none" and loses to everything.
 __device__ __forceinline__ void warp_best(float& v, int& i) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float w = __shfl_xor_sync(0xffffffffu, v, o);
     const int j = __shfl_xor_sync(0xffffffffu, i, o);
-    if (j >= 0 && (i < 0 || wins(w, j, v, i))) {
+    if (beats(w, j, v, i)) {
       v = w;
       i = j;
     }
@@ -181,7 +177,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     for (int j = 0; j < kWarpMaxE / 32; ++j) {
       const int e = lane + 32 * j;
       if (j >= J || e >= E || ((mine >> j) & 1u) || !((kept >> (e / gs)) & 1u)) continue;
-      if (i < 0 || wins(sel[e], e, v, i)) {
+      if (beats(sel[e], e, v, i)) {
         v = sel[e];
         i = e;
       }

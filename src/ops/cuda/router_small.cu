@@ -17,13 +17,6 @@ namespace {
 
 constexpr int kMaxE = 1024, kMaxG = 64, kMaxK = 64;
 
-// (v, e) beats (w, f): larger value, then lower index; e < 0 is "none".
-__device__ __forceinline__ bool beats(float v, int e, float w, int f) {
-  if (e < 0) return false;
-  if (f < 0) return true;
-  return v > w || (v == w && e < f);
-}
-
 // The choice of token n from its logits l[0 .. E) (T or f32 in shared memory), by the whole block.
 template <typename T, typename L>
 __device__ void route_token(int32_t* idx_out, T* w_out, T* scores_out, const L* l, const float* bias, int E,
