@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "core/cuda/cuda_check.h"
 #include "core/tensor.h"
@@ -98,6 +99,46 @@ void with_rows(int64_t rows, const char* op, Fn&& fn) {
     default:
       fail(op, ": ", rows, " rows (at most 8)");
   }
+}
+
+// Programmatic dependent launch (Hopper; PTX griddepcontrol, CUDA "programmatic dependent launch"), for
+// the chain of small kernels of a decode step (issue 5): a kernel started through launch_dep may begin
+// while the kernel before it on the stream is still running, so the next kernel's blocks are already
+// resident (and have started reading their weights) when this one ends. The rules for such a kernel:
+//   * dep_wait() before it reads anything a kernel writes (activations, caches, routing results) and
+//     before it writes anything; before the wait it reads only weights (nothing in a step writes them);
+//   * every block reaches dep_wait() before it exits (a grid that ended without waiting would release
+//     its own dependents while its predecessor still ran);
+//   * dep_launch() (any time; at the start here) lets the next launch_dep kernel begin once every block
+//     of this one has called it or exited.
+// Kernels launched with <<<>>> (or by libraries) keep plain stream order; dep_wait() in them is a no-op.
+__device__ __forceinline__ void dep_wait() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+__device__ __forceinline__ void dep_launch() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+// Whether launch_dep asks for programmatic serialization (DSEEK_PDL=0 turns it off: the same kernels in
+// plain stream order, for comparison).
+bool dep_launch_enabled();
+
+// kernel<<<grid, block, smem>>>(args...) on the thread's default stream, allowed to overlap the kernel
+// before it as described above; the launch is checked and named by `op`.
+template <typename... P, typename... A>
+void launch_dep(const char* op, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = cudaStreamPerThread;
+  cfg.attrs = &attr;
+  cfg.numAttrs = dep_launch_enabled() ? 1 : 0;
+  DSEEK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...), op);
+  DSEEK_CUDA_LAUNCH_CHECK(op);
 }
 
 inline int blocks_for(int64_t n, int threads) {

@@ -30,6 +30,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T>
 __global__ void sm90_paged_cache_write(T* pool, const T* rows, const int32_t* slots, int W) {
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.x;
   const int64_t s = slots[n];
   for (int i = threadIdx.x; i < W; i += blockDim.x) pool[s * W + i] = rows[n * W + i];
@@ -49,20 +51,37 @@ __global__ void __launch_bounds__(256)
   extern __shared__ float sm_q[];
   float* qs = sm_q;                        // [8, dn]
   float* red = sm_q + kRowsPerBlock * dn;  // [4, 8, 64]
+  dep_launch();
   const int h = blockIdx.x, c0 = blockIdx.y * kColsQ, n0 = blockIdx.z * kRowsPerBlock;
   const int nr = min(kRowsPerBlock, N - n0);
   const int Dq = dn + R, W = C + R;
+  const int cl = threadIdx.x & (kColsQ - 1), slice = threadIdx.x / kColsQ, c = c0 + cl;
+  const Wt* wk = kvb + int64_t(h) * (dn + dv) * C;  // W_UK[h]: [dn, C]
+  // The thread's first kPreQ weights (rows slice, slice + 4, ...), read before the wait.
+  constexpr int kPreQ = 16;
+  float wpre[kPreQ];
+#pragma unroll
+  for (int t = 0; t < kPreQ; ++t) {
+    const int i = slice + 4 * t;
+    wpre[t] = c < C && i < dn ? ld(wk[int64_t(i) * C + c]) : 0.0f;
+  }
+  dep_wait();
   for (int i = threadIdx.x; i < kRowsPerBlock * dn; i += blockDim.x) {
     const int r = i / dn, j = i - r * dn;
     qs[i] = r < nr ? ld(q[(int64_t(n0 + r) * H + h) * Dq + j]) : 0.0f;
   }
   __syncthreads();
-  const int cl = threadIdx.x & (kColsQ - 1), slice = threadIdx.x / kColsQ, c = c0 + cl;
-  const Wt* wk = kvb + int64_t(h) * (dn + dv) * C;  // W_UK[h]: [dn, C]
   float acc[kRowsPerBlock] = {};
   if (c < C) {
+#pragma unroll
+    for (int t = 0; t < kPreQ; ++t) {
+      const int i = slice + 4 * t;
+      if (i < dn)
+#pragma unroll
+        for (int r = 0; r < kRowsPerBlock; ++r) acc[r] += qs[r * dn + i] * wpre[t];
+    }
 #pragma unroll 4
-    for (int i = slice; i < dn; i += 4) {
+    for (int i = slice + 4 * kPreQ; i < dn; i += 4) {
       const float w = ld(wk[int64_t(i) * C + c]);
 #pragma unroll
       for (int r = 0; r < kRowsPerBlock; ++r) acc[r] += qs[r * dn + i] * w;
@@ -116,20 +135,27 @@ template <typename T, typename Wt>
 __global__ void __launch_bounds__(256)
     sm90_absorb_o(T* o, const T* olat, const Wt* kvb, int N, int H, int dn, int dv, int C, bool vec) {
   extern __shared__ __align__(16) float ls[];  // [8, C]
+  dep_launch();
   const int h = blockIdx.x, n0 = blockIdx.z * kRowsPerBlock, nr = min(kRowsPerBlock, N - n0);
+  const int lane = threadIdx.x & 31, j = blockIdx.y * 8 + (threadIdx.x >> 5);
+  const Wt* wv = kvb + (int64_t(h) * (dn + dv) + dn + (j < dv ? j : 0)) * C;  // W_UV[h][j]: [C]
+  // The lane's first kPreO chunks of its row, read before the wait.
+  constexpr int kPreO = 2;
+  float pre[kPreO][8] = {};
+  if (vec && j < dv)
+#pragma unroll
+    for (int t = 0; t < kPreO; ++t)
+      if (lane * 8 + t * 256 < C) load8w(wv + lane * 8 + t * 256, pre[t]);
+  dep_wait();
   for (int i = threadIdx.x; i < kRowsPerBlock * C; i += blockDim.x) {
     const int r = i / C, c = i - r * C;
     ls[i] = r < nr ? ld(olat[(int64_t(n0 + r) * H + h) * C + c]) : 0.0f;
   }
   __syncthreads();
-  const int lane = threadIdx.x & 31, j = blockIdx.y * 8 + (threadIdx.x >> 5);
   if (j >= dv) return;
-  const Wt* wv = kvb + (int64_t(h) * (dn + dv) + dn + j) * C;  // W_UV[h][j]: [C]
   float acc[kRowsPerBlock] = {};
   if (vec) {
-    for (int c = lane * 8; c < C; c += 256) {
-      float w8[8];
-      load8w(wv + c, w8);
+    const auto dot = [&](const float* w8, int c) {
 #pragma unroll
       for (int r = 0; r < kRowsPerBlock; ++r) {
         const float4 a = *reinterpret_cast<const float4*>(ls + r * C + c),
@@ -137,6 +163,14 @@ __global__ void __launch_bounds__(256)
         acc[r] += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
                   w8[6] * b.z + w8[7] * b.w;
       }
+    };
+#pragma unroll
+    for (int t = 0; t < kPreO; ++t)
+      if (lane * 8 + t * 256 < C) dot(pre[t], lane * 8 + t * 256);
+    for (int c = lane * 8 + kPreO * 256; c < C; c += 256) {
+      float w8[8];
+      load8w(wv + c, w8);
+      dot(w8, c);
     }
   } else {
     for (int c = lane; c < C; c += 32) {
@@ -201,6 +235,8 @@ __global__ void __launch_bounds__(kThreads)
   float* m = ps + kHG * kTK;
   float* l = m + kHG;
   float* alpha = l + kHG;
+  dep_launch();
+  dep_wait();
   const int split = blockIdx.x, splits = gridDim.x, b = blockIdx.y, h0 = blockIdx.z * kHG;
   const int nh = min(kHG, H - h0);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -328,6 +364,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float* part_ml, int H, int C,
                                         int splits) {
+  dep_launch();
+  dep_wait();
   const int h = blockIdx.x, b = blockIdx.y;
   float M = -INFINITY;
   for (int s = 0; s < splits; ++s) M = fmaxf(M, part_ml[2 * ((int64_t(b) * splits + s) * H + h)]);
@@ -400,6 +438,8 @@ __device__ void scan_argmax(const T* row, int64_t v0, int64_t v1, float& best, i
 // One block per row: the first index of the largest value.
 template <typename T>
 __global__ void sm90_argmax_rows(int64_t* ids, const T* x, int64_t V) {
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.x;
   float best;
   int64_t idx;
@@ -413,6 +453,8 @@ template <typename T>
 __global__ void __launch_bounds__(1024) sm90_argmax_split(int64_t* ids, float* part_v, int64_t* part_i,
                                                           int* arrive, const T* x, int64_t V, int64_t chunk) {
   __shared__ bool last;
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.y;
   const int G = gridDim.x, g = blockIdx.x;
   float best;
@@ -487,10 +529,9 @@ void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots) {
   const int64_t N = rows.size(0), W = rows.size(1);
   with_act(rows.dtype(), "paged_cache_write", [&](auto t) {
     using T = decltype(t);
-    sm90_paged_cache_write<T><<<unsigned(N), 128>>>(
-        static_cast<T*>(pool.raw()), static_cast<const T*>(rows.raw()), slots.data<int32_t>(), int(W));
+    launch_dep("paged_cache_write", sm90_paged_cache_write<T>, unsigned(N), 128, 0,
+               static_cast<T*>(pool.raw()), static_cast<const T*>(rows.raw()), slots.data<int32_t>(), int(W));
   });
-  DSEEK_CUDA_LAUNCH_CHECK("paged_cache_write");
 }
 
 void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv,
@@ -504,13 +545,12 @@ void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, in
     with_weight(kv_b.dtype(), "mla_absorb_q", [&](auto wt) {
       using Wt = decltype(wt);
       allow_smem(sm90_absorb_q<T, Wt>, smem, "mla_absorb_q");
-      sm90_absorb_q<T, Wt><<<grid, 256, smem>>>(
-          static_cast<T*>(qa.raw()), static_cast<const T*>(q.raw()), static_cast<const Wt*>(kv_b.raw()),
-          int(N), int(H), int(dn), int(dv), int(R), int(C), rope ? rope->positions.data<int64_t>() : nullptr,
-          rope ? rope->inv_freq.data<float>() : nullptr, rope ? float(rope->attention_factor) : 1.0f);
+      launch_dep("mla_absorb_q", sm90_absorb_q<T, Wt>, grid, 256, smem, static_cast<T*>(qa.raw()),
+                 static_cast<const T*>(q.raw()), static_cast<const Wt*>(kv_b.raw()), int(N), int(H), int(dn),
+                 int(dv), int(R), int(C), rope ? rope->positions.data<int64_t>() : nullptr,
+                 rope ? rope->inv_freq.data<float>() : nullptr, rope ? float(rope->attention_factor) : 1.0f);
     });
   });
-  DSEEK_CUDA_LAUNCH_CHECK("mla_absorb_q");
 }
 
 void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv) {
@@ -523,12 +563,11 @@ void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn,
     with_weight(kv_b.dtype(), "mla_absorb_o", [&](auto wt) {
       using Wt = decltype(wt);
       allow_smem(sm90_absorb_o<T, Wt>, smem, "mla_absorb_o");
-      sm90_absorb_o<T, Wt><<<grid, 256, smem>>>(static_cast<T*>(o.raw()), static_cast<const T*>(o_lat.raw()),
-                                                static_cast<const Wt*>(kv_b.raw()), int(N), int(H), int(dn),
-                                                int(dv), int(C), vec);
+      launch_dep("mla_absorb_o", sm90_absorb_o<T, Wt>, grid, 256, smem, static_cast<T*>(o.raw()),
+                 static_cast<const T*>(o_lat.raw()), static_cast<const Wt*>(kv_b.raw()), int(N), int(H),
+                 int(dn), int(dv), int(C), vec);
     });
   });
-  DSEEK_CUDA_LAUNCH_CHECK("mla_absorb_o");
 }
 
 void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
@@ -558,11 +597,11 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
     using T = decltype(t);
     auto launch = [&](auto kernel) {
       allow_smem(kernel, smem, "mla_decode_paged");
-      kernel<<<grid, kThreads, smem>>>(
-          static_cast<T*>(o_lat.raw()), part_o.defined() ? part_o.data<float>() : nullptr,
-          part_ml.defined() ? part_ml.data<float>() : nullptr, static_cast<const T*>(q.raw()),
-          static_cast<const T*>(pool.raw()), block_table.data<int32_t>(), seq_lens.data<int32_t>(), int(H),
-          int(W), int(C), int(MB), int(keys_per_split), qscale);
+      launch_dep("mla_decode_paged", kernel, grid, kThreads, smem, static_cast<T*>(o_lat.raw()),
+                 part_o.defined() ? part_o.data<float>() : nullptr,
+                 part_ml.defined() ? part_ml.data<float>() : nullptr, static_cast<const T*>(q.raw()),
+                 static_cast<const T*>(pool.raw()), block_table.data<int32_t>(), seq_lens.data<int32_t>(),
+                 int(H), int(W), int(C), int(MB), int(keys_per_split), qscale);
     };
     auto by_width = [&](auto v) {
       constexpr bool V = decltype(v)::value;
@@ -579,13 +618,10 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
     } else {
       by_width(std::false_type{});
     }
-    DSEEK_CUDA_LAUNCH_CHECK("mla_decode_paged");
-    if (splits > 1) {
-      sm90_mla_decode_combine<T>
-          <<<dim3(unsigned(H), unsigned(B)), 256>>>(static_cast<T*>(o_lat.raw()), part_o.data<float>(),
-                                                    part_ml.data<float>(), int(H), int(C), int(splits));
-      DSEEK_CUDA_LAUNCH_CHECK("mla_decode_paged (combine)");
-    }
+    if (splits > 1)
+      launch_dep("mla_decode_paged (combine)", sm90_mla_decode_combine<T>, dim3(unsigned(H), unsigned(B)),
+                 256, 0, static_cast<T*>(o_lat.raw()), part_o.data<float>(), part_ml.data<float>(), int(H),
+                 int(C), int(splits));
   });
 }
 
@@ -598,14 +634,14 @@ void argmax_rows(Tensor ids, const Tensor& x) {
       const int64_t G = (V + kChunk - 1) / kChunk;
       Tensor pv = Tensor::empty({N, G}, DType::F32, Device::CUDA);  // pv, pi: [N, G] each block's best
       Tensor pi = Tensor::empty({N, G}, DType::I64, Device::CUDA);
-      sm90_argmax_split<T><<<dim3(unsigned(G), unsigned(N)), 1024>>>(
-          ids.data<int64_t>(), pv.data<float>(), pi.data<int64_t>(), arrival_counters() + kArgmaxCounters,
-          static_cast<const T*>(x.raw()), V, kChunk);
+      launch_dep("argmax_rows", sm90_argmax_split<T>, dim3(unsigned(G), unsigned(N)), 1024, 0,
+                 ids.data<int64_t>(), pv.data<float>(), pi.data<int64_t>(),
+                 arrival_counters() + kArgmaxCounters, static_cast<const T*>(x.raw()), V, kChunk);
     } else {
-      sm90_argmax_rows<T><<<unsigned(N), 1024>>>(ids.data<int64_t>(), static_cast<const T*>(x.raw()), V);
+      launch_dep("argmax_rows", sm90_argmax_rows<T>, unsigned(N), 1024, 0, ids.data<int64_t>(),
+                 static_cast<const T*>(x.raw()), V);
     }
   });
-  DSEEK_CUDA_LAUNCH_CHECK("argmax_rows");
 }
 
 }  // namespace dseek::ops::cuda

@@ -3,12 +3,22 @@
 // launch per op of a decode step). The counters live in device memory, one zeroed set per device and host
 // thread (each thread has its own default stream, so steps of two threads never share a set); every
 // kernel leaves its counters at zero again, so graph replays find them ready.
+#include <cstdlib>
+#include <cstring>
 #include <map>
 
 #include "ops/cuda/common.cuh"
 #include "ops/decode_impl.h"
 
 namespace dseek::ops::cuda {
+
+bool dep_launch_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("DSEEK_PDL");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
 
 int* arrival_counters() {
   thread_local std::map<int, int*> per_device;

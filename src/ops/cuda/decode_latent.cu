@@ -17,6 +17,8 @@ __global__ void __launch_bounds__(512)
     sm90_decode_latent(T* cqn, T* pool, const T* cq, const T* kv, const Wn* q_norm, const Wn* kv_norm,
                        const int64_t* pos, const float* inv_freq, const int32_t* slots, int Q, int C, int R,
                        float af, float eps) {
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.x;
   if (cq) {
     const T* x = cq + n * Q;
@@ -54,12 +56,13 @@ void mla_decode_latent(const LatentStep& a) {
     using T = decltype(t);
     auto run = [&](auto wn) {
       using Wn = decltype(wn);
-      sm90_decode_latent<T, Wn><<<unsigned(N), 512>>>(
-          Q ? static_cast<T*>(a.cqn.raw()) : nullptr, static_cast<T*>(a.pool.raw()),
-          Q ? static_cast<const T*>(a.cq.raw()) : nullptr, static_cast<const T*>(a.kv.raw()),
-          Q ? static_cast<const Wn*>(a.q_norm.raw()) : nullptr, static_cast<const Wn*>(a.kv_norm.raw()),
-          a.positions.data<int64_t>(), a.inv_freq.data<float>(), a.slots.data<int32_t>(), Q, int(C), int(R),
-          float(a.attention_factor), float(a.eps));
+      launch_dep("mla_decode_latent", sm90_decode_latent<T, Wn>, unsigned(N), 512, 0,
+                 Q ? static_cast<T*>(a.cqn.raw()) : nullptr, static_cast<T*>(a.pool.raw()),
+                 Q ? static_cast<const T*>(a.cq.raw()) : nullptr, static_cast<const T*>(a.kv.raw()),
+                 Q ? static_cast<const Wn*>(a.q_norm.raw()) : nullptr,
+                 static_cast<const Wn*>(a.kv_norm.raw()), a.positions.data<int64_t>(),
+                 a.inv_freq.data<float>(), a.slots.data<int32_t>(), Q, int(C), int(R),
+                 float(a.attention_factor), float(a.eps));
     };
     if (a.kv_norm.dtype() == DType::F32) {
       run(float{});
@@ -67,7 +70,6 @@ void mla_decode_latent(const LatentStep& a) {
       run(T{});
     }
   });
-  DSEEK_CUDA_LAUNCH_CHECK("mla_decode_latent");
 }
 
 }  // namespace dseek::ops::cuda

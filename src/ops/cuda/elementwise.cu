@@ -27,6 +27,8 @@ __global__ void axpy_kernel(T* x, const T* y, float alpha, int64_t n) {
 
 template <typename T, typename S>
 __global__ void embedding_kernel(T* out, const int64_t* ids, const S* table, int64_t D) {
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.x;
   const S* row = table + ids[n] * D;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[n * D + i] = st<T>(ld(row[i]));
@@ -69,15 +71,14 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
   with_act(out.dtype(), "embedding_fwd", [&](auto t) {
     using T = decltype(t);
     if (table.dtype() == DType::BF16) {
-      embedding_kernel<<<int(N), 128>>>(static_cast<T*>(out.raw()), ids.data<int64_t>(),
-                                        static_cast<const bf16*>(table.raw()), D);
+      launch_dep("embedding_fwd", embedding_kernel<T, bf16>, unsigned(N), 128, 0, static_cast<T*>(out.raw()),
+                 ids.data<int64_t>(), static_cast<const bf16*>(table.raw()), D);
     } else {
       DSEEK_CHECK(table.dtype() == DType::F32, "embedding_fwd: table dtype ", dtype_name(table.dtype()));
-      embedding_kernel<<<int(N), 128>>>(static_cast<T*>(out.raw()), ids.data<int64_t>(),
-                                        static_cast<const float*>(table.raw()), D);
+      launch_dep("embedding_fwd", embedding_kernel<T, float>, unsigned(N), 128, 0, static_cast<T*>(out.raw()),
+                 ids.data<int64_t>(), static_cast<const float*>(table.raw()), D);
     }
   });
-  DSEEK_CUDA_LAUNCH_CHECK("embedding_fwd");
 }
 
 void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width) {

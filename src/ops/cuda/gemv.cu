@@ -14,28 +14,53 @@ namespace {
 
 constexpr int kWarps = 8;
 
-// acc[n] = one lane's part of w_row · x[n] (the warp's lanes cover the row; warp_sum completes it).
+// 16-byte weight chunks per lane read before dep_wait (a whole 1024-wide bf16 row: chunk j of a lane is
+// at column lane·8 + j·256), so under programmatic dependent launch a row's bytes are on their way while
+// the previous kernel of the step finishes.
+constexpr int kPre = 4;
+
+__device__ __forceinline__ void row_pre(uint4 (&pre)[kPre], const bf16* wr, int64_t I, bool vec, int lane) {
+  if (!vec) return;
+#pragma unroll
+  for (int j = 0; j < kPre; ++j) {
+    const int64_t i = int64_t(lane) * 8 + j * 256;
+    if (i < I) pre[j] = __ldg(reinterpret_cast<const uint4*>(wr + i));
+  }
+}
+
+// acc[n] += the chunk's 8 weights · x[n, i .. i + 8).
 template <int NB>
-__device__ __forceinline__ void row_dot(float* acc, const bf16* wr, const float* x, int64_t I, bool vec,
-                                        int lane) {
+__device__ __forceinline__ void dot_chunk(float* acc, const uint4& raw, const float* x, int64_t I,
+                                          int64_t i) {
+  const bf16* wv = reinterpret_cast<const bf16*>(&raw);
+  float wf[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) wf[j] = __bfloat162float(wv[j]);
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+    const float4 a = *reinterpret_cast<const float4*>(x + n * I + i);
+    const float4 b = *reinterpret_cast<const float4*>(x + n * I + i + 4);
+    acc[n] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
+              wf[6] * b.z + wf[7] * b.w;
+  }
+}
+
+// acc[n] = one lane's part of w_row · x[n] (the warp's lanes cover the row; warp_sum completes it); the
+// lane's first kPre chunks come from pre (row_pre), the rest are read here, in the same order.
+template <int NB>
+__device__ __forceinline__ void row_dot(float* acc, const uint4 (&pre)[kPre], const bf16* wr, const float* x,
+                                        int64_t I, bool vec, int lane) {
 #pragma unroll
   for (int n = 0; n < NB; ++n) acc[n] = 0.0f;
   if (vec) {
-#pragma unroll 4
-    for (int64_t i = int64_t(lane) * 8; i < I; i += 256) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(wr + i);
-      const bf16* wv = reinterpret_cast<const bf16*>(&raw);
-      float wf[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) wf[j] = __bfloat162float(wv[j]);
-#pragma unroll
-      for (int n = 0; n < NB; ++n) {
-        const float4 a = *reinterpret_cast<const float4*>(x + n * I + i);
-        const float4 b = *reinterpret_cast<const float4*>(x + n * I + i + 4);
-        acc[n] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-                  wf[6] * b.z + wf[7] * b.w;
-      }
+    for (int j = 0; j < kPre; ++j) {
+      const int64_t i = int64_t(lane) * 8 + j * 256;
+      if (i < I) dot_chunk<NB>(acc, pre[j], x, I, i);
     }
+#pragma unroll 4
+    for (int64_t i = int64_t(lane) * 8 + kPre * 256; i < I; i += 256)
+      dot_chunk<NB>(acc, *reinterpret_cast<const uint4*>(wr + i), x, I, i);
   } else {
     for (int64_t i = lane; i < I; i += 32) {
       const float wf = __bfloat162float(wr[i]);
@@ -49,11 +74,15 @@ __device__ __forceinline__ void row_dot(float* acc, const bf16* wr, const float*
 template <int NB>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_bf16_kernel(float* y, const float* x, const bf16* w, int64_t I, int64_t O, bool vec) {
+  dep_launch();
   const int lane = threadIdx.x & 31;
   const int64_t o = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
+  uint4 pre[kPre] = {};
+  if (o < O) row_pre(pre, w + o * I, I, vec, lane);
+  dep_wait();
   if (o >= O) return;
   float acc[NB];
-  row_dot<NB>(acc, w + o * I, x, I, vec, lane);
+  row_dot<NB>(acc, pre, w + o * I, x, I, vec, lane);
 #pragma unroll
   for (int n = 0; n < NB; ++n) {
     const float s = warp_sum(acc[n]);
@@ -66,13 +95,18 @@ template <int NB>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_gemv_bf16_pair(float* ya, float* yb, const float* x, const bf16* wa, const bf16* wb, int64_t I,
                         int64_t Oa, int64_t Ob, bool vec) {
+  dep_launch();
   const int lane = threadIdx.x & 31;
   const int64_t o = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
-  if (o >= Oa + Ob) return;
   const bool a = o < Oa;
   const int64_t r = a ? o : o - Oa, O = a ? Oa : Ob;
+  const bf16* wr = (a ? wa : wb) + r * I;
+  uint4 pre[kPre] = {};
+  if (o < Oa + Ob) row_pre(pre, wr, I, vec, lane);
+  dep_wait();
+  if (o >= Oa + Ob) return;
   float acc[NB];
-  row_dot<NB>(acc, (a ? wa : wb) + r * I, x, I, vec, lane);
+  row_dot<NB>(acc, pre, wr, x, I, vec, lane);
   float* y = a ? ya : yb;
 #pragma unroll
   for (int n = 0; n < NB; ++n) {
@@ -86,12 +120,19 @@ template <int NB>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_gemv_bf16_swiglu(float* y, const float* x, const bf16* wg, const bf16* wu, int64_t I, int64_t F,
                           bool vec) {
+  dep_launch();
   const int lane = threadIdx.x & 31;
   const int64_t f = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
+  uint4 pg[kPre] = {}, pu[kPre] = {};
+  if (f < F) {
+    row_pre(pg, wg + f * I, I, vec, lane);
+    row_pre(pu, wu + f * I, I, vec, lane);
+  }
+  dep_wait();
   if (f >= F) return;
   float ag[NB], au[NB];
-  row_dot<NB>(ag, wg + f * I, x, I, vec, lane);
-  row_dot<NB>(au, wu + f * I, x, I, vec, lane);
+  row_dot<NB>(ag, pg, wg + f * I, x, I, vec, lane);
+  row_dot<NB>(au, pu, wu + f * I, x, I, vec, lane);
 #pragma unroll
   for (int n = 0; n < NB; ++n) {
     const float g = warp_sum(ag[n]), u = warp_sum(au[n]);
@@ -106,7 +147,8 @@ bool vec_ok(const void* x, const void* a, const void* b, int64_t I) {
 
 template <int NB>
 void launch(float* y, const float* x, const bf16* w, int64_t I, int64_t O, bool vec) {
-  gemv_bf16_kernel<NB><<<unsigned((O + kWarps - 1) / kWarps), kWarps * 32>>>(y, x, w, I, O, vec);
+  launch_dep("linear (bf16 gemv)", gemv_bf16_kernel<NB>, unsigned((O + kWarps - 1) / kWarps), kWarps * 32, 0,
+             y, x, w, I, O, vec);
 }
 
 }  // namespace
@@ -127,8 +169,6 @@ void gemv_bf16(Tensor out, const Tensor& x, const Tensor& w) {
     using NB = decltype(nb);
     launch<NB::value>(y, xp, wp, I, O, vec);
   });
-
-  DSEEK_CUDA_LAUNCH_CHECK("linear (bf16 gemv)");
 }
 
 void gemv_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, const Tensor& w_b) {
@@ -139,10 +179,10 @@ void gemv_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, c
   const bool vec = vec_ok(xp, wa, wb, I);
   with_rows(N, "linear_pair", [&](auto nb) {
     using NB = decltype(nb);
-    sm90_gemv_bf16_pair<NB::value><<<unsigned((Oa + Ob + kWarps - 1) / kWarps), kWarps * 32>>>(
-        out_a.data<float>(), out_b.data<float>(), xp, wa, wb, I, Oa, Ob, vec);
+    launch_dep("linear_pair (bf16 gemv)", sm90_gemv_bf16_pair<NB::value>,
+               unsigned((Oa + Ob + kWarps - 1) / kWarps), kWarps * 32, 0, out_a.data<float>(),
+               out_b.data<float>(), xp, wa, wb, I, Oa, Ob, vec);
   });
-  DSEEK_CUDA_LAUNCH_CHECK("linear_pair (bf16 gemv)");
 }
 
 void gemv_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor& w_up) {
@@ -153,10 +193,9 @@ void gemv_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor
   const bool vec = vec_ok(xp, wg, wu, I);
   with_rows(N, "linear_swiglu", [&](auto nb) {
     using NB = decltype(nb);
-    sm90_gemv_bf16_swiglu<NB::value>
-        <<<unsigned((F + kWarps - 1) / kWarps), kWarps * 32>>>(out.data<float>(), xp, wg, wu, I, F, vec);
+    launch_dep("linear_swiglu (bf16 gemv)", sm90_gemv_bf16_swiglu<NB::value>,
+               unsigned((F + kWarps - 1) / kWarps), kWarps * 32, 0, out.data<float>(), xp, wg, wu, I, F, vec);
   });
-  DSEEK_CUDA_LAUNCH_CHECK("linear_swiglu (bf16 gemv)");
 }
 
 }  // namespace dseek::ops::cuda

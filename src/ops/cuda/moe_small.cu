@@ -100,6 +100,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                            bool vec) {
   __shared__ int rows[kMoeSmallTokens * 16];
   __shared__ int count;
+  dep_launch();
+  dep_wait();
   const int e = row_expert(idx, NK, E, min(E, NK));
   if (e < 0) return;
   const int c = gather_slots(rows, &count, idx, NK, K, KS, e, E);
@@ -150,6 +152,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                         int NK, int K, int KS, int E, int D, int F, bool vec) {
   __shared__ int rows[kMoeSmallTokens * 16];
   __shared__ int count;
+  dep_launch();
+  dep_wait();
   const int e = row_expert(idx, NK, E, min(E, NK));
   if (e < 0) return;
   const int c = gather_slots(rows, &count, idx, NK, K, KS, e, E);
@@ -188,6 +192,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 // grid N: out[n, d] = Σ_k w[n, k] · yp[n·KS + k, d], k ascending, then + yp[n·KS + K, d] (the shared
 // expert) when KS > K.
 __global__ void sm90_moe_small_combine(float* out, const float* yp, const float* w, int K, int KS, int D) {
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.x;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0.0f;
@@ -234,15 +240,14 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
   auto run_chunk = [&](auto wt, auto ch) {
     using Wt = decltype(wt);
     constexpr int kChunk = decltype(ch)::value;
-    sm90_moe_small_gate_up<Wt, kChunk>
-        <<<dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
-            h.data<float>(), x.data<float>(), topk_idx.data<int32_t>(), g, u, sg, su, int(NK), int(K),
-            int(KS), int(E), int(D), int(F), vec_gu);
-    DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (gate, up)");
-    sm90_moe_small_down<Wt, kChunk><<<dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32>>>(
-        yp.data<float>(), h.data<float>(), topk_idx.data<int32_t>(), dn, sd, int(NK), int(K), int(KS), int(E),
-        int(D), int(F), vec_dn);
-    DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (down)");
+    launch_dep("moe_experts_small (gate, up)", sm90_moe_small_gate_up<Wt, kChunk>,
+               dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32, 0, h.data<float>(),
+               x.data<float>(), topk_idx.data<int32_t>(), g, u, sg, su, int(NK), int(K), int(KS), int(E),
+               int(D), int(F), vec_gu);
+    launch_dep("moe_experts_small (down)", sm90_moe_small_down<Wt, kChunk>,
+               dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32, 0, yp.data<float>(),
+               h.data<float>(), topk_idx.data<int32_t>(), dn, sd, int(NK), int(K), int(KS), int(E), int(D),
+               int(F), vec_dn);
   };
   auto run = [&](auto wt) {
     if (N == 1) {
@@ -258,9 +263,8 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
   } else {
     run(bf16{});
   }
-  sm90_moe_small_combine<<<unsigned(N), 1024>>>(out.data<float>(), yp.data<float>(), topk_w.data<float>(),
-                                                int(K), int(KS), int(D));
-  DSEEK_CUDA_LAUNCH_CHECK("moe_experts_small (combine)");
+  launch_dep("moe_experts_small (combine)", sm90_moe_small_combine, unsigned(N), 1024, 0, out.data<float>(),
+             yp.data<float>(), topk_w.data<float>(), int(K), int(KS), int(D));
 }
 
 }  // namespace dseek::ops::cuda

@@ -11,6 +11,8 @@ namespace {
 
 template <typename T, typename W>
 __global__ void rmsnorm_kernel(T* out, T* rstd, const T* x, const W* w, int64_t D, float eps) {
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.x;
   const T* xr = x + n * D;
   float ss = 0;
@@ -29,6 +31,8 @@ __global__ void rmsnorm_kernel(T* out, T* rstd, const T* x, const W* w, int64_t 
 // thread reads back only the elements it wrote.
 template <typename T, typename W>
 __global__ void add_rmsnorm_kernel(T* h, T* out, T* rstd, const T* y, const W* w, int64_t D, float eps) {
+  dep_launch();
+  dep_wait();
   const int64_t n = blockIdx.x;
   T* hr = h + n * D;
   const T* yr = y + n * D;
@@ -108,14 +112,13 @@ void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, doub
     using T = decltype(t);
     T* r = rstd.defined() ? static_cast<T*>(rstd.raw()) : nullptr;
     if (w.dtype() == DType::F32) {
-      rmsnorm_kernel<<<int(N), 256>>>(static_cast<T*>(out.raw()), r, static_cast<const T*>(x.raw()),
-                                      static_cast<const float*>(w.raw()), D, float(eps));
+      launch_dep("rmsnorm_fwd", rmsnorm_kernel<T, float>, unsigned(N), 256, 0, static_cast<T*>(out.raw()), r,
+                 static_cast<const T*>(x.raw()), static_cast<const float*>(w.raw()), D, float(eps));
     } else {
-      rmsnorm_kernel<<<int(N), 256>>>(static_cast<T*>(out.raw()), r, static_cast<const T*>(x.raw()),
-                                      static_cast<const T*>(w.raw()), D, float(eps));
+      launch_dep("rmsnorm_fwd", rmsnorm_kernel<T, T>, unsigned(N), 256, 0, static_cast<T*>(out.raw()), r,
+                 static_cast<const T*>(x.raw()), static_cast<const T*>(w.raw()), D, float(eps));
     }
   });
-  DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_fwd");
 }
 
 void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps) {
@@ -141,10 +144,11 @@ void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const T
     }
     const int threads = D >= 1024 ? 1024 : 256;  // a decode step's few rows: every load in flight at once
     if (w.dtype() == DType::F32) {
-      add_rmsnorm_kernel<<<int(N), threads>>>(hp, op, r, yp, static_cast<const float*>(w.raw()), D,
-                                              float(eps));
+      launch_dep("add_rmsnorm_fwd", add_rmsnorm_kernel<T, float>, unsigned(N), threads, 0, hp, op, r, yp,
+                 static_cast<const float*>(w.raw()), D, float(eps));
     } else {
-      add_rmsnorm_kernel<<<int(N), threads>>>(hp, op, r, yp, static_cast<const T*>(w.raw()), D, float(eps));
+      launch_dep("add_rmsnorm_fwd", add_rmsnorm_kernel<T, T>, unsigned(N), threads, 0, hp, op, r, yp,
+                 static_cast<const T*>(w.raw()), D, float(eps));
     }
   });
   DSEEK_CUDA_LAUNCH_CHECK("add_rmsnorm_fwd");

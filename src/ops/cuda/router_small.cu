@@ -158,21 +158,36 @@ __global__ void __launch_bounds__(256)
                        const Tg* gate, const float* bias, int E, int D, bool vec, RouterParams p) {
   __shared__ float lg[kMaxE];
   __shared__ bool last;
+  dep_launch();
   const int64_t n = blockIdx.y;
   const int lane = threadIdx.x & 31, e = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const float* xr = x + n * D;
+  const Tg* g = gate + int64_t(e < E ? e : 0) * D;
+  // The lane's first kPre chunks of its gate row, read before the wait (weights only).
+  constexpr int kPre = 4;
+  float pre[kPre][8] = {};
+  if (e < E && vec)
+#pragma unroll
+    for (int j = 0; j < kPre; ++j)
+      if (lane * 8 + j * 256 < D) load8g(g + lane * 8 + j * 256, pre[j]);
+  dep_wait();
   if (e < E) {
-    const Tg* g = gate + int64_t(e) * D;
     float acc = 0.0f;
     if (vec) {
-#pragma unroll 4
-      for (int i = lane * 8; i < D; i += 256) {
-        float w8[8];
-        load8g(g + i, w8);
+      const auto dot = [&](const float* w8, int i) {
         const float4 a = *reinterpret_cast<const float4*>(xr + i),
                      b = *reinterpret_cast<const float4*>(xr + i + 4);
         acc += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
                w8[6] * b.z + w8[7] * b.w;
+      };
+#pragma unroll
+      for (int j = 0; j < kPre; ++j)
+        if (lane * 8 + j * 256 < D) dot(pre[j], lane * 8 + j * 256);
+#pragma unroll 4
+      for (int i = lane * 8 + kPre * 256; i < D; i += 256) {
+        float w8[8];
+        load8g(g + i, w8);
+        dot(w8, i);
       }
     } else {
       for (int i = lane; i < D; i += 32) acc += ld(g[i]) * xr[i];
@@ -230,15 +245,14 @@ void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor
   int* arrive = arrival_counters() + kRouterCounters;
   const dim3 grid{unsigned((E + 7) / 8), unsigned(N)};
   if (gate.dtype() == DType::F32) {
-    sm90_router_decode<float><<<grid, 256>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
-                                             logits.data<float>(), arrive, x.data<float>(),
-                                             gate.data<float>(), b, int(E), int(D), vec, p);
+    launch_dep("router_decode", sm90_router_decode<float>, grid, 256, 0, topk_idx.data<int32_t>(),
+               topk_w.data<float>(), logits.data<float>(), arrive, x.data<float>(), gate.data<float>(), b,
+               int(E), int(D), vec, p);
   } else {
-    sm90_router_decode<bf16><<<grid, 256>>>(topk_idx.data<int32_t>(), topk_w.data<float>(),
-                                            logits.data<float>(), arrive, x.data<float>(),
-                                            static_cast<const bf16*>(gate.raw()), b, int(E), int(D), vec, p);
+    launch_dep("router_decode", sm90_router_decode<bf16>, grid, 256, 0, topk_idx.data<int32_t>(),
+               topk_w.data<float>(), logits.data<float>(), arrive, x.data<float>(),
+               static_cast<const bf16*>(gate.raw()), b, int(E), int(D), vec, p);
   }
-  DSEEK_CUDA_LAUNCH_CHECK("router_decode");
 }
 
 }  // namespace dseek::ops::cuda
