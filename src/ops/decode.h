@@ -70,8 +70,9 @@ void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn,
 // included, last) in the blocks block_table[b, 0 .. ceil(seq_lens[b] / 64)); its query sees all of them:
 // o_lat[b, h] = softmax(scale · q[b, h] · rowsᵀ) · rows[:, :C].
 // o_lat: [B, H, C], q: [B, H, C + R], pool: [NB, 64, C + R] (dtype of q), block_table: [B, MB] I32,
-// seq_lens: [B] I32 (on the device of q; every length ≥ 1). `max_len` (≥ every seq_len) sizes the split
-// of long sequences across thread blocks on the GPU; 0 means "read it from seq_lens".
+// seq_lens: [B] I32 (on the device of q; every length ≥ 1; both written by the host, i.e. uploaded before
+// the step: the GPU kernel reads them before waiting for the kernels before it). `max_len` (≥ every seq_len)
+// sizes the split of long sequences across thread blocks on the GPU; 0 means "read it from seq_lens".
 void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
                       const Tensor& seq_lens, double scale, int64_t max_len = 0);
 

@@ -99,7 +99,8 @@ TEST_F(CudaDecode, PagedDecodeMatchesCpu) {
     check_paged({.H = 16, .C = 256, .R = 32, .lens = {200, 1, 3000, 77}}, dt);  // bench-1b, split
     check_paged({.H = 20, .C = 64, .R = 16, .lens = {129, 33}}, dt);            // two head groups
     check_paged({.H = 16, .C = 512, .R = 64, .lens = {1000, 5}}, dt);           // V3 widths, CPT 2
-    check_paged({.H = 3, .C = 30, .R = 5, .lens = {100}}, dt);                  // W odd: scalar loads
+    check_paged({.H = 16, .C = 512, .R = 64, .lens = {70}}, dt);  // V3 widths, one wave: flat tile loads
+    check_paged({.H = 3, .C = 30, .R = 5, .lens = {100}}, dt);    // W odd: scalar loads
     check_paged({.H = 16, .C = 256, .R = 32, .lens = std::vector<int64_t>(32, 300)}, dt);  // batch 32
   }
 }

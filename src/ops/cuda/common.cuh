@@ -119,6 +119,18 @@ __device__ __forceinline__ void dep_launch() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
 
+// A hint to bring [p, p + bytes) into L2 (Hopper bulk prefetch in pieces of at most 64 KB, lane-strided
+// over `lanes` threads). It never changes a value read later, so it may name anything, before dep_wait
+// too. p 16-byte aligned, bytes a multiple of 16.
+__device__ __forceinline__ void prefetch_l2(const void* p, int64_t bytes, int lane, int lanes) {
+  constexpr int64_t kPiece = 64 * 1024;
+  for (int64_t off = int64_t(lane) * kPiece; off < bytes; off += int64_t(lanes) * kPiece) {
+    const uint32_t n = uint32_t(bytes - off < kPiece ? bytes - off : kPiece);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(static_cast<const char*>(p) + off), "r"(n)
+                 : "memory");
+  }
+}
+
 // Whether launch_dep asks for programmatic serialization (DSEEK_PDL=0 turns it off: the same kernels in
 // plain stream order, for comparison).
 bool dep_launch_enabled();

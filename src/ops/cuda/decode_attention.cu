@@ -6,7 +6,10 @@
 //   * sm90_mla_decode_paged: one thread block per (sequence, key split, group of ≤ 16 heads) streams the
 //     split's cached rows through shared memory in tiles of 32 once for all heads of the group (so with
 //     H ≤ 16 each latent row is read once per step), with an online softmax in f32; a second kernel
-//     combines the splits (FlashDecoding);
+//     combines the splits (FlashDecoding). Before its dependency wait (common.cuh launch_dep) a block
+//     reads the host-written lengths and block table and asks L2 for its first tiles; a grid of one
+//     wave stages each tile with all of a thread's loads in flight (latency), larger grids keep the
+//     registers low (occupancy);
 //   * sm90_argmax_rows / sm90_argmax_split: greedy choice on the device, so only token ids go back to the
 //     host (rows of a decode step split over blocks, the last block of a row combining them).
 #include <algorithm>
@@ -27,6 +30,7 @@ constexpr int kHG = 16;        // heads per thread block
 constexpr int kThreads = 256;  // 8 warps
 constexpr int kWarps = kThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kMaxSplits = 256;  // key splits of one sequence (the combine's block has a thread per split)
 
 template <typename T>
 __global__ void sm90_paged_cache_write(T* pool, const T* rows, const int32_t* slots, int W) {
@@ -222,8 +226,10 @@ __host__ __device__ constexpr int decode_smem_floats(int W, bool vec) {
 // key-major so one key's 16 weights are 4 broadcast 16-byte loads), and per head m, l, alpha.
 // With splits == 1 the block writes the normalized result to out; else its unnormalized accumulator to
 // part_o [B, splits, H, C] and (m, l) to part_ml [B, splits, H, 2].
-template <typename T, int CPT, bool VEC>
-__global__ void __launch_bounds__(kThreads)
+template <typename T, int CPT, bool VEC, bool FLAT>
+__global__ void __launch_bounds__(kThreads, FLAT       ? 1
+                                            : CPT == 1 ? 3
+                                                       : 2)
     sm90_mla_decode_paged(T* out, float* part_o, float* part_ml, const T* q, const T* pool, const int32_t* bt,
                           const int32_t* lens, int H, int W, int C, int MB, int keys_per_split,
                           float qscale) {
@@ -236,19 +242,51 @@ __global__ void __launch_bounds__(kThreads)
   float* l = m + kHG;
   float* alpha = l + kHG;
   dep_launch();
-  dep_wait();
   const int split = blockIdx.x, splits = gridDim.x, b = blockIdx.y, h0 = blockIdx.z * kHG;
   const int nh = min(kHG, H - h0);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  for (int i = tid; i < kHG * W; i += kThreads)
-    qs[i] = i < nh * W ? ld(q[(int64_t(b) * H + h0) * W + i]) * qscale : 0.0f;
+  // Before the wait: the lengths and block tables (host-written: uploaded before the step, see
+  // ops/decode.h), and an L2 prefetch of the split's cached rows (a hint; the rows are read after it).
+  const int L = lens[b];
+  const int k_begin = split * keys_per_split, k_end = min(L, k_begin + keys_per_split);
+  const int32_t* table = bt + int64_t(b) * MB;
+  // A tile of 32 keys at k0 (a multiple of 32) is 32 consecutive rows of cache block table[k0 / 64].
+  const auto tile_src = [&](int k0) {
+    return pool + (int64_t(table[k0 / kCacheBlock]) * kCacheBlock + k0 % kCacheBlock) * W;
+  };
+  // (The first two tiles only: a long split's later tiles stream while earlier ones are used, and
+  // prefetching all splits of a large batch at once would overflow L2.)
+  if (VEC && warp == 0 && lane < 2 && (W * sizeof(T)) % 16 == 0) {
+    const int k0 = k_begin + lane * kTK;
+    if (k0 < k_end) prefetch_l2(tile_src(k0), int64_t(min(kTK, k_end - k0)) * W * int64_t(sizeof(T)), 0, 1);
+  }
+  dep_wait();
+  if constexpr (VEC) {  // the queries: a thread's 4 loads at a time in flight
+    const T* qb = q + (int64_t(b) * H + h0) * W;
+    const int W4 = W / 4, n4 = kHG * W4, nq4 = nh * W4;
+    for (int base = 0; base < n4; base += 4 * kThreads) {
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = base + tid + u * kThreads;
+        v[u] = i < nq4 ? ld4(qb + 4 * i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = base + tid + u * kThreads;
+        if (i < n4)
+          *reinterpret_cast<float4*>(qs + 4 * i) =
+              make_float4(v[u].x * qscale, v[u].y * qscale, v[u].z * qscale, v[u].w * qscale);
+      }
+    }
+  } else {
+    for (int i = tid; i < kHG * W; i += kThreads)
+      qs[i] = i < nh * W ? ld(q[(int64_t(b) * H + h0) * W + i]) * qscale : 0.0f;
+  }
   if (tid < kHG) {
     m[tid] = -INFINITY;
     l[tid] = 0.0f;
   }
-  const int L = lens[b];
-  const int k_begin = split * keys_per_split, k_end = min(L, k_begin + keys_per_split);
-  const int32_t* table = bt + int64_t(b) * MB;
   float acc[kHG][CPT];
 #pragma unroll
   for (int h = 0; h < kHG; ++h)
@@ -257,16 +295,32 @@ __global__ void __launch_bounds__(kThreads)
   for (int k0 = k_begin; k0 < k_end; k0 += kTK) {
     const int nk = min(kTK, k_end - k0);
     __syncthreads();  // the previous tile is consumed (and qs, m, l are ready on the first)
-    // Each warp loads whole rows: lanes along the row, coalesced.
-    for (int kk = warp; kk < nk; kk += kWarps) {
-      const int key = k0 + kk;
-      const T* src = pool + (int64_t(table[key / kCacheBlock]) * kCacheBlock + key % kCacheBlock) * W;
-      float* dst = rs + kk * RS;
-      if constexpr (VEC) {
-        for (int i = lane * 4; i < W; i += 128) *reinterpret_cast<float4*>(dst + i) = ld4(src + i);
-      } else {
-        for (int i = lane; i < W; i += 32) dst[i] = ld(src[i]);
+    const T* src = tile_src(k0);
+    if constexpr (VEC && FLAT) {  // the tile's nk·W / 4 float4, a thread's 8 at a time in flight
+      const int W4 = W / 4, n4 = nk * W4;
+      for (int base = 0; base < n4; base += 8 * kThreads) {
+        float4 v[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = base + tid + u * kThreads;
+          if (i < n4) v[u] = ld4(src + 4 * i);
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int i = base + tid + u * kThreads;
+          if (i < n4) {
+            const int kk = i / W4, c = i - kk * W4;
+            *reinterpret_cast<float4*>(rs + kk * RS + 4 * c) = v[u];
+          }
+        }
       }
+    } else if constexpr (VEC) {  // each warp loads whole rows: lanes along the row, coalesced
+      for (int kk = warp; kk < nk; kk += kWarps)
+        for (int i = lane * 4; i < W; i += 128)
+          *reinterpret_cast<float4*>(rs + kk * RS + i) = ld4(src + int64_t(kk) * W + i);
+    } else {  // each warp loads whole rows: lanes along the row, coalesced
+      for (int kk = warp; kk < nk; kk += kWarps)
+        for (int i = lane; i < W; i += 32) rs[kk * RS + i] = ld(src[int64_t(kk) * W + i]);
     }
     __syncthreads();
     // Scores: warp w takes heads w and w + 8 (the second may be past nh: its query is zero), lane = key.
@@ -364,26 +418,25 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float* part_ml, int H, int C,
                                         int splits) {
+  __shared__ float wt[kMaxSplits];  // split s's weight 2^(m_s − M) / Σ_s 2^(m_s − M) l_s (0: empty)
   dep_launch();
   dep_wait();
   const int h = blockIdx.x, b = blockIdx.y;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, part_ml[2 * ((int64_t(b) * splits + s) * H + h)]);
-  float den = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const int64_t i = (int64_t(b) * splits + s) * H + h;
-    const float ms = part_ml[2 * i];
-    if (ms != -INFINITY) den += exp2f(ms - M) * part_ml[2 * i + 1];
+  float ms = -INFINITY, lsum = 0.0f;  // thread s's split (splits ≤ blockDim.x)
+  if (int(threadIdx.x) < splits) {
+    const int64_t i = (int64_t(b) * splits + threadIdx.x) * H + h;
+    ms = part_ml[2 * i];
+    lsum = part_ml[2 * i + 1];
   }
-  const float inv = 1.0f / den;
+  const float M = block_max(ms);
+  const float den = block_sum(ms == -INFINITY ? 0.0f : exp2f(ms - M) * lsum);
+  if (int(threadIdx.x) < splits) wt[threadIdx.x] = ms == -INFINITY ? 0.0f : exp2f(ms - M) / den;
+  __syncthreads();
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float acc = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const int64_t i = (int64_t(b) * splits + s) * H + h;
-      const float ms = part_ml[2 * i];
-      if (ms != -INFINITY) acc += exp2f(ms - M) * part_o[i * C + c];
-    }
-    out[(int64_t(b) * H + h) * C + c] = st<T>(acc * inv);
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) acc += wt[s] * part_o[((int64_t(b) * splits + s) * H + h) * C + c];
+    out[(int64_t(b) * H + h) * C + c] = st<T>(acc);
   }
 }
 
@@ -581,7 +634,8 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
   const int64_t groups = (H + kHG - 1) / kHG;
   // Split long sequences so that about two blocks per SM are busy; splits hold whole tiles.
   const int64_t tiles = std::max<int64_t>(1, (max_len + kTK - 1) / kTK);
-  int64_t splits = std::clamp<int64_t>((2 * sm_count() + B * groups - 1) / (B * groups), 1, tiles);
+  int64_t splits = std::clamp<int64_t>((2 * sm_count() + B * groups - 1) / (B * groups), 1,
+                                       std::min<int64_t>(tiles, kMaxSplits));
   const int64_t keys_per_split = ((tiles + splits - 1) / splits) * kTK;
   splits = std::max<int64_t>(1, (max_len + keys_per_split - 1) / keys_per_split);
   Tensor part_o, part_ml;
@@ -603,20 +657,24 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
                  static_cast<const T*>(pool.raw()), block_table.data<int32_t>(), seq_lens.data<int32_t>(),
                  int(H), int(W), int(C), int(MB), int(keys_per_split), qscale);
     };
-    auto by_width = [&](auto v) {
-      constexpr bool V = decltype(v)::value;
+    auto by_width = [&](auto v, auto f) {
+      constexpr bool V = decltype(v)::value, F = decltype(f)::value;
       if (C <= kThreads) {
-        launch(sm90_mla_decode_paged<T, 1, V>);
+        launch(sm90_mla_decode_paged<T, 1, V, F>);
       } else if (C <= 2 * kThreads) {
-        launch(sm90_mla_decode_paged<T, 2, V>);
+        launch(sm90_mla_decode_paged<T, 2, V, F>);
       } else {
-        launch(sm90_mla_decode_paged<T, 4, V>);
+        launch(sm90_mla_decode_paged<T, 4, V, F>);
       }
     };
-    if (vec) {
-      by_width(std::true_type{});
+    // Grids of one wave (a decode step of few sequences) are latency-bound: there a tile is one round
+    // trip (FLAT: registers for 8 loads per thread, one block per SM); larger grids keep occupancy.
+    if (vec && splits * B * groups <= sm_count()) {
+      by_width(std::true_type{}, std::true_type{});
+    } else if (vec) {
+      by_width(std::true_type{}, std::false_type{});
     } else {
-      by_width(std::false_type{});
+      by_width(std::false_type{}, std::false_type{});
     }
     if (splits > 1)
       launch_dep("mla_decode_paged (combine)", sm90_mla_decode_combine<T>, dim3(unsigned(H), unsigned(B)),

@@ -3,7 +3,9 @@
 // warp, products accumulate in f32 for all N rows at once, and the activations are never rounded to
 // bf16 (so decoding matches the CPU's bf16-weight path). Two fused forms for a decode step (ops/decode.h):
 // two weight matrices over one input in one launch (q_a_proj and kv_a_proj_with_mqa), and gate + up with
-// the SwiGLU in one launch (a warp reads both rows of output f and writes silu(g) · u).
+// the SwiGLU in one launch (a warp reads both rows of output f and writes silu(g) · u). Launched with
+// programmatic dependent launch (common.cuh launch_dep): a warp's first four 16-byte chunks of its row are
+// read before the wait, while the kernel before it finishes.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/gemv.h"
 #include "ops/decode_impl.h"

@@ -6,7 +6,9 @@
 // min(E, N·K) rows are launched. Three launches: gate+up with SwiGLU, down, and the
 // weighted sum over each token's K slots in a fixed order (deterministic). A shared expert of the same
 // width runs as expert E (grid row E, every token, slot K of KS = K + 1 per token, weight 1, added after
-// the routed sum), so the whole MoE layer of a decode step is these three launches.
+// the routed sum), so the whole MoE layer of a decode step is these three launches. One token (a batch-1
+// step) skips the gathering: row y is slot y. Under programmatic dependent launch the gate+up launch asks
+// L2 for the shared expert's matrices before its wait and for each chosen expert's down matrix after it.
 #include <algorithm>
 
 #include "ops/cuda/common.cuh"
@@ -86,6 +88,25 @@ __device__ __forceinline__ int row_expert(const int32_t* idx, int NK, int E, int
   return y == R ? E : nth_expert(idx, NK, E, y);
 }
 
+// Grid row y's expert (−1: nothing to do) and its slots in rows[0 .. *c). One token (NK == K): row y < K
+// owns slot y, whose expert is idx[y] (whatever the order, repeats included — each row its own slot), so
+// the row needs one load instead of the scans of nth_expert and gather_slots; row K is the shared expert.
+__device__ int row_slots(int* rows, int* count, int* c, const int32_t* idx, int NK, int K, int KS, int E) {
+  const int R = min(E, NK), y = blockIdx.y;
+  if (NK == K) {
+    const int e = y == R ? E : idx[y];
+    if (e != E && unsigned(e) >= unsigned(E)) return -1;
+    if (threadIdx.x == 0) rows[0] = y == R ? K : y;
+    __syncthreads();
+    *c = 1;
+    return e;
+  }
+  const int e = row_expert(idx, NK, E, R);
+  if (e < 0) return -1;
+  *c = gather_slots(rows, count, idx, NK, K, KS, e, E);
+  return e;
+}
+
 // Expert e's matrix: the table's, or the shared expert's for e = E.
 __device__ __forceinline__ const void* mat(const ExpertPtrs& t, const void* shared, int e, int E) {
   return e == E ? shared : t.p[e];
@@ -96,15 +117,23 @@ __device__ __forceinline__ const void* mat(const ExpertPtrs& t, const void* shar
 template <typename Wt, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_moe_small_gate_up(float* h, const float* x, const int32_t* idx, ExpertPtrs gate, ExpertPtrs up,
-                           const void* sh_gate, const void* sh_up, int NK, int K, int KS, int E, int D, int F,
-                           bool vec) {
+                           ExpertPtrs down, const void* sh_gate, const void* sh_up, const void* sh_down,
+                           int NK, int K, int KS, int E, int D, int F, bool vec, bool aligned) {
   __shared__ int rows[kMoeSmallTokens * 16];
   __shared__ int count;
   dep_launch();
+  const int64_t mat_bytes = int64_t(F) * D * int64_t(sizeof(Wt));  // gate, up and down are F·D each
+  const bool hint = aligned && threadIdx.x < 32 && blockIdx.x == 0 && mat_bytes % 16 == 0;
+  if (hint && sh_gate && int(blockIdx.y) == min(E, NK)) {  // the shared expert's row: known before the wait
+    prefetch_l2(sh_gate, mat_bytes, threadIdx.x, 32);
+    prefetch_l2(sh_up, mat_bytes, threadIdx.x, 32);
+  }
   dep_wait();
-  const int e = row_expert(idx, NK, E, min(E, NK));
+  int c = 0;
+  const int e = row_slots(rows, &count, &c, idx, NK, K, KS, E);
   if (e < 0) return;
-  const int c = gather_slots(rows, &count, idx, NK, K, KS, e, E);
+  // One block per expert brings the expert's down matrix into L2 for the next launch (a hint).
+  if (hint) prefetch_l2(e == E ? sh_down : down.p[e], mat_bytes, threadIdx.x, 32);
   const int lane = threadIdx.x & 31, f = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (c == 0 || f >= F) return;
   const Wt* gr = static_cast<const Wt*>(mat(gate, sh_gate, e, E)) + int64_t(f) * D;
@@ -154,9 +183,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ int count;
   dep_launch();
   dep_wait();
-  const int e = row_expert(idx, NK, E, min(E, NK));
+  int c = 0;
+  const int e = row_slots(rows, &count, &c, idx, NK, K, KS, E);
   if (e < 0) return;
-  const int c = gather_slots(rows, &count, idx, NK, K, KS, e, E);
   const int lane = threadIdx.x & 31, d = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (c == 0 || d >= D) return;
   const Wt* wr = static_cast<const Wt*>(mat(down, sh_down, e, E)) + int64_t(d) * F;
@@ -242,8 +271,8 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
     constexpr int kChunk = decltype(ch)::value;
     launch_dep("moe_experts_small (gate, up)", sm90_moe_small_gate_up<Wt, kChunk>,
                dim3(unsigned((F + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32, 0, h.data<float>(),
-               x.data<float>(), topk_idx.data<int32_t>(), g, u, sg, su, int(NK), int(K), int(KS), int(E),
-               int(D), int(F), vec_gu);
+               x.data<float>(), topk_idx.data<int32_t>(), g, u, dn, sg, su, sd, int(NK), int(K), int(KS),
+               int(E), int(D), int(F), vec_gu, al_gu && al_dn);
     launch_dep("moe_experts_small (down)", sm90_moe_small_down<Wt, kChunk>,
                dim3(unsigned((D + kWarps - 1) / kWarps), unsigned(EG)), kWarps * 32, 0, yp.data<float>(),
                h.data<float>(), topk_idx.data<int32_t>(), dn, sd, int(NK), int(K), int(KS), int(E), int(D),
