@@ -75,6 +75,39 @@ __device__ __forceinline__ bool beats(float v, I e, float w, I f) {
   return v > w || (v == w && e < f);
 }
 
+// The warp's best (value, index) pair by `beats`, in every lane.
+template <typename I>
+__device__ __forceinline__ void warp_best(float& v, I& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    const I j = __shfl_xor_sync(0xffffffffu, i, o);
+    if (beats(w, j, v, i)) {
+      v = w;
+      i = j;
+    }
+  }
+}
+
+// Eight consecutive weights as f32 (one 16-byte load for bf16, two for f32; p 16-byte aligned), and their
+// dot product with eight consecutive f32 values (x 16-byte aligned): the inner step of the GEMV-shaped
+// decode kernels.
+__device__ __forceinline__ void load8(const bf16* p, float* f) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
+}
+__device__ __forceinline__ void load8(const float* p, float* f) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ float dot8(const float* w, const float* x) {
+  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
+  return w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
+         w[7] * b.w;
+}
+
 // Calls fn(std::integral_constant<int, NB>{}) for NB = rows, 1 ≤ rows ≤ 8 (kernels templated on the
 // number of activation rows they accumulate at once).
 template <typename Fn>

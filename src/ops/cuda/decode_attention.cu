@@ -121,18 +121,6 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-// Eight consecutive weights as f32 (16-byte loads for bf16, two for f32).
-__device__ __forceinline__ void load8w(const bf16* p, float* f) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
-}
-__device__ __forceinline__ void load8w(const float* p, float* f) {
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-
 // grid (H, ceil(dv / 8), ceil(N / 8)), 8 warps, one output column j per warp:
 // o[n, h, j] = o_lat[n, h, :] · W_UV[h][j, :], lanes along C (8 at a time when vec).
 template <typename T, typename Wt>
@@ -149,7 +137,7 @@ __global__ void __launch_bounds__(256)
   if (vec && j < dv)
 #pragma unroll
     for (int t = 0; t < kPreO; ++t)
-      if (lane * 8 + t * 256 < C) load8w(wv + lane * 8 + t * 256, pre[t]);
+      if (lane * 8 + t * 256 < C) load8(wv + lane * 8 + t * 256, pre[t]);
   dep_wait();
   for (int i = threadIdx.x; i < kRowsPerBlock * C; i += blockDim.x) {
     const int r = i / C, c = i - r * C;
@@ -161,19 +149,14 @@ __global__ void __launch_bounds__(256)
   if (vec) {
     const auto dot = [&](const float* w8, int c) {
 #pragma unroll
-      for (int r = 0; r < kRowsPerBlock; ++r) {
-        const float4 a = *reinterpret_cast<const float4*>(ls + r * C + c),
-                     b = *reinterpret_cast<const float4*>(ls + r * C + c + 4);
-        acc[r] += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
-                  w8[6] * b.z + w8[7] * b.w;
-      }
+      for (int r = 0; r < kRowsPerBlock; ++r) acc[r] += dot8(w8, ls + r * C + c);
     };
 #pragma unroll
     for (int t = 0; t < kPreO; ++t)
       if (lane * 8 + t * 256 < C) dot(pre[t], lane * 8 + t * 256);
     for (int c = lane * 8 + kPreO * 256; c < C; c += 256) {
       float w8[8];
-      load8w(wv + c, w8);
+      load8(wv + c, w8);
       dot(w8, c);
     }
   } else {

@@ -3,6 +3,8 @@
 // launch per op of a decode step). The counters live in device memory, one zeroed set per device and host
 // thread (each thread has its own default stream, so steps of two threads never share a set); every
 // kernel leaves its counters at zero again, so graph replays find them ready.
+// Also the DSEEK_PDL switch read by launch_dep (ops/cuda/common.cuh): programmatic dependent launch of the
+// decode kernels, on unless set to 0.
 #include <cstdlib>
 #include <cstring>
 #include <map>

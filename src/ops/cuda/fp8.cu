@@ -40,12 +40,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int j = 0; j < 8; ++j) wf[j] = fp8v(b[j]) * s;
 #pragma unroll
-      for (int n = 0; n < NB; ++n) {
-        const float4 a = *reinterpret_cast<const float4*>(x + n * I + i);
-        const float4 c = *reinterpret_cast<const float4*>(x + n * I + i + 4);
-        acc[n] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * c.x + wf[5] * c.y +
-                  wf[6] * c.z + wf[7] * c.w;
-      }
+      for (int n = 0; n < NB; ++n) acc[n] += dot8(wf, x + n * I + i);
     }
   } else {
     for (int64_t i = lane; i < I; i += 32) {

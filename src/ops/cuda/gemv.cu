@@ -34,17 +34,10 @@ __device__ __forceinline__ void row_pre(uint4 (&pre)[kPre], const bf16* wr, int6
 template <int NB>
 __device__ __forceinline__ void dot_chunk(float* acc, const uint4& raw, const float* x, int64_t I,
                                           int64_t i) {
-  const bf16* wv = reinterpret_cast<const bf16*>(&raw);
   float wf[8];
+  load8(reinterpret_cast<const bf16*>(&raw), wf);
 #pragma unroll
-  for (int j = 0; j < 8; ++j) wf[j] = __bfloat162float(wv[j]);
-#pragma unroll
-  for (int n = 0; n < NB; ++n) {
-    const float4 a = *reinterpret_cast<const float4*>(x + n * I + i);
-    const float4 b = *reinterpret_cast<const float4*>(x + n * I + i + 4);
-    acc[n] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
-              wf[6] * b.z + wf[7] * b.w;
-  }
+  for (int n = 0; n < NB; ++n) acc[n] += dot8(wf, x + n * I + i);
 }
 
 // acc[n] = one lane's part of w_row · x[n] (the warp's lanes cover the row; warp_sum completes it); the
@@ -72,27 +65,8 @@ __device__ __forceinline__ void row_dot(float* acc, const uint4 (&pre)[kPre], co
   }
 }
 
-// vec: I % 8 == 0 and both bases 16-byte aligned, so every row start is too.
-template <int NB>
-__global__ void __launch_bounds__(kWarps * 32)
-    gemv_bf16_kernel(float* y, const float* x, const bf16* w, int64_t I, int64_t O, bool vec) {
-  dep_launch();
-  const int lane = threadIdx.x & 31;
-  const int64_t o = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
-  uint4 pre[kPre] = {};
-  if (o < O) row_pre(pre, w + o * I, I, vec, lane);
-  dep_wait();
-  if (o >= O) return;
-  float acc[NB];
-  row_dot<NB>(acc, pre, w + o * I, x, I, vec, lane);
-#pragma unroll
-  for (int n = 0; n < NB; ++n) {
-    const float s = warp_sum(acc[n]);
-    if (lane == 0) y[n * O + o] = s;
-  }
-}
-
-// Rows o < Oa of the grid: ya[:, o] = x · wa[o]; the rest: yb[:, o - Oa] = x · wb[o - Oa].
+// Rows o < Oa of the grid: ya[:, o] = x · wa[o]; the rest: yb[:, o - Oa] = x · wb[o - Oa] (Ob = 0: one
+// product). vec: I % 8 == 0 and the bases 16-byte aligned, so every row start is too.
 template <int NB>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_gemv_bf16_pair(float* ya, float* yb, const float* x, const bf16* wa, const bf16* wb, int64_t I,
@@ -147,12 +121,6 @@ bool vec_ok(const void* x, const void* a, const void* b, int64_t I) {
   return I % 8 == 0 && al(x) && al(a) && al(b);
 }
 
-template <int NB>
-void launch(float* y, const float* x, const bf16* w, int64_t I, int64_t O, bool vec) {
-  launch_dep("linear (bf16 gemv)", gemv_bf16_kernel<NB>, unsigned((O + kWarps - 1) / kWarps), kWarps * 32, 0,
-             y, x, w, I, O, vec);
-}
-
 }  // namespace
 
 bool gemv_applies(const Tensor& out, const Tensor& x, const Tensor& w) {
@@ -165,11 +133,12 @@ void gemv_bf16(Tensor out, const Tensor& x, const Tensor& w) {
   float* y = out.data<float>();
   const float* xp = x.data<float>();
   const bf16* wp = static_cast<const bf16*>(w.raw());
-  const bool vec = I % 8 == 0 && (reinterpret_cast<uintptr_t>(xp) & 15) == 0 &&
-                   (reinterpret_cast<uintptr_t>(wp) & 15) == 0;
-  with_rows(N, "gemv_bf16", [&](auto nb) {
+  const bool vec = vec_ok(xp, wp, wp, I);
+  with_rows(N, "gemv_bf16", [&](auto nb) {  // the pair kernel with no second matrix
     using NB = decltype(nb);
-    launch<NB::value>(y, xp, wp, I, O, vec);
+    launch_dep("linear (bf16 gemv)", sm90_gemv_bf16_pair<NB::value>, unsigned((O + kWarps - 1) / kWarps),
+               kWarps * 32, 0, y, static_cast<float*>(nullptr), xp, wp, static_cast<const bf16*>(nullptr), I,
+               O, int64_t(0), vec);
   });
 }
 

@@ -42,23 +42,6 @@ __device__ int gather_slots(int* rows, int* count, const int32_t* idx, int NK, i
   return *count;
 }
 
-// Eight consecutive weights as f32 (16-byte loads).
-__device__ __forceinline__ void load8(const bf16* p, float* f) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
-}
-__device__ __forceinline__ void load8(const float* p, float* f) {
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-__device__ __forceinline__ float dot8(const float* w, const float* x) {
-  const float4 a = *reinterpret_cast<const float4*>(x), b = *reinterpret_cast<const float4*>(x + 4);
-  return w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
-         w[7] * b.w;
-}
-
 // Grid row y's expert: the y-th distinct expert id in idx (ascending), or -1 when fewer are chosen, so a
 // decode step of one token launches K + 1 expert rows instead of E + 1 (each thread flags expert tid; a
 // ballot per warp ranks them). Needs blockDim.x ≥ E (E ≤ kMoeSmallExperts = 256 threads).

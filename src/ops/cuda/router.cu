@@ -95,19 +95,6 @@ __global__ void router_kernel(int32_t* idx_out, T* w_out, T* scores_out, const T
 
 constexpr int kWarpMaxE = 256, kWarpMaxG = 32, kWarpMaxK = 32, kWarpsPerBlock = 8;
 
-// The warp's best (value, index) pair; index −1 stands for "none" and loses to everything.
-__device__ __forceinline__ void warp_best(float& v, int& i) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float w = __shfl_xor_sync(0xffffffffu, v, o);
-    const int j = __shfl_xor_sync(0xffffffffu, i, o);
-    if (beats(w, j, v, i)) {
-      v = w;
-      i = j;
-    }
-  }
-}
-
 // The same rules as router_kernel, a warp per token: lane l holds experts l, l + 32, ...; the selection
 // scores sit in shared memory for the per-group top-2 (lane g takes group g).
 template <typename T>

@@ -88,14 +88,7 @@ __device__ void route_token(int32_t* idx_out, T* w_out, T* scores_out, const L* 
         bv = sel[e];
         be = e;
       }
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oe = __shfl_xor_sync(0xffffffffu, be, o);
-      if (beats(ov, oe, bv, be)) {
-        bv = ov;
-        be = oe;
-      }
-    }
+    warp_best(bv, be);
     if (lane == 0) {
       rv[warp] = bv;
       ri[warp] = be;
@@ -138,17 +131,6 @@ __global__ void sm90_router_small(int32_t* idx_out, T* w_out, T* scores_out, con
   route_token<T, T>(idx_out, w_out, scores_out, logits + n * E, bias, E, p, n);
 }
 
-__device__ __forceinline__ void load8g(const float* p, float* f) {
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-__device__ __forceinline__ void load8g(const bf16* p, float* f) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const bf16* v = reinterpret_cast<const bf16*>(&raw);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) f[j] = __bfloat162float(v[j]);
-}
-
 // grid (ceil(E / 8), N), 8 warps: logits[n, e] = x[n] · gate[e] in f32 for the block's 8 experts (one warp
 // per row, 16-byte loads when vec) into global memory; the last block of token n to arrive (arrive[n]
 // counts them, then is reset) routes it from the logits as sm90_router_small does.
@@ -169,25 +151,19 @@ __global__ void __launch_bounds__(256)
   if (e < E && vec)
 #pragma unroll
     for (int j = 0; j < kPre; ++j)
-      if (lane * 8 + j * 256 < D) load8g(g + lane * 8 + j * 256, pre[j]);
+      if (lane * 8 + j * 256 < D) load8(g + lane * 8 + j * 256, pre[j]);
   dep_wait();
   if (e < E) {
     float acc = 0.0f;
     if (vec) {
-      const auto dot = [&](const float* w8, int i) {
-        const float4 a = *reinterpret_cast<const float4*>(xr + i),
-                     b = *reinterpret_cast<const float4*>(xr + i + 4);
-        acc += w8[0] * a.x + w8[1] * a.y + w8[2] * a.z + w8[3] * a.w + w8[4] * b.x + w8[5] * b.y +
-               w8[6] * b.z + w8[7] * b.w;
-      };
 #pragma unroll
       for (int j = 0; j < kPre; ++j)
-        if (lane * 8 + j * 256 < D) dot(pre[j], lane * 8 + j * 256);
+        if (lane * 8 + j * 256 < D) acc += dot8(pre[j], xr + lane * 8 + j * 256);
 #pragma unroll 4
       for (int i = lane * 8 + kPre * 256; i < D; i += 256) {
         float w8[8];
-        load8g(g + i, w8);
-        dot(w8, i);
+        load8(g + i, w8);
+        acc += dot8(w8, xr + i);
       }
     } else {
       for (int i = lane; i < D; i += 32) acc += ld(g[i]) * xr[i];
