@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int e = row_slots(rows, &count, &c, idx, NK, K, KS, E);
   if (e < 0) return;
   // One block per expert brings the expert's down matrix into L2 for the next launch (a hint).
-  if (hint) prefetch_l2(e == E ? sh_down : down.p[e], mat_bytes, threadIdx.x, 32);
+  if (hint) prefetch_l2(mat(down, sh_down, e, E), mat_bytes, threadIdx.x, 32);
   const int lane = threadIdx.x & 31, f = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (c == 0 || f >= F) return;
   const Wt* gr = static_cast<const Wt*>(mat(gate, sh_gate, e, E)) + int64_t(f) * D;
