@@ -66,6 +66,51 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
   }
 }
 
+void layer_decode(Tensor h, const LayerWeights& w, const LayerContext& ctx, FfnOut& pending) {
+  prof::Scope scope(prof::kLayerFwd);
+  const ModelConfig& c = ctx.cfg;
+  DSEEK_CHECK(ctx.paged && ctx.paged->decode, "layer_decode: a decode step over the paged cache");
+  const int64_t N = h.size(0), D = h.size(1);
+  const DType dt = h.dtype();
+  const Device dev = h.device();
+  // h2: [N, D] h + pending (the input norm's launch writes it); y: [N, D] the attention output; xn: [N, D]
+  // the FFN's input (the post-attention norm's launch writes it, and h = h2 + y).
+  Tensor h2 = Tensor::empty({N, D}, dt, dev), y = Tensor::empty({N, D}, dt, dev),
+         xn = Tensor::empty({N, D}, dt, dev);
+  const ops::NormedInput in1{.h = h,
+                             .y = pending.y,
+                             .w = pending.w,
+                             .K = pending.K,
+                             .KS = pending.KS,
+                             .norm = w.input_layernorm,
+                             .eps = c.rms_norm_eps,
+                             .h_out = h2,
+                             .x_out = Tensor()};
+  {
+    prof::Scope sub(prof::kMlaFwd);
+    mla_decode(y, in1, w.attn, c, ctx.rope, ctx.positions, *ctx.paged, ctx.layer);
+  }
+  const ops::NormedInput in2{.h = h2,
+                             .y = y,
+                             .w = Tensor(),
+                             .K = 0,
+                             .KS = 1,
+                             .norm = w.post_attention_layernorm,
+                             .eps = c.rms_norm_eps,
+                             .h_out = h,
+                             .x_out = xn};
+  if (w.is_moe) {
+    prof::Scope sub(prof::kMoeFwd);
+    pending = moe_decode(in2, w.moe, c);
+  } else {
+    prof::Scope sub(prof::kMlpFwd);
+    ops::normed_input(xn, in2);
+    Tensor f = Tensor::empty({N, D}, dt, dev);  // f: [N, D] the MLP output
+    mlp_fwd(f, xn, w.mlp);
+    pending = {.y = f, .w = Tensor(), .K = 0, .KS = 1};
+  }
+}
+
 void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s) {
   prof::Scope scope(prof::kLayerBwd);
   const ModelConfig& c = ctx.cfg;

@@ -38,6 +38,13 @@ struct LayerContext {
 void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSaved* saved = nullptr,
                RouterTrace* trace = nullptr, Tensor* pending = nullptr);
 
+// A decode step over the paged cache (ctx.paged->decode, inference): h [N, D] the residual before this
+// layer, updated in place, not including `pending` (the previous layer's FFN output, or undefined), which
+// is added inside the input norm's launch; on return `pending` is this layer's FFN output. Within the
+// layer the residual ping-pongs through a second buffer (a launch whose blocks all read the residual
+// writes the sum elsewhere).
+void layer_decode(Tensor h, const LayerWeights& w, const LayerContext& ctx, FfnOut& pending);
+
 // dh: the gradient w.r.t. the layer's output on entry, w.r.t. its input on return. Parameter
 // gradients accumulate into g. `grad_scale` scales the balance-loss gradient like the other losses.
 void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s);

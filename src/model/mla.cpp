@@ -161,44 +161,58 @@ void attend_absorbed(Tensor oc, const Tensor& qc, const Tensor& rows, const MlaW
   }
 }
 
-// A decode step over the paged cache, every head in one launch per stage: q_a and kv_a in one product of
-// x, their norms with the k_pe rope and the cache write in one op, q_b, then the absorbed attention with
-// the q rope applied inside the query absorption: qa [N, H, C + R] the absorbed queries, o_lat [N, H, C]
-// the attention over each sequence's cached rows, o [N, H·dv].
-void decode_paged(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& c, const Rope& rope,
-                  const Tensor& positions, const PagedStep& p, int64_t layer) {
+// A decode step over the paged cache after its first product (q_a / q and kv_a of the normed input), every
+// head in one launch per stage: the latent norms with the k_pe rope, the cache write and q_b in one op
+// (mla_decode_latent_q), then the absorbed attention with the q rope applied inside the query absorption,
+// the output absorption inside the attention's split combine, and o_proj: qa [N, H, C + R] the absorbed
+// queries, o [N, H·dv]. first: cq [N, q_lora_rank] (q_lora) or q [N, H·(dn + R)]; kv: [N, C + R].
+void decode_after_first(Tensor out, const Tensor& first, const Tensor& kv, const MlaWeights& w,
+                        const ModelConfig& c, const Rope& rope, const Tensor& positions, const PagedStep& p,
+                        int64_t layer) {
   const Dims d(c);
-  const int64_t N = x.size(0);
-  const DType dt = x.dtype();
-  const Device dev = x.device();
+  const int64_t N = kv.size(0);
+  const DType dt = kv.dtype();
+  const Device dev = kv.device();
   const bool lora = c.q_lora_rank > 0;
-  Tensor q = Tensor::empty({N, d.H * d.dq}, dt, dev);  // q: [N, H, dn + R], its R part not yet roped
-  Tensor kv = Tensor::empty({N, d.C + d.R}, dt, dev);  // kv: [N, C + R] = [c_kv | k_pe] as projected
-  Tensor cq = lora ? Tensor::empty({N, c.q_lora_rank}, dt, dev) : Tensor(),  // cq, cqn: [N, q_lora_rank]
-      cqn = lora ? Tensor::empty({N, c.q_lora_rank}, dt, dev) : Tensor();
-  ops::linear_pair(lora ? cq : q, kv, x, lora ? w.q_a_proj : w.q_proj, w.kv_a_proj_with_mqa);
-  ops::mla_decode_latent({.cqn = cqn,
-                          .pool = p.cache->pool(layer),
-                          .cq = cq,
-                          .kv = kv,
-                          .q_norm = lora ? w.q_a_layernorm : Tensor(),
-                          .kv_norm = w.kv_a_layernorm,
-                          .positions = positions,
-                          .inv_freq = rope.inv_freq,
-                          .slots = p.slots,
-                          .attention_factor = rope.attention_factor,
-                          .eps = c.rms_norm_eps});
-  if (lora) ops::linear(q, cqn, w.q_b_proj);
+  const ops::LatentStep lat{.cqn = Tensor(),
+                            .pool = p.cache->pool(layer),
+                            .cq = lora ? first : Tensor(),
+                            .kv = kv,
+                            .q_norm = lora ? w.q_a_layernorm : Tensor(),
+                            .kv_norm = w.kv_a_layernorm,
+                            .positions = positions,
+                            .inv_freq = rope.inv_freq,
+                            .slots = p.slots,
+                            .attention_factor = rope.attention_factor,
+                            .eps = c.rms_norm_eps};
+  Tensor q = first;  // q: [N, H, dn + R], its R part not yet roped
+  if (lora) {
+    q = Tensor::empty({N, d.H * d.dq}, dt, dev);
+    ops::mla_decode_latent_q(q, lat, w.q_b_proj);
+  } else {
+    ops::mla_decode_latent(lat);
+  }
   Tensor qa = Tensor::empty({N, d.H, d.C + d.R}, dt, dev);  // qa: [N, H, C + R]
   const ops::RopeAt at{
       .positions = positions, .inv_freq = rope.inv_freq, .attention_factor = rope.attention_factor};
   ops::mla_absorb_q(qa, q.view({N, d.H, d.dq}), w.kv_b_proj, d.dn, d.dv, &at);
-  Tensor olat = Tensor::empty({N, d.H, d.C}, dt, dev);  // olat: [N, H, C]
-  ops::mla_decode_paged(olat, qa, p.cache->pool(layer), p.block_table, p.seq_lens, c.softmax_scale(),
-                        p.max_len);
   Tensor o = Tensor::empty({N, d.H * d.dv}, dt, dev);  // o: [N, H, dv]
-  ops::mla_absorb_o(o.view({N, d.H, d.dv}), olat, w.kv_b_proj, d.dn, d.dv);
+  ops::mla_decode_paged_o(o.view({N, d.H, d.dv}), qa, p.cache->pool(layer), p.block_table, p.seq_lens,
+                          c.softmax_scale(), p.max_len, w.kv_b_proj, d.dn, d.dv);
   ops::linear(out, o, w.o_proj);
+}
+
+// The decode step from an already normed input x [N, D].
+void decode_paged(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig& c, const Rope& rope,
+                  const Tensor& positions, const PagedStep& p, int64_t layer) {
+  const Dims d(c);
+  const int64_t N = x.size(0);
+  const bool lora = c.q_lora_rank > 0;
+  // first: [N, q_lora_rank] cq, or [N, H·(dn + R)] q; kv: [N, C + R] = [c_kv | k_pe] as projected
+  Tensor first = Tensor::empty({N, lora ? c.q_lora_rank : d.H * d.dq}, x.dtype(), x.device()),
+         kv = Tensor::empty({N, d.C + d.R}, x.dtype(), x.device());
+  ops::linear_pair(first, kv, x, lora ? w.q_a_proj : w.q_proj, w.kv_a_proj_with_mqa);
+  decode_after_first(out, first, kv, w, c, rope, positions, p, layer);
 }
 
 }  // namespace
@@ -396,6 +410,19 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
     ops::linear_bwd(dxq, g.q_proj, dq, s.x, w.q_proj);
   }
   ops::add_(dx, dxq);
+}
+
+void mla_decode(Tensor out, const ops::NormedInput& in, const MlaWeights& w, const ModelConfig& c,
+                const Rope& rope, const Tensor& positions, const PagedStep& paged, int64_t layer) {
+  DSEEK_CHECK(paged.decode && paged.cache, "mla_decode: a decode step over a paged cache");
+  const Dims d(c);
+  const int64_t N = in.h.size(0);
+  const bool lora = c.q_lora_rank > 0;
+  // first: [N, q_lora_rank] cq, or [N, H·(dn + R)] q; kv: [N, C + R] = [c_kv | k_pe] as projected
+  Tensor first = Tensor::empty({N, lora ? c.q_lora_rank : d.H * d.dq}, in.h.dtype(), in.h.device()),
+         kv = Tensor::empty({N, d.C + d.R}, in.h.dtype(), in.h.device());
+  ops::linear_pair(first, kv, in, lora ? w.q_a_proj : w.q_proj, w.kv_a_proj_with_mqa);
+  decode_after_first(out, first, kv, w, c, rope, positions, paged, layer);
 }
 
 }  // namespace dseek

@@ -13,6 +13,7 @@
 #include "model/kv_cache.h"
 #include "model/paged_cache.h"
 #include "model/weights.h"
+#include "ops/decode.h"
 
 namespace dseek {
 
@@ -60,6 +61,12 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
              const Tensor& positions, const std::vector<SeqChunk>& chunks, int64_t layer,
              AttnPath path = AttnPath::Auto, MlaSaved* saved = nullptr, const PagedStep* paged = nullptr,
              bool fp16_attention = false);
+
+// A decode step over the paged cache (paged.decode) from the normed input `in` (ops/decode.h NormedInput:
+// the residual add + input RMSNorm ride in the q_a/kv_a product's launch, which writes in.h_out).
+// out: [N, D].
+void mla_decode(Tensor out, const ops::NormedInput& in, const MlaWeights& w, const ModelConfig& cfg,
+                const Rope& rope, const Tensor& positions, const PagedStep& paged, int64_t layer);
 
 // dx[N, D] written; parameter gradients accumulated into `g` (same struct, activation dtype).
 void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& cfg,

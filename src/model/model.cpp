@@ -1,6 +1,7 @@
 // model.cpp — the transformer forward (spec/model.md §2.1): embed, L decoder layers, norm, head.
 #include "model/model.h"
 
+#include "ops/decode.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -44,6 +45,32 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
   Tensor h = Tensor::empty({N, D}, dt, dev);  // h: [N, D] the residual stream
   ops::embedding_fwd(h, ids, w.embed_tokens);
   if (trace) trace->hidden.push_back(h.clone());
+  Tensor xn = Tensor::empty({N, D}, dt, dev);
+  if (paged && paged->decode && !trace) {  // a decode step: every residual norm rides in a product's launch
+    FfnOut pending;
+    for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+      layer_decode(h, w.layers[size_t(l)],
+                   {.cfg = cfg,
+                    .rope = rope,
+                    .positions = positions,
+                    .chunks = chunks,
+                    .layer = l,
+                    .path = path,
+                    .moe = {},
+                    .paged = paged,
+                    .fp16_attention = false},
+                   pending);
+    ops::normed_input(xn, {.h = h,
+                           .y = pending.y,
+                           .w = pending.w,
+                           .K = pending.K,
+                           .KS = pending.KS,
+                           .norm = w.norm,
+                           .eps = cfg.rms_norm_eps,
+                           .h_out = Tensor(),
+                           .x_out = Tensor()});
+    return xn;
+  }
   // pending: [N, D] the last layer's FFN output, added to h inside the next RMSNorm (not with a trace,
   // which records h after every layer).
   Tensor pending;
@@ -64,7 +91,6 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
     if (trace && L.is_moe) trace->routers.push_back(rt);
     if (trace && l + 1 < cfg.num_hidden_layers) trace->hidden.push_back(h.clone());
   }
-  Tensor xn = Tensor::empty({N, D}, dt, dev);
   if (pending.defined()) {
     ops::add_rmsnorm_fwd(h, xn, Tensor(), pending, w.norm, cfg.rms_norm_eps);
   } else {

@@ -66,6 +66,33 @@ struct ExpertMats {
 
 }  // namespace
 
+FfnOut moe_decode(const ops::NormedInput& in, const MoeWeights& w, const ModelConfig& c) {
+  DSEEK_CHECK(in.x_out.defined(), "moe_decode: the normed input needs x_out (the experts' input)");
+  const int64_t N = in.h.size(0), D = in.h.size(1), K = c.num_experts_per_tok;
+  const ExpertMats mats(w.experts);
+  const auto rp = ops::RouterParams::from(c);
+  const ops::SharedExpert shared =
+      c.n_shared_experts > 0
+          ? ops::SharedExpert{.gate = w.shared.gate_proj, .up = w.shared.up_proj, .down = w.shared.down_proj}
+          : ops::SharedExpert{};
+  if (ops::router_decode_applies(in.h, w.gate, rp) &&
+      ops::moe_experts_slots_applies(in.h, K, mats.gate, shared)) {
+    const Tensor bias =
+        w.e_score_correction_bias.defined() ? w.e_score_correction_bias.to(DType::F32) : Tensor();
+    Tensor idx = Tensor::empty({N, K}, DType::I32, in.h.device()),
+           gw = Tensor::empty({N, K}, DType::F32, in.h.device());  // idx, gw: [N, K]
+    ops::router_decode(idx, gw, in, w.gate, bias, rp);
+    const int64_t KS = K + (shared.defined() ? 1 : 0);
+    Tensor yp = Tensor::empty({N * KS, D}, DType::F32, in.h.device());  // yp: [N·KS, D] per slot
+    ops::moe_experts_slots(yp, in.x_out, idx, mats.gate, mats.up, mats.down, shared);
+    return {.y = yp, .w = gw, .K = K, .KS = KS};
+  }
+  ops::normed_input(in.x_out, in);
+  Tensor y = Tensor::empty({N, D}, in.h.dtype(), in.h.device());  // y: [N, D]
+  moe_fwd(y, in.x_out, w, c);
+  return {.y = y, .w = Tensor(), .K = 0, .KS = 1};
+}
+
 void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig& c, RouterTrace* trace,
              MoeSaved* saved, const MoeOptions& opt) {
   const int64_t N = x.size(0), D = x.size(1), E = c.n_routed_experts, K = c.num_experts_per_tok,

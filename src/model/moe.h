@@ -8,6 +8,7 @@
 #include "core/tensor.h"
 #include "io/model_config.h"
 #include "model/weights.h"
+#include "ops/decode.h"
 #include "ops/moe.h"
 
 namespace dseek {
@@ -47,6 +48,19 @@ struct MoeOptions {
 // one product over its tokens.
 void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig& cfg,
              RouterTrace* trace = nullptr, MoeSaved* saved = nullptr, const MoeOptions& opt = {});
+// The FFN output of a decode step, not yet added to the residual: y [N, D] itself (K = 0, KS = 1), or the
+// MoE's per-slot expert outputs y [N·KS, D] with their gate weights w [N, K] (ops::moe_experts_slots), to
+// be combined inside the next norm's launch (ops::NormedInput).
+struct FfnOut {
+  Tensor y, w;
+  int64_t K = 0, KS = 1;
+};
+
+// The MoE of a decode step from the normed input `in` (the post-attention residual add + RMSNorm; in.x_out
+// [N, D] defined, it receives the experts' input): on the GPU the norm rides in the router's launch and
+// the experts' outputs stay per slot (FfnOut with K > 0); elsewhere normed_input, then moe_fwd.
+FfnOut moe_decode(const ops::NormedInput& in, const MoeWeights& w, const ModelConfig& cfg);
+
 // dx written, gradients accumulated into g (the correction bias gets none).
 void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, const ModelConfig& cfg,
              const MoeSaved& s, const MoeOptions& opt = {});

@@ -21,10 +21,14 @@ inline void check_ndim(const char* op, const char* arg, const Tensor& t, int nd)
   DSEEK_CHECK(t.defined(), op, ": ", arg, " is undefined");
   DSEEK_CHECK(t.ndim() == nd, op, ": ", arg, " ", t.str(), " must have ", nd, " dims");
 }
+// The defined tensors among ts on one device (undefined ones are skipped).
 inline void check_same_device(const char* op, std::initializer_list<const Tensor*> ts) {
-  Device d = (*ts.begin())->device();
+  const Tensor* first = nullptr;
   for (auto* t : ts)
-    if (t->defined()) DSEEK_CHECK(t->device() == d, op, ": tensors on different devices");
+    if (t->defined()) {
+      if (!first) first = t;
+      DSEEK_CHECK(t->device() == first->device(), op, ": tensors on different devices");
+    }
 }
 // Activation dtype: f32 or f64 on the CPU; f32 or bf16 on CUDA.
 inline void check_act(const char* op, const char* arg, const Tensor& t) {

@@ -48,9 +48,35 @@ struct LatentStep {
 };
 void mla_decode_latent(const LatentStep& a);
 
+// The latent step followed by q_b_proj: q = cqn · q_bᵀ with cqn = rmsnorm(a.cq) · a.q_norm (a.cqn is not
+// used: on the GPU cqn never leaves the launch), and the cache rows of mla_decode_latent written. One
+// launch on the GPU for f32 activations and norms, 1 ..= 8 tokens and a bf16 q_b; the reference is
+// mla_decode_latent + linear. q: [N, O], q_b: [O, Q], a.cq defined.
+void mla_decode_latent_q(Tensor q, const LatentStep& a, const Tensor& q_b);
+
+// The input of a decode-step product that begins with the residual add + RMSNorm before it (on the GPU
+// the norm runs inside the product's launch, one launch fewer per norm): v[n] = h[n] + δ[n] and
+// x[n] = rmsnorm(v[n]) · norm, where δ[n] = Σ_{k<K} w[n, k] · y[n·KS + k] (k ascending) + y[n·KS + K] when
+// KS > K — moe_experts_slots' outputs before their combine (K = top_k, KS = K + 1 with a shared expert),
+// y[n] itself (K = 0, KS = 1), or 0 (y undefined). v is written to h_out and x to x_out when they are
+// defined (h_out must not be h: the consumer's blocks all read h). h, h_out, x_out: [N, D]; y: [N·KS, D];
+// w: [N, K] f32; norm: [D].
+struct NormedInput {
+  Tensor h, y, w;
+  int64_t K = 0, KS = 1;
+  Tensor norm;
+  double eps = 1e-6;
+  Tensor h_out, x_out;
+};
+// x = the normed rows of `in` (and h_out written). One launch on the GPU for f32; elsewhere the slots'
+// combine, then add_rmsnorm_fwd (the reference). x: [N, D].
+void normed_input(Tensor x, const NormedInput& in);
+
 // Two products of one input (q_a_proj and kv_a_proj_with_mqa): out_a = x · w_aᵀ, out_b = x · w_bᵀ; one
 // launch on the GPU when the decode GEMV takes both (f32 activations of ≤ 8 rows, bf16 weights).
 void linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, const Tensor& w_b);
+// The same of a NormedInput's x (one launch on the GPU where the GEMV applies: f32, bf16 weights, ≤ 8 rows).
+void linear_pair(Tensor out_a, Tensor out_b, const NormedInput& in, const Tensor& w_a, const Tensor& w_b);
 // out = silu(x · w_gateᵀ) ⊙ (x · w_upᵀ) (a dense MLP's first half), one launch where the GEMV applies.
 void linear_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tensor& w_up);
 
@@ -61,10 +87,20 @@ void linear_swiglu(Tensor out, const Tensor& x, const Tensor& w_gate, const Tens
 void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
                    const RouterParams& p);
 bool router_decode_applies(const Tensor& x, const Tensor& gate, const RouterParams& p);
+// The same of a NormedInput's x (one launch on the GPU where router_decode applies to in.h and the norm is
+// f32); in.x_out, when defined, gets x (the experts' input).
+void router_decode(Tensor topk_idx, Tensor topk_w, const NormedInput& in, const Tensor& gate,
+                   const Tensor& bias, const RouterParams& p);
 
 // The output of every head from its latent output: o[n, h, j] = Σ_c o_lat[n, h, c] · W_UV[h][j, c], where
 // W_UV[h] = kv_b[h·(dn + dv) + dn .. + dv, :] ([dv, C]). o: [N, H, dv], o_lat: [N, H, C].
 void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn, int64_t dv);
+
+// mla_decode_paged followed by mla_absorb_o: o[b, h] = W_UV[h] · o_lat[b, h] (o: [B, H, dv], the rest as
+// for the two ops); on the GPU the output absorption runs inside the key splits' combine launch.
+void mla_decode_paged_o(Tensor o, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                        const Tensor& seq_lens, double scale, int64_t max_len, const Tensor& kv_b, int64_t dn,
+                        int64_t dv);
 
 // Absorbed MLA decode, one query per sequence: sequence b holds seq_lens[b] cached rows (its new token
 // included, last) in the blocks block_table[b, 0 .. ceil(seq_lens[b] / 64)); its query sees all of them:
@@ -87,6 +123,15 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
 void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
                        const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
                        const std::vector<Tensor>& down, const SharedExpert& shared = {});
+// moe_experts_small's launches without their combine, GPU only (moe_experts_slots_applies): yp[n·KS + k] =
+// the output of token n's k-th chosen expert (unweighted), yp[n·KS + K] the shared expert's (KS = K + 1
+// with `shared`, else K). The combine is left to a NormedInput (y = yp, w = topk_w) read by the next
+// product. yp: [N·KS, D] f32.
+void moe_experts_slots(Tensor yp, const Tensor& x, const Tensor& topk_idx, const std::vector<Tensor>& gate,
+                       const std::vector<Tensor>& up, const std::vector<Tensor>& down,
+                       const SharedExpert& shared = {});
+bool moe_experts_slots_applies(const Tensor& x, int64_t top_k, const std::vector<Tensor>& gate,
+                               const SharedExpert& shared);
 // Whether moe_experts_small takes these operands on the GPU (f32 activations, bf16 or f32 expert matrices,
 // at most kMoeSmallTokens tokens, at most kMoeSmallExperts experts).
 inline constexpr int64_t kMoeSmallTokens = 64, kMoeSmallExperts = 256;

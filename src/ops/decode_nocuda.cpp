@@ -44,4 +44,29 @@ void moe_experts_small(Tensor, const Tensor&, const Tensor&, const Tensor&, cons
   none("moe_experts_small");
 }
 
+void mla_decode_latent_q(Tensor, const LatentStep&, const Tensor&) {
+  none("mla_decode_latent_q");
+}
+void gemv_pair_normed(Tensor, Tensor, const NormedInput&, const Tensor&, const Tensor&) {
+  none("linear_pair");
+}
+void router_decode_normed(Tensor, Tensor, const NormedInput&, const Tensor&, const Tensor&,
+                          const RouterParams&) {
+  none("router_decode");
+}
+void mla_decode_paged_o(Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, int64_t,
+                        const Tensor&, int64_t, int64_t) {
+  none("mla_decode_paged_o");
+}
+void moe_experts_slots(Tensor, const Tensor&, const Tensor&, const std::vector<Tensor>&,
+                       const std::vector<Tensor>&, const std::vector<Tensor>&, const SharedExpert*) {
+  none("moe_experts_slots");
+}
+void moe_combine_slots(Tensor, const Tensor&, const Tensor&, int64_t, int64_t) {
+  none("moe_combine_slots");
+}
+void normed_input(Tensor, const NormedInput&) {
+  none("normed_input");
+}
+
 }  // namespace dseek::ops::cuda

@@ -220,12 +220,16 @@ int64_t check_expert_call(const char* op, const Tensor& out, const Tensor& x, co
   check_ndim(op, "topk_idx", topk_idx, 2);
   const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size());
   check_shape(op, "topk_idx", topk_idx, {N, K});
-  check_shape(op, "topk_w", topk_w, {N, K});
-  check_shape(op, "out", out, {N, D});
+  if (topk_w.defined()) {  // undefined: a call without weights (moe_experts_slots)
+    check_shape(op, "topk_w", topk_w, {N, K});
+    check_dtype(op, "topk_w", topk_w, {DType::F32});
+  }
+  if (out.defined()) {  // undefined: a call whose output has another shape (moe_experts_slots)
+    check_shape(op, "out", out, {N, D});
+    check_dtype(op, "out", out, {DType::F32});
+  }
   check_dtype(op, "topk_idx", topk_idx, {DType::I32});
-  check_dtype(op, "topk_w", topk_w, {DType::F32});
   check_dtype(op, "x", x, {DType::F32});
-  check_dtype(op, "out", out, {DType::F32});
   DSEEK_CHECK(E > 0 && up.size() == gate.size() && down.size() == gate.size(), op, ": ", gate.size(),
               " gate, ", up.size(), " up and ", down.size(), " down matrices");
   const int64_t F = gate[0].size(0);

@@ -57,7 +57,8 @@ struct SharedExpert {
 
 // The checks common to the one-call expert ops (moe_experts_grouped here, moe_experts_small in
 // ops/decode.h): out, x [N, D] f32; topk_idx [N, K] I32; topk_w [N, K] f32; E ≥ 1 experts with gate/up
-// [F, D], down [D, F]; a shared expert complete or absent; one device. Returns F.
+// [F, D], down [D, F]; a shared expert complete or absent; one device (out and topk_w may be undefined:
+// not checked). Returns F.
 int64_t check_expert_call(const char* op, const Tensor& out, const Tensor& x, const Tensor& topk_idx,
                           const Tensor& topk_w, const std::vector<Tensor>& gate,
                           const std::vector<Tensor>& up, const std::vector<Tensor>& down,

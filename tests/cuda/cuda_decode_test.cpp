@@ -4,7 +4,8 @@
 // 1e-5 and bf16 within 1e-2; the absorptions with f32/bf16 weights (the query's with its rope); the cache
 // write; the device argmax; the fused decode ops (residual add + RMSNorm, two products in one launch,
 // gate+up+SwiGLU, latent norms + rope + cache write, router with its gate product, shared expert folded
-// into the routed experts' launches).
+// into the routed experts' launches; products whose launch adds the residual and normalizes first; the
+// latent step with q_b; the output absorption inside the attention's split combine).
 // Then whole models: the engine's batched prefill/decode on the GPU against the CPU engine (logits and
 // greedy tokens). Outputs are poisoned with NaN first. Label "cuda" (scripts/gpu-check).
 #include <gtest/gtest.h>
@@ -91,6 +92,19 @@ void check_paged(const Case& c, DType dt) {
   ops::mla_decode_paged(out2, q.to(dt).to(Device::CUDA), pool.to(dt).to(Device::CUDA), bt.to(Device::CUDA),
                         sl.to(Device::CUDA), scale);
   expect_close("mla_decode_paged (max_len from the device)", out2, ref, dt);
+  // With the output absorption inside the combine (mla_decode_paged_o), bf16 and f32 W_UV; dv = 20 leaves
+  // a partial last round of rows per warp.
+  for (DType wdt : {DType::BF16, DType::F32}) {
+    const int64_t dn = 8, dv = c.C % 8 == 0 ? 64 : 20;
+    const Tensor kvb = randn({c.H * (dn + dv), c.C}, 7, 0.05).to(wdt);
+    Tensor oref = Tensor::empty({B, c.H, dv}, DType::F32), og = poisoned({B, c.H, dv}, dt);
+    ops::mla_decode_paged_o(oref, q, pool, bt, sl, scale, 0, kvb, dn, dv);
+    ops::mla_decode_paged_o(og, q.to(dt).to(Device::CUDA), pool.to(dt).to(Device::CUDA), bt.to(Device::CUDA),
+                            sl.to(Device::CUDA), scale, max_len, kvb.to(Device::CUDA), dn, dv);
+    expect_close("mla_decode_paged_o H " + std::to_string(c.H) + " C " + std::to_string(c.C) + " max_len " +
+                     std::to_string(max_len) + " w " + dtype_name(wdt) + " act " + dtype_name(dt),
+                 og, oref, dt);
+  }
 }
 
 TEST_F(CudaDecode, PagedDecodeMatchesCpu) {
@@ -238,6 +252,36 @@ TEST_F(CudaDecode, SmallMoeMatchesCpu) {
       expect_close("moe_experts_small + shared Fs " + std::to_string(Fs) + " N " + std::to_string(s.N), got2,
                    want2, bound);
       EXPECT_GT(test::diff(want2, want).rel, 1e-3);  // the shared expert contributes
+      if (Fs == s.F && s.N <= 8) {
+        // The slots without their combine, combined inside the next residual norm (NormedInput), against
+        // the CPU's combined output added to the residual: x and the new residual.
+        ASSERT_TRUE(ops::moe_experts_slots_applies(x.to(Device::CUDA), s.K, gg, shg));
+        Tensor yp = poisoned({s.N * (s.K + 1), s.D}, DType::F32);
+        ops::moe_experts_slots(yp, x.to(Device::CUDA), idx.to(Device::CUDA), gg, ug, dg, shg);
+        const Tensor h = randn({s.N, s.D}, 13), nw = randn({s.D}, 14);
+        Tensor xr = Tensor::empty({s.N, s.D}, DType::F32), hr = Tensor::empty({s.N, s.D}, DType::F32);
+        ops::normed_input(xr, {.h = h,
+                               .y = want2,
+                               .w = Tensor(),
+                               .K = 0,
+                               .KS = 1,
+                               .norm = nw,
+                               .eps = 1e-6,
+                               .h_out = hr,
+                               .x_out = Tensor()});
+        Tensor xg = poisoned({s.N, s.D}, DType::F32), hg = poisoned({s.N, s.D}, DType::F32);
+        ops::normed_input(xg, {.h = h.to(Device::CUDA),
+                               .y = yp,
+                               .w = w.to(Device::CUDA),
+                               .K = s.K,
+                               .KS = s.K + 1,
+                               .norm = nw.to(Device::CUDA),
+                               .eps = 1e-6,
+                               .h_out = hg,
+                               .x_out = Tensor()});
+        expect_close("moe_experts_slots + normed_input x N " + std::to_string(s.N), xg, xr, DType::F32);
+        expect_close("moe_experts_slots + normed_input h N " + std::to_string(s.N), hg, hr, DType::F32);
+      }
     }
   }
 }
@@ -369,6 +413,157 @@ TEST_F(CudaDecode, FusedDecodeOpsMatchCpu) {
                      DType::F32);
       }
     }
+  }
+}
+
+// The products that begin with the residual add + RMSNorm before them (ops::NormedInput: the norm inside
+// the product's launch) against the CPU's unfused ops, for each form of the pending residual (none, a
+// plain row, MoE slots with and without a shared slot); the latent step with q_b in one launch.
+TEST_F(CudaDecode, NormedInputProductsMatchCpu) {
+  struct F {
+    int64_t K, KS;
+    bool y;
+  };
+  const auto dev = [](const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : Tensor(); };
+  for (int64_t N : {1, 3, 8}) {
+    for (int64_t D : {1024, 40}) {
+      for (const F& f : {F{0, 1, false}, F{0, 1, true}, F{6, 7, true}, F{2, 2, true}}) {
+        const std::string tag = " N " + std::to_string(N) + " D " + std::to_string(D) + " K " +
+                                std::to_string(f.K) + " KS " + std::to_string(f.KS) + (f.y ? "" : " no y");
+        const Tensor h = randn({N, D}, 21), y = f.y ? randn({N * f.KS, D}, 22) : Tensor(),
+                     w = f.K ? randn({N, f.K}, 23) : Tensor(), nw = randn({D}, 24);
+        const ops::NormedInput cpu{.h = h,
+                                   .y = y,
+                                   .w = w,
+                                   .K = f.K,
+                                   .KS = f.KS,
+                                   .norm = nw,
+                                   .eps = 1e-6,
+                                   .h_out = Tensor::empty({N, D}, DType::F32),
+                                   .x_out = Tensor()};
+        Tensor xr = Tensor::empty({N, D}, DType::F32);
+        ops::normed_input(xr, cpu);
+        // An independent check of the CPU reference at one element: the formula by hand.
+        {
+          const int64_t n = N - 1, i = D / 2;
+          double ss = 0, vi = 0;
+          for (int64_t j = 0; j < D; ++j) {
+            double d = 0;
+            if (f.y) {
+              for (int64_t k = 0; k < f.K; ++k)
+                d += double(w.data<float>()[n * f.K + k]) * y.data<float>()[(n * f.KS + k) * D + j];
+              if (f.KS > f.K) d += y.data<float>()[(n * f.KS + f.K) * D + j];
+            }
+            const double v = h.data<float>()[n * D + j] + d;
+            ss += v * v;
+            if (j == i) vi = v;
+          }
+          const double want = nw.data<float>()[i] * vi / std::sqrt(ss / double(D) + 1e-6);
+          EXPECT_NEAR(xr.data<float>()[n * D + i], want, 1e-4 * (1 + std::abs(want)))
+              << "normed_input" << tag;
+        }
+        ops::NormedInput gpu = cpu;
+        gpu.h = dev(h);
+        gpu.y = dev(y);
+        gpu.w = dev(w);
+        gpu.norm = dev(nw);
+        gpu.h_out = poisoned({N, D}, DType::F32);
+        Tensor xg = poisoned({N, D}, DType::F32);
+        ops::normed_input(xg, gpu);
+        expect_close("normed_input x" + tag, xg, xr, DType::F32);
+        expect_close("normed_input h_out" + tag, gpu.h_out, cpu.h_out, DType::F32);
+        // The q_a / kv_a pair of the normed input.
+        const int64_t Oa = D == 40 ? 7 : 512, Ob = D == 40 ? 5 : 288;
+        const Tensor wa = randn({Oa, D}, 25, 0.05).to(DType::BF16),
+                     wb = randn({Ob, D}, 26, 0.05).to(DType::BF16);
+        Tensor a = Tensor::empty({N, Oa}, DType::F32), b = Tensor::empty({N, Ob}, DType::F32);
+        ops::linear_pair(a, b, cpu, wa, wb);
+        Tensor ag = poisoned({N, Oa}, DType::F32), bg = poisoned({N, Ob}, DType::F32);
+        gpu.h_out = poisoned({N, D}, DType::F32);
+        ops::linear_pair(ag, bg, gpu, dev(wa), dev(wb));
+        expect_close("linear_pair (normed) a" + tag, ag, a, DType::F32);
+        expect_close("linear_pair (normed) b" + tag, bg, b, DType::F32);
+        expect_close("linear_pair (normed) h_out" + tag, gpu.h_out, cpu.h_out, DType::F32);
+        // The router of the normed input (bench-1b's routing), which also writes x for the experts.
+        if (D == 1024) {
+          const ops::RouterParams p{.scoring = ScoringFunc::Sigmoid,
+                                    .method = TopkMethod::NoauxTc,
+                                    .n_group = 8,
+                                    .topk_group = 4,
+                                    .top_k = 6,
+                                    .norm_topk_prob = true,
+                                    .routed_scaling_factor = 2.5};
+          const Tensor gate = randn({64, D}, 27, 0.05).to(DType::BF16), bias = randn({64}, 28, 0.1);
+          Tensor idx = Tensor::empty({N, 6}, DType::I32), rw = Tensor::empty({N, 6}, DType::F32);
+          ops::NormedInput cpu2 = cpu;
+          cpu2.x_out = Tensor::empty({N, D}, DType::F32);
+          ops::router_decode(idx, rw, cpu2, gate, bias, p);
+          ops::NormedInput gpu2 = gpu;
+          gpu2.h_out = poisoned({N, D}, DType::F32);
+          gpu2.x_out = poisoned({N, D}, DType::F32);
+          Tensor gi = Tensor::empty({N, 6}, DType::I32, Device::CUDA), gw = poisoned({N, 6}, DType::F32);
+          gi.fill(-1);
+          ops::router_decode(gi, gw, gpu2, dev(gate), dev(bias), p);
+          Tensor hi = gi.to(Device::CPU);
+          for (int64_t i = 0; i < N * 6; ++i)
+            ASSERT_EQ(hi.data<int32_t>()[i], idx.data<int32_t>()[i])
+                << "router_decode (normed) choice " << i << tag;
+          expect_close("router_decode (normed) weights" + tag, gw, rw, DType::F32);
+          expect_close("router_decode (normed) x_out" + tag, gpu2.x_out, cpu2.x_out, DType::F32);
+          expect_close("router_decode (normed) h_out" + tag, gpu2.h_out, cpu2.h_out, DType::F32);
+        }
+      }
+    }
+  }
+  // The latent step with q_b_proj in one launch: the cache rows and q, bench-1b and V3 widths.
+  struct L {
+    int64_t N, Q, C, R, O;
+  };
+  for (const L& c : {L{1, 512, 256, 32, 1536}, L{6, 1536, 512, 64, 3072}, L{3, 36, 30, 6, 44}}) {
+    const int64_t W = c.C + c.R;
+    Tensor cq = randn({c.N, c.Q}, 31), kv = randn({c.N, W}, 32), wq = randn({c.Q}, 33),
+           wkv = randn({c.C}, 34), pool = randn({4, 64, W}, 35),
+           qb = randn({c.O, c.Q}, 36, 0.05).to(DType::BF16);
+    Tensor pos = Tensor::empty({c.N}, DType::I64), inv = Tensor::empty({c.R / 2}, DType::F32);
+    std::vector<int32_t> sl;
+    for (int64_t n = 0; n < c.N; ++n) {
+      pos.data<int64_t>()[n] = 3 + 611 * n;
+      sl.push_back(int32_t(200 - 29 * n));
+    }
+    for (int64_t i = 0; i < c.R / 2; ++i)
+      inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / double(c.R)));
+    const Tensor slots = i32(sl, {c.N});
+    Tensor gpool = pool.to(Device::CUDA);
+    Tensor q = Tensor::empty({c.N, c.O}, DType::F32), gq = poisoned({c.N, c.O}, DType::F32);
+    ops::mla_decode_latent_q(q,
+                             {.cqn = Tensor(),
+                              .pool = pool,
+                              .cq = cq,
+                              .kv = kv,
+                              .q_norm = wq,
+                              .kv_norm = wkv,
+                              .positions = pos,
+                              .inv_freq = inv,
+                              .slots = slots,
+                              .attention_factor = 0.9,
+                              .eps = 1e-6},
+                             qb);
+    ops::mla_decode_latent_q(gq,
+                             {.cqn = Tensor(),
+                              .pool = gpool,
+                              .cq = dev(cq),
+                              .kv = dev(kv),
+                              .q_norm = dev(wq),
+                              .kv_norm = dev(wkv),
+                              .positions = dev(pos),
+                              .inv_freq = dev(inv),
+                              .slots = dev(slots),
+                              .attention_factor = 0.9,
+                              .eps = 1e-6},
+                             dev(qb));
+    const std::string tag = " N " + std::to_string(c.N) + " Q " + std::to_string(c.Q);
+    expect_close("mla_decode_latent_q q" + tag, gq, q, DType::F32);
+    expect_close("mla_decode_latent_q pool" + tag, gpool, pool, DType::F32);
   }
 }
 

@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -184,6 +186,21 @@ void launch_dep(const char* op, void (*kernel)(P...), dim3 grid, dim3 block, siz
   cfg.numAttrs = dep_launch_enabled() ? 1 : 0;
   DSEEK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...), op);
   DSEEK_CUDA_LAUNCH_CHECK(op);
+}
+
+// Raises a kernel's dynamic shared-memory limit when needed, once per kernel and size (so a captured
+// decode step makes no attribute calls).
+template <typename K>
+void allow_smem(K kernel, size_t bytes, const char* op) {
+  DSEEK_CHECK(bytes <= 227 * 1024, op, ": needs ", bytes, " bytes of shared memory");
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mu;
+  static std::map<const void*, size_t> set;  // kernel → the limit set so far
+  std::lock_guard<std::mutex> g(mu);
+  size_t& have = set[reinterpret_cast<const void*>(kernel)];
+  if (have >= bytes) return;
+  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
+  have = bytes;
 }
 
 inline int blocks_for(int64_t n, int threads) {

@@ -13,8 +13,6 @@
 //   * sm90_argmax_rows / sm90_argmax_split: greedy choice on the device, so only token ids go back to the
 //     host (rows of a decode step split over blocks, the last block of a row combining them).
 #include <algorithm>
-#include <map>
-#include <mutex>
 
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
@@ -423,6 +421,74 @@ __global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float
   }
 }
 
+// grid (H, B), 256 threads: o[b, h, j] = W_UV[h][j] · o_lat[b, h] for j < dv, where o_lat[b, h] is the
+// combine of the splits as sm90_mla_decode_combine computes it (rounded to T), or with one split the
+// attention kernel's own output (olat). The output absorption thus rides in the combine's launch. Warp w
+// takes rows j = w, w + 8, ...; a lane's first 8 columns of its first kRowsPre rows are read before the
+// dependency wait. Shared memory: the latent [C] f32.
+template <typename T, typename Wt>
+__global__ void __launch_bounds__(256)
+    sm90_mla_decode_combine_o(T* o, const T* olat, const float* part_o, const float* part_ml, const Wt* kvb,
+                              int H, int C, int dn, int dv, int splits, bool vec) {
+  extern __shared__ __align__(16) float ls[];  // [C]
+  __shared__ float wt[kMaxSplits];
+  constexpr int kRowsPre = 8;
+  dep_launch();
+  const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const Wt* wv = kvb + (int64_t(h) * (dn + dv) + dn) * C;  // W_UV[h]: [dv, C]
+  float pre[kRowsPre][8] = {};
+#pragma unroll
+  for (int t = 0; t < kRowsPre; ++t) {
+    const int j = warp + t * kWarps;
+    if (vec && j < dv && lane * 8 < C) load8(wv + int64_t(j) * C + lane * 8, pre[t]);
+  }
+  dep_wait();
+  if (splits == 1) {
+    for (int c = threadIdx.x; c < C; c += blockDim.x) ls[c] = ld(olat[(int64_t(b) * H + h) * C + c]);
+  } else {
+    float ms = -INFINITY, lsum = 0.0f;  // thread s's split (splits ≤ blockDim.x)
+    if (int(threadIdx.x) < splits) {
+      const int64_t i = (int64_t(b) * splits + threadIdx.x) * H + h;
+      ms = part_ml[2 * i];
+      lsum = part_ml[2 * i + 1];
+    }
+    const float M = block_max(ms);
+    const float den = block_sum(ms == -INFINITY ? 0.0f : exp2f(ms - M) * lsum);
+    if (int(threadIdx.x) < splits) wt[threadIdx.x] = ms == -INFINITY ? 0.0f : exp2f(ms - M) / den;
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float acc = 0.0f;
+#pragma unroll 8
+      for (int s = 0; s < splits; ++s) acc += wt[s] * part_o[((int64_t(b) * splits + s) * H + h) * C + c];
+      ls[c] = ld(st<T>(acc));
+    }
+  }
+  __syncthreads();
+  for (int t = 0; warp + t * kWarps < dv; ++t) {
+    const int j = warp + t * kWarps;
+    const Wt* wr = wv + int64_t(j) * C;
+    float acc = 0.0f;
+    if (vec) {
+      int c0 = lane * 8;
+      if (t < kRowsPre) {
+#pragma unroll
+        for (int u = 0; u < kRowsPre; ++u)  // pre[t] without dynamic register indexing
+          if (u == t && c0 < C) acc += dot8(pre[u], ls + c0);
+        c0 += 256;
+      }
+      for (int c = c0; c < C; c += 256) {
+        float w8[8];
+        load8(wr + c, w8);
+        acc += dot8(w8, ls + c);
+      }
+    } else {
+      for (int c = lane; c < C; c += 32) acc += ld(wr[c]) * ls[c];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) o[(int64_t(b) * H + h) * dv + j] = st<T>(acc);
+  }
+}
+
 // The block's best (value, index) from each thread's, in thread 0.
 __device__ void block_argmax(float& best, int64_t& idx) {
   __shared__ float bv[32];
@@ -521,21 +587,6 @@ __global__ void __launch_bounds__(1024) sm90_argmax_split(int64_t* ids, float* p
   if (threadIdx.x == 0) ids[n] = idx < 0 ? 0 : idx;
 }
 
-// Raises a kernel's dynamic shared-memory limit when needed, once per kernel and size (so a captured
-// decode step makes no attribute calls).
-template <typename K>
-void allow_smem(K kernel, size_t bytes, const char* op) {
-  DSEEK_CHECK(bytes <= 227 * 1024, op, ": needs ", bytes, " bytes of shared memory");
-  if (bytes <= 48 * 1024) return;
-  static std::mutex mu;
-  static std::map<const void*, size_t> set;  // kernel → the limit set so far
-  std::lock_guard<std::mutex> g(mu);
-  size_t& have = set[reinterpret_cast<const void*>(kernel)];
-  if (have >= bytes) return;
-  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
-  have = bytes;
-}
-
 // Calls fn(Wt{}) for the weight dtype (f32 or bf16).
 template <typename Fn>
 void with_weight(DType dt, const char* op, Fn&& fn) {
@@ -606,8 +657,16 @@ void mla_absorb_o(Tensor o, const Tensor& o_lat, const Tensor& kv_b, int64_t dn,
   });
 }
 
-void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
-                      const Tensor& seq_lens, double scale, int64_t max_len) {
+namespace {
+
+// The attention kernel of mla_decode_paged: o_lat gets the result when the grid has one key split; else
+// the splits' partial results go to part_o / part_ml (allocated here) for a combine launch.
+struct PagedSplits {
+  int64_t splits = 1;
+  Tensor part_o, part_ml;  // [B, S, H, C], [B, S, H, 2] f32 when splits > 1
+};
+PagedSplits paged_attention(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                            const Tensor& seq_lens, double scale, int64_t max_len) {
   const int64_t B = q.size(0), H = q.size(1), W = q.size(2), C = o_lat.size(2), MB = block_table.size(1);
   if (max_len == 0) {  // read the lengths back (a synchronisation; the engine passes max_len instead)
     Tensor lens = seq_lens.to(Device::CPU);
@@ -621,10 +680,10 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
                                        std::min<int64_t>(tiles, kMaxSplits));
   const int64_t keys_per_split = ((tiles + splits - 1) / splits) * kTK;
   splits = std::max<int64_t>(1, (max_len + keys_per_split - 1) / keys_per_split);
-  Tensor part_o, part_ml;
+  PagedSplits r{.splits = splits, .part_o = Tensor(), .part_ml = Tensor()};
   if (splits > 1) {
-    part_o = Tensor::empty({B, splits, H, C}, DType::F32, Device::CUDA);   // part_o: [B, S, H, C]
-    part_ml = Tensor::empty({B, splits, H, 2}, DType::F32, Device::CUDA);  // part_ml: [B, S, H, (m, l)]
+    r.part_o = Tensor::empty({B, splits, H, C}, DType::F32, Device::CUDA);   // part_o: [B, S, H, C]
+    r.part_ml = Tensor::empty({B, splits, H, 2}, DType::F32, Device::CUDA);  // part_ml: [B, S, H, (m, l)]
   }
   const bool vec = W % 4 == 0;
   const size_t smem = size_t(decode_smem_floats(int(W), vec)) * sizeof(float);
@@ -635,8 +694,8 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
     auto launch = [&](auto kernel) {
       allow_smem(kernel, smem, "mla_decode_paged");
       launch_dep("mla_decode_paged", kernel, grid, kThreads, smem, static_cast<T*>(o_lat.raw()),
-                 part_o.defined() ? part_o.data<float>() : nullptr,
-                 part_ml.defined() ? part_ml.data<float>() : nullptr, static_cast<const T*>(q.raw()),
+                 r.part_o.defined() ? r.part_o.data<float>() : nullptr,
+                 r.part_ml.defined() ? r.part_ml.data<float>() : nullptr, static_cast<const T*>(q.raw()),
                  static_cast<const T*>(pool.raw()), block_table.data<int32_t>(), seq_lens.data<int32_t>(),
                  int(H), int(W), int(C), int(MB), int(keys_per_split), qscale);
     };
@@ -659,10 +718,44 @@ void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const T
     } else {
       by_width(std::false_type{}, std::false_type{});
     }
-    if (splits > 1)
-      launch_dep("mla_decode_paged (combine)", sm90_mla_decode_combine<T>, dim3(unsigned(H), unsigned(B)),
-                 256, 0, static_cast<T*>(o_lat.raw()), part_o.data<float>(), part_ml.data<float>(), int(H),
-                 int(C), int(splits));
+  });
+  return r;
+}
+
+}  // namespace
+
+void mla_decode_paged(Tensor o_lat, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                      const Tensor& seq_lens, double scale, int64_t max_len) {
+  const PagedSplits r = paged_attention(o_lat, q, pool, block_table, seq_lens, scale, max_len);
+  if (r.splits == 1) return;
+  const int64_t B = q.size(0), H = q.size(1), C = o_lat.size(2);
+  with_act(q.dtype(), "mla_decode_paged", [&](auto t) {
+    using T = decltype(t);
+    launch_dep("mla_decode_paged (combine)", sm90_mla_decode_combine<T>, dim3(unsigned(H), unsigned(B)), 256,
+               0, static_cast<T*>(o_lat.raw()), r.part_o.data<float>(), r.part_ml.data<float>(), int(H),
+               int(C), int(r.splits));
+  });
+}
+
+void mla_decode_paged_o(Tensor o, const Tensor& q, const Tensor& pool, const Tensor& block_table,
+                        const Tensor& seq_lens, double scale, int64_t max_len, const Tensor& kv_b, int64_t dn,
+                        int64_t dv) {
+  const int64_t B = q.size(0), H = q.size(1), C = kv_b.size(1);
+  Tensor o_lat = Tensor::empty({B, H, C}, q.dtype(), Device::CUDA);  // o_lat: [B, H, C] (one split only)
+  const PagedSplits r = paged_attention(o_lat, q, pool, block_table, seq_lens, scale, max_len);
+  const bool vec = C % 8 == 0 && (reinterpret_cast<uintptr_t>(kv_b.raw()) & 15) == 0;
+  const size_t smem = size_t(C) * sizeof(float);
+  with_act(q.dtype(), "mla_decode_paged_o", [&](auto t) {
+    using T = decltype(t);
+    with_weight(kv_b.dtype(), "mla_decode_paged_o", [&](auto wt) {
+      using Wt = decltype(wt);
+      allow_smem(sm90_mla_decode_combine_o<T, Wt>, smem, "mla_decode_paged_o");
+      launch_dep("mla_decode_paged_o (combine + output absorption)", sm90_mla_decode_combine_o<T, Wt>,
+                 dim3(unsigned(H), unsigned(B)), 256, smem, static_cast<T*>(o.raw()),
+                 static_cast<const T*>(o_lat.raw()), r.part_o.defined() ? r.part_o.data<float>() : nullptr,
+                 r.part_ml.defined() ? r.part_ml.data<float>() : nullptr, static_cast<const Wt*>(kv_b.raw()),
+                 int(H), int(C), int(dn), int(dv), int(r.splits), vec);
+    });
   });
 }
 

@@ -6,7 +6,7 @@
 // the SwiGLU in one launch (a warp reads both rows of output f and writes silu(g) · u). Launched with
 // programmatic dependent launch (common.cuh launch_dep): a warp's first four 16-byte chunks of its row are
 // read before the wait, while the kernel before it finishes.
-#include "ops/cuda/common.cuh"
+#include "ops/cuda/gemv.cuh"
 #include "ops/cuda/gemv.h"
 #include "ops/decode_impl.h"
 
@@ -15,62 +15,17 @@ namespace dseek::ops::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-
-// 16-byte weight chunks per lane read before dep_wait (a whole 1024-wide bf16 row: chunk j of a lane is
-// at column lane·8 + j·256), so under programmatic dependent launch a row's bytes are on their way while
-// the previous kernel of the step finishes.
-constexpr int kPre = 4;
-
-__device__ __forceinline__ void row_pre(uint4 (&pre)[kPre], const bf16* wr, int64_t I, bool vec, int lane) {
-  if (!vec) return;
-#pragma unroll
-  for (int j = 0; j < kPre; ++j) {
-    const int64_t i = int64_t(lane) * 8 + j * 256;
-    if (i < I) pre[j] = __ldg(reinterpret_cast<const uint4*>(wr + i));
-  }
-}
-
-// acc[n] += the chunk's 8 weights · x[n, i .. i + 8).
-template <int NB>
-__device__ __forceinline__ void dot_chunk(float* acc, const uint4& raw, const float* x, int64_t I,
-                                          int64_t i) {
-  float wf[8];
-  load8(reinterpret_cast<const bf16*>(&raw), wf);
-#pragma unroll
-  for (int n = 0; n < NB; ++n) acc[n] += dot8(wf, x + n * I + i);
-}
-
-// acc[n] = one lane's part of w_row · x[n] (the warp's lanes cover the row; warp_sum completes it); the
-// lane's first kPre chunks come from pre (row_pre), the rest are read here, in the same order.
-template <int NB>
-__device__ __forceinline__ void row_dot(float* acc, const uint4 (&pre)[kPre], const bf16* wr, const float* x,
-                                        int64_t I, bool vec, int lane) {
-#pragma unroll
-  for (int n = 0; n < NB; ++n) acc[n] = 0.0f;
-  if (vec) {
-#pragma unroll
-    for (int j = 0; j < kPre; ++j) {
-      const int64_t i = int64_t(lane) * 8 + j * 256;
-      if (i < I) dot_chunk<NB>(acc, pre[j], x, I, i);
-    }
-#pragma unroll 4
-    for (int64_t i = int64_t(lane) * 8 + kPre * 256; i < I; i += 256)
-      dot_chunk<NB>(acc, *reinterpret_cast<const uint4*>(wr + i), x, I, i);
-  } else {
-    for (int64_t i = lane; i < I; i += 32) {
-      const float wf = __bfloat162float(wr[i]);
-#pragma unroll
-      for (int n = 0; n < NB; ++n) acc[n] += wf * x[n * I + i];
-    }
-  }
-}
+constexpr int kPre = kGemvPre;
 
 // Rows o < Oa of the grid: ya[:, o] = x · wa[o]; the rest: yb[:, o - Oa] = x · wb[o - Oa] (Ob = 0: one
-// product). vec: I % 8 == 0 and the bases 16-byte aligned, so every row start is too.
-template <int NB>
+// product). vec: I % 8 == 0 and the bases 16-byte aligned, so every row start is too. NORM: x is the
+// normalized input described by na (built per block in shared memory, [NB, I]; block 0 writes its h_out
+// / x_out), not the x argument.
+template <int NB, bool NORM>
 __global__ void __launch_bounds__(kWarps * 32)
     sm90_gemv_bf16_pair(float* ya, float* yb, const float* x, const bf16* wa, const bf16* wb, int64_t I,
-                        int64_t Oa, int64_t Ob, bool vec) {
+                        int64_t Oa, int64_t Ob, bool vec, NormArgs na) {
+  extern __shared__ __align__(16) float xs[];
   dep_launch();
   const int lane = threadIdx.x & 31;
   const int64_t o = blockIdx.x * int64_t(kWarps) + (threadIdx.x >> 5);
@@ -80,6 +35,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   uint4 pre[kPre] = {};
   if (o < Oa + Ob) row_pre(pre, wr, I, vec, lane);
   dep_wait();
+  if constexpr (NORM) {
+    normed_rows<NB>(xs, na, 0, I, blockIdx.x == 0);
+    x = xs;
+  }
   if (o >= Oa + Ob) return;
   float acc[NB];
   row_dot<NB>(acc, pre, wr, x, I, vec, lane);
@@ -136,9 +95,9 @@ void gemv_bf16(Tensor out, const Tensor& x, const Tensor& w) {
   const bool vec = vec_ok(xp, wp, wp, I);
   with_rows(N, "gemv_bf16", [&](auto nb) {  // the pair kernel with no second matrix
     using NB = decltype(nb);
-    launch_dep("linear (bf16 gemv)", sm90_gemv_bf16_pair<NB::value>, unsigned((O + kWarps - 1) / kWarps),
-               kWarps * 32, 0, y, static_cast<float*>(nullptr), xp, wp, static_cast<const bf16*>(nullptr), I,
-               O, int64_t(0), vec);
+    launch_dep("linear (bf16 gemv)", sm90_gemv_bf16_pair<NB::value, false>,
+               unsigned((O + kWarps - 1) / kWarps), kWarps * 32, 0, y, static_cast<float*>(nullptr), xp, wp,
+               static_cast<const bf16*>(nullptr), I, O, int64_t(0), vec, NormArgs{});
   });
 }
 
@@ -150,9 +109,26 @@ void gemv_pair(Tensor out_a, Tensor out_b, const Tensor& x, const Tensor& w_a, c
   const bool vec = vec_ok(xp, wa, wb, I);
   with_rows(N, "linear_pair", [&](auto nb) {
     using NB = decltype(nb);
-    launch_dep("linear_pair (bf16 gemv)", sm90_gemv_bf16_pair<NB::value>,
+    launch_dep("linear_pair (bf16 gemv)", sm90_gemv_bf16_pair<NB::value, false>,
                unsigned((Oa + Ob + kWarps - 1) / kWarps), kWarps * 32, 0, out_a.data<float>(),
-               out_b.data<float>(), xp, wa, wb, I, Oa, Ob, vec);
+               out_b.data<float>(), xp, wa, wb, I, Oa, Ob, vec, NormArgs{});
+  });
+}
+
+void gemv_pair_normed(Tensor out_a, Tensor out_b, const NormedInput& in, const Tensor& w_a,
+                      const Tensor& w_b) {
+  const int64_t N = in.h.size(0), I = in.h.size(1), Oa = w_a.size(0), Ob = w_b.defined() ? w_b.size(0) : 0;
+  const bf16* wa = static_cast<const bf16*>(w_a.raw());
+  const bf16* wb = Ob ? static_cast<const bf16*>(w_b.raw()) : wa;
+  const bool vec = vec_ok(wa, wa, wb, I);  // the input rows live in shared memory, 16-byte aligned
+  const size_t smem = size_t(N * I) * sizeof(float);
+  with_rows(N, "linear_pair (normed input)", [&](auto nb) {
+    using NB = decltype(nb);
+    const auto kernel = sm90_gemv_bf16_pair<NB::value, true>;
+    allow_smem(kernel, smem, "linear_pair (normed input)");
+    launch_dep("linear_pair (normed input, bf16 gemv)", kernel, unsigned((Oa + Ob + kWarps - 1) / kWarps),
+               kWarps * 32, smem, out_a.data<float>(), Ob ? out_b.data<float>() : nullptr,
+               static_cast<const float*>(nullptr), wa, wb, I, Oa, Ob, vec, norm_args(in));
   });
 }
 

@@ -8,10 +8,11 @@
 // width runs as expert E (grid row E, every token, slot K of KS = K + 1 per token, weight 1, added after
 // the routed sum), so the whole MoE layer of a decode step is these three launches. One token (a batch-1
 // step) skips the gathering: row y is slot y. Under programmatic dependent launch the gate+up launch asks
-// L2 for the shared expert's matrices before its wait and for each chosen expert's down matrix after it.
+// L2 for the shared expert's rows before its wait and for each chosen expert's down matrix after it, each
+// block a slice.
 #include <algorithm>
 
-#include "ops/cuda/common.cuh"
+#include "ops/cuda/gemv.cuh"
 #include "ops/decode.h"
 #include "ops/decode_impl.h"
 
@@ -20,11 +21,6 @@ namespace dseek::ops::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-
-// Expert matrices by value (the kernel parameter space holds 256 pointers per table), bf16 or f32.
-struct ExpertPtrs {
-  const void* p[kMoeSmallExperts];
-};
 
 // The slots n·KS + k (k < K) whose expert is e, into rows[0 .. returned count); for e = E (the shared
 // expert) the slots n·KS + K of all N = NK / K tokens.
@@ -105,18 +101,26 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ int rows[kMoeSmallTokens * 16];
   __shared__ int count;
   dep_launch();
+  // L2 hints, spread so that each block asks for a small slice (one SM's bulk-prefetch unit moves a large
+  // request slowly, and a block is not done until its requests are): the block's own 8 rows of the shared
+  // expert's gate and up (known before the wait), and slice blockIdx.x of the chosen expert's down matrix
+  // for the next launch.
   const int64_t mat_bytes = int64_t(F) * D * int64_t(sizeof(Wt));  // gate, up and down are F·D each
-  const bool hint = aligned && threadIdx.x < 32 && blockIdx.x == 0 && mat_bytes % 16 == 0;
-  if (hint && sh_gate && int(blockIdx.y) == min(E, NK)) {  // the shared expert's row: known before the wait
-    prefetch_l2(sh_gate, mat_bytes, threadIdx.x, 32);
-    prefetch_l2(sh_up, mat_bytes, threadIdx.x, 32);
+  const int64_t rows_bytes = int64_t(kWarps) * D * int64_t(sizeof(Wt)), f0 = int64_t(blockIdx.x) * kWarps;
+  const int64_t slice = (mat_bytes / gridDim.x + 15) / 16 * 16, s0 = int64_t(blockIdx.x) * slice;
+  const bool hint = aligned && threadIdx.x == 0 && mat_bytes % 16 == 0 && rows_bytes % 16 == 0;
+  if (hint && sh_gate && int(blockIdx.y) == min(E, NK) && f0 < F) {
+    const int64_t n = std::min<int64_t>(rows_bytes, (F - f0) * D * int64_t(sizeof(Wt)));
+    prefetch_l2(static_cast<const char*>(sh_gate) + f0 * D * int64_t(sizeof(Wt)), n, 0, 1);
+    prefetch_l2(static_cast<const char*>(sh_up) + f0 * D * int64_t(sizeof(Wt)), n, 0, 1);
   }
   dep_wait();
   int c = 0;
   const int e = row_slots(rows, &count, &c, idx, NK, K, KS, E);
   if (e < 0) return;
-  // One block per expert brings the expert's down matrix into L2 for the next launch (a hint).
-  if (hint) prefetch_l2(mat(down, sh_down, e, E), mat_bytes, threadIdx.x, 32);
+  if (hint && s0 < mat_bytes)
+    prefetch_l2(static_cast<const char*>(mat(down, sh_down, e, E)) + s0, std::min(slice, mat_bytes - s0), 0,
+                1);
   const int lane = threadIdx.x & 31, f = blockIdx.x * kWarps + (threadIdx.x >> 5);
   if (c == 0 || f >= F) return;
   const Wt* gr = static_cast<const Wt*>(mat(gate, sh_gate, e, E)) + int64_t(f) * D;
@@ -215,6 +219,15 @@ __global__ void sm90_moe_small_combine(float* out, const float* yp, const float*
   }
 }
 
+// grid N, 256 threads: x[n] (and h_out[n]) of a NormedInput (gemv.cuh normed_rows), one launch for the
+// slots' combine, the residual add and the RMSNorm. Shared memory: [D] f32.
+__global__ void __launch_bounds__(256) sm90_normed_input(NormArgs na, int D) {
+  extern __shared__ __align__(16) float xs[];
+  dep_launch();
+  dep_wait();
+  normed_rows<1>(xs, na, blockIdx.x, D, true);
+}
+
 bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
@@ -230,9 +243,9 @@ ExpertPtrs table(const std::vector<Tensor>& m, bool& aligned) {
 
 }  // namespace
 
-void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
-                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
-                       const std::vector<Tensor>& down, const SharedExpert* shared) {
+void moe_experts_slots(Tensor yp, const Tensor& x, const Tensor& topk_idx, const std::vector<Tensor>& gate,
+                       const std::vector<Tensor>& up, const std::vector<Tensor>& down,
+                       const SharedExpert* shared) {
   const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), E = int64_t(gate.size()),
                 F = gate[0].size(0), NK = N * K, KS = K + (shared ? 1 : 0),
                 EG = std::min(E, NK) + (shared ? 1 : 0);  // grid rows: the distinct experts at most, + shared
@@ -245,8 +258,7 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
     al_gu = al_gu && aligned16(sg) && aligned16(su);
     al_dn = al_dn && aligned16(sd);
   }
-  Tensor h = Tensor::empty({N * KS, F}, DType::F32, Device::CUDA);   // h: [N·KS, F] silu(gate)·up per slot
-  Tensor yp = Tensor::empty({N * KS, D}, DType::F32, Device::CUDA);  // yp: [N·KS, D] expert output per slot
+  Tensor h = Tensor::empty({N * KS, F}, DType::F32, Device::CUDA);  // h: [N·KS, F] silu(gate)·up per slot
   const bool vec_gu = al_gu && D % 8 == 0, vec_dn = al_dn && F % 8 == 0 && aligned16(h.raw());
   // kChunk: the slots accumulated at once per weight row; an expert has at most N slots (its tokens).
   auto run_chunk = [&](auto wt, auto ch) {
@@ -275,8 +287,30 @@ void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, cons
   } else {
     run(bf16{});
   }
+}
+
+void moe_combine_slots(Tensor out, const Tensor& yp, const Tensor& topk_w, int64_t K, int64_t KS) {
+  const int64_t N = out.size(0), D = out.size(1);
   launch_dep("moe_experts_small (combine)", sm90_moe_small_combine, unsigned(N), 1024, 0, out.data<float>(),
              yp.data<float>(), topk_w.data<float>(), int(K), int(KS), int(D));
+}
+
+void moe_experts_small(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
+                       const std::vector<Tensor>& gate, const std::vector<Tensor>& up,
+                       const std::vector<Tensor>& down, const SharedExpert* shared) {
+  const int64_t N = x.size(0), D = x.size(1), K = topk_idx.size(1), KS = K + (shared ? 1 : 0);
+  Tensor yp = Tensor::empty({N * KS, D}, DType::F32, Device::CUDA);  // yp: [N·KS, D] expert output per slot
+  moe_experts_slots(yp, x, topk_idx, gate, up, down, shared);
+  moe_combine_slots(out, yp, topk_w, K, KS);
+}
+
+void normed_input(Tensor x, const NormedInput& in) {
+  const int64_t N = in.h.size(0), D = in.h.size(1);
+  NormArgs na = norm_args(in);
+  na.x_out = x.data<float>();
+  const size_t smem = size_t(D) * sizeof(float);
+  allow_smem(sm90_normed_input, smem, "normed_input");
+  launch_dep("normed_input (residual add + RMSNorm)", sm90_normed_input, unsigned(N), 256, smem, na, int(D));
 }
 
 }  // namespace dseek::ops::cuda

@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "ops/cuda/common.cuh"
+#include "ops/cuda/gemv.cuh"
 #include "ops/decode_impl.h"
 
 namespace dseek::ops::cuda {
@@ -133,17 +133,21 @@ __global__ void sm90_router_small(int32_t* idx_out, T* w_out, T* scores_out, con
 
 // grid (ceil(E / 8), N), 8 warps: logits[n, e] = x[n] · gate[e] in f32 for the block's 8 experts (one warp
 // per row, 16-byte loads when vec) into global memory; the last block of token n to arrive (arrive[n]
-// counts them, then is reset) routes it from the logits as sm90_router_small does.
-template <typename Tg>
+// counts them, then is reset) routes it from the logits as sm90_router_small does. NORM: token n's input
+// is the normalized input of na, built by each block in shared memory ([D] f32); block (0, n) writes its
+// h_out / x_out row.
+template <typename Tg, bool NORM>
 __global__ void __launch_bounds__(256)
     sm90_router_decode(int32_t* idx_out, float* w_out, float* logits, int* arrive, const float* x,
-                       const Tg* gate, const float* bias, int E, int D, bool vec, RouterParams p) {
+                       const Tg* gate, const float* bias, int E, int D, bool vec, RouterParams p,
+                       NormArgs na) {
+  extern __shared__ __align__(16) float xs[];
   __shared__ float lg[kMaxE];
   __shared__ bool last;
   dep_launch();
   const int64_t n = blockIdx.y;
   const int lane = threadIdx.x & 31, e = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const float* xr = x + n * D;
+  const float* xr = NORM ? xs : x + n * D;
   const Tg* g = gate + int64_t(e < E ? e : 0) * D;
   // The lane's first kPre chunks of its gate row, read before the wait (weights only).
   constexpr int kPre = 4;
@@ -153,6 +157,7 @@ __global__ void __launch_bounds__(256)
     for (int j = 0; j < kPre; ++j)
       if (lane * 8 + j * 256 < D) load8(g + lane * 8 + j * 256, pre[j]);
   dep_wait();
+  if constexpr (NORM) normed_rows<1>(xs, na, n, D, blockIdx.x == 0);
   if (e < E) {
     float acc = 0.0f;
     if (vec) {
@@ -211,24 +216,52 @@ void router_fwd_small(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tenso
 
 namespace dseek::ops::cuda {
 
-void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
-                   const RouterParams& p) {
-  const int64_t N = x.size(0), D = x.size(1), E = gate.size(0);
+namespace {
+// x or the normalized input `in` (x undefined) as the routers' input.
+void router_launch(Tensor topk_idx, Tensor topk_w, const Tensor& x, const NormedInput* in, const Tensor& gate,
+                   const Tensor& bias, const RouterParams& p) {
+  const Tensor& xi = in ? in->h : x;
+  const int64_t N = xi.size(0), D = xi.size(1), E = gate.size(0);
   const auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
-  const bool vec = D % 8 == 0 && al(x.raw()) && al(gate.raw());
+  const bool vec = D % 8 == 0 && (in || al(x.raw())) && al(gate.raw());
   const float* b = bias.defined() ? bias.data<float>() : nullptr;
   Tensor logits = Tensor::empty({N, E}, DType::F32, Device::CUDA);  // logits: [N, E]
   int* arrive = arrival_counters() + kRouterCounters;
   const dim3 grid{unsigned((E + 7) / 8), unsigned(N)};
-  if (gate.dtype() == DType::F32) {
-    launch_dep("router_decode", sm90_router_decode<float>, grid, 256, 0, topk_idx.data<int32_t>(),
-               topk_w.data<float>(), logits.data<float>(), arrive, x.data<float>(), gate.data<float>(), b,
-               int(E), int(D), vec, p);
+  const size_t smem = in ? size_t(D) * sizeof(float) : 0;
+  const NormArgs na = in ? norm_args(*in) : NormArgs{};
+  const float* xp = in ? nullptr : x.data<float>();
+  auto run = [&](auto wt, auto norm) {
+    using Tg = decltype(wt);
+    const auto kernel = sm90_router_decode<Tg, decltype(norm)::value>;
+    allow_smem(kernel, smem, "router_decode");
+    launch_dep("router_decode", kernel, grid, 256, smem, topk_idx.data<int32_t>(), topk_w.data<float>(),
+               logits.data<float>(), arrive, xp, static_cast<const Tg*>(gate.raw()), b, int(E), int(D), vec,
+               p, na);
+  };
+  auto by_gate = [&](auto norm) {
+    if (gate.dtype() == DType::F32) {
+      run(float{}, norm);
+    } else {
+      run(bf16{}, norm);
+    }
+  };
+  if (in) {
+    by_gate(std::true_type{});
   } else {
-    launch_dep("router_decode", sm90_router_decode<bf16>, grid, 256, 0, topk_idx.data<int32_t>(),
-               topk_w.data<float>(), logits.data<float>(), arrive, x.data<float>(),
-               static_cast<const bf16*>(gate.raw()), b, int(E), int(D), vec, p);
+    by_gate(std::false_type{});
   }
+}
+}  // namespace
+
+void router_decode(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Tensor& gate, const Tensor& bias,
+                   const RouterParams& p) {
+  router_launch(topk_idx, topk_w, x, nullptr, gate, bias, p);
+}
+
+void router_decode_normed(Tensor topk_idx, Tensor topk_w, const NormedInput& in, const Tensor& gate,
+                          const Tensor& bias, const RouterParams& p) {
+  router_launch(topk_idx, topk_w, Tensor(), &in, gate, bias, p);
 }
 
 }  // namespace dseek::ops::cuda
