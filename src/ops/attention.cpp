@@ -82,6 +82,8 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Te
   switch (q.device()) {
     case Device::CPU:
       return cpu::attention_bwd(dq, dk, dv, dout, q, k, v, probs, scale, q_pos0);
+    case Device::CUDA:
+      return cuda::attention_bwd(dq, dk, dv, dout, q, k, v, probs, scale, q_pos0);
     default:
       fail("attention_bwd: no implementation for ", device_name(q.device()));
   }
@@ -145,6 +147,8 @@ void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, c
   switch (q.device()) {
     case Device::CPU:
       return cpu::attention_bwd_varlen(dq, dk, dv, dout, q, k, v, probs, cu, scale);
+    case Device::CUDA:
+      return cuda::attention_bwd_varlen(dq, dk, dv, dout, q, k, v, probs, cu, scale);
     default:
       fail("attention_bwd_varlen: no implementation for ", device_name(q.device()));
   }

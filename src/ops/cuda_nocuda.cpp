@@ -98,5 +98,29 @@ double lm_head_cross_entropy_sum(Tensor, Tensor, const Tensor&, const Tensor&, c
   none("lm_head_cross_entropy");
   return 0;
 }
+void moe_permute_bwd(Tensor, const Tensor&, const MoePlan&) {
+  none("moe_permute_bwd");
+}
+void moe_unpermute_bwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const MoePlan&) {
+  none("moe_unpermute_bwd");
+}
+void router_bwd(Tensor, const Tensor&, const Tensor&, const Tensor&, const RouterParams&) {
+  none("router_bwd");
+}
+double router_balance_loss(Tensor, const Tensor&, const Tensor&, int64_t, double, const RouterParams&) {
+  none("router_balance_loss");
+  return 0;
+}
+void embedding_bwd(Tensor, const Tensor&, const Tensor&) {
+  none("embedding_bwd");
+}
+void attention_bwd(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                   const Tensor&, double, int64_t) {
+  none("attention_bwd");
+}
+void attention_bwd_varlen(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          const Tensor&, const std::vector<int64_t>&, double) {
+  none("attention_bwd_varlen");
+}
 
 }  // namespace dseek::ops::cuda

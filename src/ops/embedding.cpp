@@ -36,6 +36,8 @@ void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout, Stream)
   switch (dtable.device()) {
     case Device::CPU:
       return cpu::embedding_bwd(dtable, ids, dout);
+    case Device::CUDA:
+      return cuda::embedding_bwd(dtable, ids, dout);
     default:
       fail("embedding_bwd: no implementation for ", device_name(dtable.device()));
   }

@@ -86,6 +86,8 @@ void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p, Stream) {
   switch (dx.device()) {
     case Device::CPU:
       return cpu::moe_permute_bwd(dx, dxp, p);
+    case Device::CUDA:
+      return cuda::moe_permute_bwd(dx, dxp, p);
     default:
       fail("moe_permute_bwd: no implementation for ", device_name(dx.device()));
   }
@@ -128,6 +130,14 @@ void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& 
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear_bwd(dx, dw, dy, x, w, p);
+    case Device::CUDA:  // one product's backward per expert with rows (cuBLASLt)
+      for (int64_t e = 0; e < p.experts; ++e) {
+        const int64_t r0 = p.offsets[size_t(e)], n = p.rows(e);
+        if (n == 0) continue;
+        linear_bwd(dx.defined() ? dx.slice(r0, n) : Tensor(), dw.empty() ? Tensor() : dw[size_t(e)],
+                   dy.slice(r0, n), x.slice(r0, n), w[size_t(e)]);
+      }
+      return;
     default:
       fail("grouped_linear_bwd: no implementation for ", device_name(x.device()));
   }
@@ -174,6 +184,13 @@ void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const st
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear_pair_bwd(dx, dwa, dwb, dya, dyb, x, wa, wb, p);
+    case Device::CUDA: {  // the two products' backward, then dx = dx_a + dx_b
+      grouped_linear_bwd(dx, dwa, dya, x, wa, p, s);
+      Tensor dxb = dx.defined() ? Tensor::empty(dx.shape(), dx.dtype(), dx.device()) : Tensor();
+      grouped_linear_bwd(dxb, dwb, dyb, x, wb, p, s);
+      if (dx.defined()) axpy_(dx, dxb, 1.0);
+      return;
+    }
     default:
       (void)s;
       fail("grouped_linear_pair_bwd: no implementation for ", device_name(x.device()));
@@ -207,6 +224,8 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
   switch (yp.device()) {
     case Device::CPU:
       return cpu::moe_unpermute_bwd(dyp, dtopk_w, dout, yp, topk_w, p);
+    case Device::CUDA:
+      return cuda::moe_unpermute_bwd(dyp, dtopk_w, dout, yp, topk_w, p);
     default:
       fail("moe_unpermute_bwd: no implementation for ", device_name(yp.device()));
   }

@@ -58,6 +58,8 @@ void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, c
   switch (scores.device()) {
     case Device::CPU:
       return cpu::router_bwd(dlogits, dtopk_w, topk_idx, scores, p);
+    case Device::CUDA:
+      return cuda::router_bwd(dlogits, dtopk_w, topk_idx, scores, p);
     default:
       fail("router_bwd: no implementation for ", device_name(scores.device()));
   }
@@ -78,6 +80,8 @@ double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& t
   switch (scores.device()) {
     case Device::CPU:
       return cpu::router_balance_loss(dlogits, scores, topk_idx, seq_len, alpha, p);
+    case Device::CUDA:
+      return cuda::router_balance_loss(dlogits, scores, topk_idx, seq_len, alpha, p);
     default:
       fail("router_balance_loss: no implementation for ", device_name(scores.device()));
   }

@@ -491,6 +491,146 @@ TEST_F(Cuda, SampleRowsEqualsTheCpuRule) {
 // written, dw accumulated; f32 weights at the f32 bound, bf16 weights — dy and x rounded to bf16 — at the
 // 16-bit bound), RMSNorm, SwiGLU and RoPE backward, AdamW bit for bit with f32 and bf16 moments over three
 // steps, the f64 sum of squares, and the LM head fused with cross-entropy.
+// The backward ops of train_bwd.cu (and the grouped products' backward through linear_bwd) against their
+// CPU twins, f32: MoE un-permutation / permutation, grouped products (one and two matrices), the router
+// (sigmoid and softmax, normalized or not), the balance loss (value and gradient), the embedding (repeated
+// ids) and the attention from saved probabilities (one sequence with a cache offset, and varlen).
+TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
+  const auto gpu = [](const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : Tensor(); };
+  {  // MoE: N tokens, K of E experts each (distinct per token), D wide, F hidden.
+    const int64_t N = 37, K = 3, E = 8, D = 48, F = 24, M = N * K;
+    std::vector<int32_t> ids;
+    for (int64_t n = 0; n < N; ++n) {
+      std::vector<int32_t> all(static_cast<size_t>(E));
+      std::iota(all.begin(), all.end(), 0);
+      std::shuffle(all.begin(), all.end(), rng);
+      std::sort(all.begin(), all.begin() + K);
+      ids.insert(ids.end(), all.begin(), all.begin() + K);
+    }
+    Tensor idx = Tensor::empty({N, K}, DType::I32);
+    std::copy(ids.begin(), ids.end(), idx.data<int32_t>());
+    const ops::MoePlan plan = ops::MoePlan::build(idx, E);
+    Tensor dout = randn({N, D}), yp = randn({M, D}), tw = randn({N, K}), dxp = randn({M, D});
+    Tensor dyp = Tensor::empty({M, D}, DType::F32), dtw = Tensor::empty({N, K}, DType::F32),
+           dx = Tensor::empty({N, D}, DType::F32);
+    ops::moe_unpermute_bwd(dyp, dtw, dout, yp, tw, plan);
+    ops::moe_permute_bwd(dx, dxp, plan);
+    Tensor gdyp = poisoned({M, D}, DType::F32), gdtw = poisoned({N, K}, DType::F32),
+           gdx = poisoned({N, D}, DType::F32);
+    ops::moe_unpermute_bwd(gdyp, gdtw, gpu(dout), gpu(yp), gpu(tw), plan);
+    ops::moe_permute_bwd(gdx, gpu(dxp), plan);
+    expect_close("moe_unpermute_bwd dyp", gdyp, dyp, DType::F32);
+    expect_close("moe_unpermute_bwd dtopk_w", gdtw, dtw, DType::F32);
+    expect_close("moe_permute_bwd", gdx, dx, DType::F32);
+    // Grouped products' backward: dx written, dw[e] accumulated.
+    std::vector<Tensor> wa, wb, dwa, dwb, gwa, gwb, gdwa, gdwb;
+    for (int64_t e = 0; e < E; ++e) {
+      wa.push_back(randn({F, D}, 0.1));
+      wb.push_back(randn({F, D}, 0.1));
+      dwa.push_back(randn({F, D}, 0.1));
+      dwb.push_back(randn({F, D}, 0.1));
+      gwa.push_back(gpu(wa.back()));
+      gwb.push_back(gpu(wb.back()));
+      gdwa.push_back(gpu(dwa.back()));
+      gdwb.push_back(gpu(dwb.back()));
+    }
+    Tensor xp = randn({M, D}), dya = randn({M, F}), dyb = randn({M, F});
+    Tensor gx = Tensor::empty({M, D}, DType::F32), ggx = poisoned({M, D}, DType::F32);
+    ops::grouped_linear_pair_bwd(gx, dwa, dwb, dya, dyb, xp, wa, wb, plan);
+    ops::grouped_linear_pair_bwd(ggx, gdwa, gdwb, gpu(dya), gpu(dyb), gpu(xp), gwa, gwb, plan);
+    expect_close("grouped_linear_pair_bwd dx", ggx, gx, DType::F32);
+    for (int64_t e = 0; e < E; ++e) {
+      expect_close("grouped_linear_pair_bwd dwa[" + std::to_string(e) + "]", gdwa[size_t(e)], dwa[size_t(e)],
+                   DType::F32);
+      expect_close("grouped_linear_pair_bwd dwb[" + std::to_string(e) + "]", gdwb[size_t(e)], dwb[size_t(e)],
+                   DType::F32);
+    }
+    Tensor hx = Tensor::empty({M, F}, DType::F32), ghx = poisoned({M, F}, DType::F32);
+    std::vector<Tensor> wd, dwd, gwd, gdwd;
+    for (int64_t e = 0; e < E; ++e) {
+      wd.push_back(randn({D, F}, 0.1));
+      dwd.push_back(randn({D, F}, 0.1));
+      gwd.push_back(gpu(wd.back()));
+      gdwd.push_back(gpu(dwd.back()));
+    }
+    Tensor hin = randn({M, F}), dyd = randn({M, D});
+    ops::grouped_linear_bwd(hx, dwd, dyd, hin, wd, plan);
+    ops::grouped_linear_bwd(ghx, gdwd, gpu(dyd), gpu(hin), gwd, plan);
+    expect_close("grouped_linear_bwd dx", ghx, hx, DType::F32);
+    for (int64_t e = 0; e < E; ++e)
+      expect_close("grouped_linear_bwd dw[" + std::to_string(e) + "]", gdwd[size_t(e)], dwd[size_t(e)],
+                   DType::F32);
+  }
+  // Router backward and the balance loss, from the forward's choice and scores.
+  for (ScoringFunc sf : {ScoringFunc::Sigmoid, ScoringFunc::Softmax})
+    for (bool norm : {true, false}) {
+      const int64_t L = 40, B = 3, N = L * B, E = 64, K = 6;
+      const ops::RouterParams p{.scoring = sf,
+                                .method = TopkMethod::NoauxTc,
+                                .n_group = 8,
+                                .topk_group = 4,
+                                .top_k = K,
+                                .norm_topk_prob = norm,
+                                .routed_scaling_factor = 2.5};
+      Tensor logits = randn({N, E}), bias = randn({E}, 0.1), idx = Tensor::empty({N, K}, DType::I32),
+             w = Tensor::empty({N, K}, DType::F32), sc = Tensor::empty({N, E}, DType::F32);
+      ops::router_fwd(idx, w, sc, logits, bias, p);
+      Tensor dw = randn({N, K}), dl = Tensor::empty({N, E}, DType::F32), gdl = poisoned({N, E}, DType::F32);
+      ops::router_bwd(dl, dw, idx, sc, p);
+      ops::router_bwd(gdl, gpu(dw), gpu(idx), gpu(sc), p);
+      const std::string tag =
+          std::string(sf == ScoringFunc::Sigmoid ? " sigmoid" : " softmax") + (norm ? " norm" : "");
+      expect_close("router_bwd" + tag, gdl, dl, DType::F32);
+      const double loss = ops::router_balance_loss(dl, sc, idx, L, 1e-2, p);
+      const double gloss = ops::router_balance_loss(gdl, gpu(sc), gpu(idx), L, 1e-2, p);
+      EXPECT_NEAR(gloss, loss, 1e-9 * std::max(1.0, std::abs(loss))) << "router_balance_loss" << tag;
+      EXPECT_GT(loss, 0.0);
+      expect_close("router_balance_loss dlogits" + tag, gdl, dl, DType::F32);
+    }
+  {  // Embedding: repeated ids accumulate in token order.
+    const int64_t V = 50, D = 300, N = 200;
+    Tensor ids = Tensor::empty({N}, DType::I64);
+    for (int64_t n = 0; n < N; ++n) ids.data<int64_t>()[n] = int64_t(rng() % 7) * 7 % V;
+    Tensor dt = randn({V, D}, 0.1), dout = randn({N, D});
+    Tensor gdt = gpu(dt);
+    ops::embedding_bwd(dt, ids, dout);
+    ops::embedding_bwd(gdt, gpu(ids), gpu(dout));
+    expect_close("embedding_bwd", gdt, dt, DType::F32);
+    EXPECT_EQ(test::diff(gdt.to(Device::CPU), dt).max_abs, 0.0) << "embedding_bwd is the CPU's sum order";
+  }
+  {  // Attention backward from saved probabilities: one sequence after 5 cached rows, and varlen.
+    const int64_t T = 19, P0 = 5, S = 30, H = 3, Dq = 20, Dv = 12;
+    Tensor q = randn({T, H, Dq}), k = randn({S, H, Dq}), v = randn({S, H, Dv}), dout = randn({T, H, Dv});
+    Tensor out = Tensor::empty({T, H, Dv}, DType::F32), probs = Tensor::empty({H, T, S}, DType::F32);
+    probs.fill(0.0);
+    ops::attention_fwd(out, probs, q, k, v, 0.3, P0);
+    Tensor dq = Tensor::empty({T, H, Dq}, DType::F32), dk = Tensor::empty({S, H, Dq}, DType::F32),
+           dv = Tensor::empty({S, H, Dv}, DType::F32);
+    ops::attention_bwd(dq, dk, dv, dout, q, k, v, probs, 0.3, P0);
+    Tensor gdq = poisoned(dq.shape(), DType::F32), gdk = poisoned(dk.shape(), DType::F32),
+           gdv = poisoned(dv.shape(), DType::F32);
+    ops::attention_bwd(gdq, gdk, gdv, gpu(dout), gpu(q), gpu(k), gpu(v), gpu(probs), 0.3, P0);
+    expect_close("attention_bwd dq", gdq, dq, DType::F32);
+    expect_close("attention_bwd dk", gdk, dk, DType::F32);
+    expect_close("attention_bwd dv", gdv, dv, DType::F32);
+    const std::vector<int64_t> cu{0, 7, 7, 40, 41};
+    const int64_t Nr = cu.back();
+    Tensor vq = randn({Nr, H, Dq}), vk = randn({Nr, H, Dq}), vv = randn({Nr, H, Dv}), vd = randn({Nr, H, Dv});
+    Tensor vo = Tensor::empty({Nr, H, Dv}, DType::F32),
+           vp = Tensor::empty({ops::varlen_probs_size(cu, H)}, DType::F32);
+    ops::attention_fwd_varlen(vo, vp, vq, vk, vv, cu, 0.2);
+    Tensor vdq = Tensor::empty({Nr, H, Dq}, DType::F32), vdk = Tensor::empty({Nr, H, Dq}, DType::F32),
+           vdv = Tensor::empty({Nr, H, Dv}, DType::F32);
+    ops::attention_bwd_varlen(vdq, vdk, vdv, vd, vq, vk, vv, vp, cu, 0.2);
+    Tensor gvdq = poisoned(vdq.shape(), DType::F32), gvdk = poisoned(vdk.shape(), DType::F32),
+           gvdv = poisoned(vdv.shape(), DType::F32);
+    ops::attention_bwd_varlen(gvdq, gvdk, gvdv, gpu(vd), gpu(vq), gpu(vk), gpu(vv), gpu(vp), cu, 0.2);
+    expect_close("attention_bwd_varlen dq", gvdq, vdq, DType::F32);
+    expect_close("attention_bwd_varlen dk", gvdk, vdk, DType::F32);
+    expect_close("attention_bwd_varlen dv", gvdv, vdv, DType::F32);
+  }
+}
+
 TEST_F(Cuda, TrainingOpsMatchTheCpu) {
   for (DType wt : {DType::F32, DType::BF16})
     for (auto [N, I, O] : {std::tuple{130, 256, 129}, {7, 64, 40}, {1000, 1024, 512}}) {

@@ -56,5 +56,19 @@ double sum_squares(const Tensor& t);
 // The LM head + cross-entropy's Σ loss over the rows with a target (the dispatcher counts them).
 double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
                                  const Tensor& targets, double scale);
+// train_bwd.cu: the MoE, router, balance-loss, embedding and attention backward (deterministic order).
+void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan);
+void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
+                       const MoePlan& plan);
+void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, const Tensor& scores,
+                const RouterParams& p);
+double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+                           double alpha, const RouterParams& p);
+void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout);
+void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& probs, double scale, int64_t q_pos0);
+void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& probs,
+                          const std::vector<int64_t>& cu_seqlens, double scale);
 
 }  // namespace dseek::ops::cuda

@@ -1,0 +1,376 @@
+// train_bwd.cu — backward ops of a training step on the GPU (issue 6): the MoE's un-permutation and
+// permutation backward (spec/model.md §4.3), the router's backward through the chosen gate weights (§4.2)
+// and the sequence-wise balance loss with its gradient (§4.4), the embedding's backward, and the attention
+// backward from saved softmax probabilities (§2.2, the naive training path). Activations f32 or bf16 where
+// the op is elementwise, f32 for the attention; every sum runs in a fixed order (no floating-point atomics),
+// so a step gives the same bits every time on the same device, as the trainer's exact resume needs. The
+// arithmetic follows the CPU twins (ops/cpu/), which the tests compare against (tests/cuda/cuda_ops_test).
+#include <algorithm>
+#include <numeric>
+
+#include "core/device.h"
+#include "ops/attention.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+namespace {
+
+Tensor dev_i64(const std::vector<int64_t>& v) {
+  Tensor t = Tensor::empty({int64_t(std::max<size_t>(v.size(), 1))}, DType::I64, Device::CUDA);
+  if (!v.empty()) copy_bytes(t.raw(), Device::CUDA, v.data(), Device::CPU, v.size() * sizeof(int64_t));
+  return t;
+}
+
+// grid N: dx[n] = Σ_k dxp[row[n·K + k]], k ascending.
+template <typename T>
+__global__ void permute_bwd_kernel(T* dx, const T* dxp, const int64_t* row, int64_t K, int64_t D) {
+  const int64_t n = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t k = 0; k < K; ++k) acc += ld(dxp[row[n * K + k] * D + i]);
+    dx[n * D + i] = st<T>(acc);
+  }
+}
+
+// grid M (permuted rows r, slot = slot[r], token n = slot / K): dyp[r] = w[slot] · dout[n] and
+// dw[slot] = dout[n] · yp[r].
+template <typename T>
+__global__ void unpermute_bwd_kernel(T* dyp, T* dw, const T* dout, const T* yp, const T* w,
+                                     const int64_t* slot, int64_t K, int64_t D) {
+  const int64_t r = blockIdx.x, s = slot[r], n = s / K;
+  const float g = ld(w[s]);
+  float dot = 0.0f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const float d = ld(dout[n * D + i]);
+    dot += d * ld(yp[r * D + i]);
+    dyp[r * D + i] = st<T>(g * d);
+  }
+  dot = block_sum(dot);
+  if (threadIdx.x == 0) dw[s] = st<T>(dot);
+}
+
+// grid N: the router backward of token n (router.h router_bwd), the CPU twin's order of operations.
+// Shared memory: ds [E] f32.
+template <typename T>
+__global__ void router_bwd_kernel(T* dlogits, const T* dw, const int32_t* idx, const T* scores, int64_t E,
+                                  int64_t K, float rsf, bool norm, bool sigmoid) {
+  extern __shared__ float ds[];
+  const int64_t n = blockIdx.x;
+  const T* s = scores + n * E;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) ds[e] = 0.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float den = 0.0f, dot = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      den += ld(s[idx[n * K + k]]);
+      dot += ld(dw[n * K + k]) * ld(s[idx[n * K + k]]);
+    }
+    den += 1e-20f;
+    for (int64_t k = 0; k < K; ++k) {
+      const float g = ld(dw[n * K + k]);
+      ds[idx[n * K + k]] += norm ? rsf * (g / den - dot / (den * den)) : rsf * g;
+    }
+  }
+  __syncthreads();
+  T* dl = dlogits + n * E;
+  if (sigmoid) {
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
+      const float se = ld(s[e]);
+      dl[e] = st<T>(ds[e] * se * (1.0f - se));
+    }
+    return;
+  }
+  float part = 0.0f;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) part += ds[e] * ld(s[e]);
+  const float sum = block_sum(part);
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) dl[e] = st<T>(ld(s[e]) * (ds[e] - sum));
+}
+
+// Sum over the block in f64 (blockDim.x a multiple of 32); every thread gets it.
+__device__ double block_sum_f64(double v) {
+  __shared__ double part[32];
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) part[wid] = v;
+  __syncthreads();
+  double r = lane < int(blockDim.x >> 5) ? part[lane] : 0.0;
+  for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
+  return r;
+}
+
+// grid N: z[t] = Σ_e scores[t, e] (f64).
+template <typename T>
+__global__ void row_sums_kernel(double* z, const T* scores, int64_t E) {
+  const int64_t t = blockIdx.x;
+  double acc = 0.0;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) acc += double(ld(scores[t * E + e]));
+  acc = block_sum_f64(acc);
+  if (threadIdx.x == 0) z[t] = acc;
+}
+
+// grid (B, ceil(E / 128)), thread e: f[b, e] = E/(K·L) · #{t of sequence b : e ∈ topk(t)} and
+// P[b, e] = Σ_t s[t, e] / z[t] / L, t ascending (L = seq_len).
+template <typename T>
+__global__ void balance_fp_kernel(double* f, double* P, const T* scores, const double* z, const int32_t* idx,
+                                  int64_t E, int64_t K, int64_t L) {
+  const int64_t b = blockIdx.x, e = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (e >= E) return;
+  double fe = 0.0, pe = 0.0;
+  for (int64_t t = b * L; t < (b + 1) * L; ++t) {
+    for (int64_t k = 0; k < K; ++k)
+      if (idx[t * K + k] == e) fe += double(E) / double(K * L);
+    pe += double(ld(scores[t * E + e])) / z[t] / double(L);
+  }
+  f[b * E + e] = fe;
+  P[b * E + e] = pe;
+}
+
+// grid N: dlogits[t] += ∂L/∂logits[t] of the balance loss (router.h), g_e = α f[b, e] / (L·B).
+template <typename T>
+__global__ void balance_grad_kernel(T* dlogits, const T* scores, const double* z, const double* f, int64_t E,
+                                    int64_t L, int64_t B, double alpha, bool sigmoid) {
+  const int64_t t = blockIdx.x, b = t / L;
+  const T* s = scores + t * E;
+  const double zt = z[t], gs = alpha / double(L * B);
+  double dot = 0.0;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) dot += gs * f[b * E + e] * double(ld(s[e])) / zt;
+  dot = block_sum_f64(dot);
+  T* dl = dlogits + t * E;
+  if (sigmoid) {
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
+      const double se = double(ld(s[e])), ds = (gs * f[b * E + e] - dot) / zt;
+      dl[e] = st<T>(ld(dl[e]) + float(ds * se * (1.0 - se)));
+    }
+    return;
+  }
+  double part = 0.0;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x)
+    part += (gs * f[b * E + e] - dot) / zt * double(ld(s[e]));
+  const double sum = block_sum_f64(part);
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
+    const double se = double(ld(s[e])), ds = (gs * f[b * E + e] - dot) / zt;
+    dl[e] = st<T>(ld(dl[e]) + float(se * (ds - sum)));
+  }
+}
+
+// grid (U, ceil(D / 256)): row id[u] of dtable += Σ_j dout[order[j]] for j in [off[u], off[u + 1]) (the
+// tokens holding that id, ascending: the CPU twin's order).
+template <typename T>
+__global__ void embedding_bwd_kernel(T* dtable, const T* dout, const int64_t* uid, const int64_t* off,
+                                     const int64_t* order, int64_t D) {
+  const int64_t u = blockIdx.x, c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= D) return;
+  T* row = dtable + uid[u] * D;
+  float acc = ld(row[c]);
+  for (int64_t j = off[u]; j < off[u + 1]; ++j) acc += ld(dout[order[j] * D + c]);
+  row[c] = st<T>(acc);
+}
+
+// A strided, batched f32 product, 16 × 16 output tiles: C[b](i, j) = α Σ_l A[b](i, l) · B[b](l, j), where
+// X[b](r, c) = X[b·sXb + r·sXr + c·sXc]. grid (ceil(N / 16), ceil(M / 16), batches), 256 threads.
+struct Strided {
+  const float* p;
+  int64_t sb, sr, sc;
+};
+__global__ void strided_gemm_kernel(float* C, int64_t sCb, int64_t sCr, int64_t sCc, Strided A, Strided B,
+                                    int64_t M, int64_t N, int64_t K, float alpha) {
+  __shared__ float as[16][17], bs[16][17];
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+  const int64_t b = blockIdx.z, i = int64_t(blockIdx.y) * 16 + ty, j = int64_t(blockIdx.x) * 16 + tx;
+  const float* a = A.p + b * A.sb;
+  const float* bb = B.p + b * B.sb;
+  float acc = 0.0f;
+  for (int64_t l0 = 0; l0 < K; l0 += 16) {
+    const int64_t ai = int64_t(blockIdx.y) * 16 + ty, al = l0 + tx;
+    as[ty][tx] = ai < M && al < K ? a[ai * A.sr + al * A.sc] : 0.0f;
+    const int64_t bl = l0 + ty, bj = int64_t(blockIdx.x) * 16 + tx;
+    bs[ty][tx] = bl < K && bj < N ? bb[bl * B.sr + bj * B.sc] : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int l = 0; l < 16; ++l) acc += as[ty][l] * bs[l][tx];
+    __syncthreads();
+  }
+  if (i < M && j < N) C[b * sCb + i * sCr + j * sCc] = alpha * acc;
+}
+
+void strided_gemm(float* C, int64_t sCb, int64_t sCr, int64_t sCc, Strided A, Strided B, int64_t M, int64_t N,
+                  int64_t K, int64_t batches, float alpha, const char* op) {
+  if (M == 0 || N == 0 || batches == 0) return;
+  const dim3 grid{unsigned((N + 15) / 16), unsigned((M + 15) / 16), unsigned(batches)};
+  strided_gemm_kernel<<<grid, 256>>>(C, sCb, sCr, sCc, A, B, M, N, K, alpha);
+  DSEEK_CUDA_LAUNCH_CHECK(op);
+}
+
+// grid (T, H): dS = P ⊙ (dP − Σ_s dP ⊙ P) on row (h, t) of [H, T, S], in place over dP, keys < Se.
+__global__ void softmax_bwd_rows_kernel(float* dP, const float* P, int64_t T, int64_t S, int64_t Se) {
+  const int64_t t = blockIdx.x, h = blockIdx.y, o = (h * T + t) * S;
+  float part = 0.0f;
+  for (int64_t s = threadIdx.x; s < Se; s += blockDim.x) part += dP[o + s] * P[o + s];
+  const float r = block_sum(part);
+  for (int64_t s = threadIdx.x; s < Se; s += blockDim.x) dP[o + s] = P[o + s] * (dP[o + s] - r);
+}
+
+__global__ void zero_rows_kernel(float* x, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = 0.0f;
+}
+
+// One sequence's attention backward (attention.h attention_bwd) from probs [H, T, S] (row stride S).
+// Keys ≥ Se = q_pos0 + T are never seen: their dk/dv rows are zero.
+void attention_bwd_one(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                       const float* v, const float* probs, int64_t T, int64_t S, int64_t H, int64_t Dq,
+                       int64_t Dv, double scale, int64_t q_pos0) {
+  const int64_t Se = std::min(S, q_pos0 + T);
+  if (Se < S) {
+    zero_rows_kernel<<<blocks_for((S - Se) * H * Dq, 256), 256>>>(dk + Se * H * Dq, (S - Se) * H * Dq);
+    zero_rows_kernel<<<blocks_for((S - Se) * H * Dv, 256), 256>>>(dv + Se * H * Dv, (S - Se) * H * Dv);
+    DSEEK_CUDA_LAUNCH_CHECK("attention_bwd (zero rows)");
+  }
+  if (T == 0) return;
+  // dv[s, h] = Σ_t P[h, t, s] · dout[t, h]   (per head h: [Se, T] · [T, Dv])
+  strided_gemm(dv, Dv, H * Dv, 1, {probs, T * S, 1, S}, {dout, Dv, H * Dv, 1}, Se, Dv, T, H, 1.0f,
+               "attention_bwd (dv)");
+  // dP[h, t, s] = dout[t, h] · v[s, h]       ([T, Dv] · [Dv, Se])
+  Tensor dP = Tensor::empty({H, T, S}, DType::F32, Device::CUDA);  // dP: [H, T, S], columns < Se used
+  float* dp = dP.data<float>();
+  strided_gemm(dp, T * S, S, 1, {dout, Dv, H * Dv, 1}, {v, Dv, 1, H * Dv}, T, Se, Dv, H, 1.0f,
+               "attention_bwd (dP)");
+  softmax_bwd_rows_kernel<<<dim3(unsigned(T), unsigned(H)), 256>>>(dp, probs, T, S, Se);
+  DSEEK_CUDA_LAUNCH_CHECK("attention_bwd (softmax)");
+  // dq[t, h] = scale · Σ_s dS[h, t, s] · k[s, h]   ([T, Se] · [Se, Dq])
+  strided_gemm(dq, Dq, H * Dq, 1, {dp, T * S, S, 1}, {k, Dq, H * Dq, 1}, T, Dq, Se, H, float(scale),
+               "attention_bwd (dq)");
+  // dk[s, h] = scale · Σ_t dS[h, t, s] · q[t, h]   ([Se, T] · [T, Dq])
+  strided_gemm(dk, Dq, H * Dq, 1, {dp, T * S, 1, S}, {q, Dq, H * Dq, 1}, Se, Dq, T, H, float(scale),
+               "attention_bwd (dk)");
+}
+
+}  // namespace
+
+void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p) {
+  const int64_t D = dxp.size(1);
+  if (p.tokens == 0) return;
+  const Tensor row = dev_i64(p.row);
+  with_act(dx.dtype(), "moe_permute_bwd", [&](auto t) {
+    using T = decltype(t);
+    permute_bwd_kernel<<<unsigned(p.tokens), 256>>>(
+        static_cast<T*>(dx.raw()), static_cast<const T*>(dxp.raw()), row.data<int64_t>(), p.top_k, D);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("moe_permute_bwd");
+}
+
+void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
+                       const MoePlan& p) {
+  const int64_t M = p.tokens * p.top_k, D = yp.size(1);
+  if (M == 0) return;
+  const Tensor slot = dev_i64(p.slot);
+  with_act(yp.dtype(), "moe_unpermute_bwd", [&](auto t) {
+    using T = decltype(t);
+    unpermute_bwd_kernel<<<unsigned(M), 256>>>(
+        static_cast<T*>(dyp.raw()), static_cast<T*>(dtopk_w.raw()), static_cast<const T*>(dout.raw()),
+        static_cast<const T*>(yp.raw()), static_cast<const T*>(topk_w.raw()), slot.data<int64_t>(), p.top_k,
+        D);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("moe_unpermute_bwd");
+}
+
+void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, const Tensor& scores,
+                const RouterParams& p) {
+  const int64_t N = scores.size(0), E = scores.size(1);
+  if (N == 0) return;
+  with_act(scores.dtype(), "router_bwd", [&](auto t) {
+    using T = decltype(t);
+    router_bwd_kernel<<<unsigned(N), 256, size_t(E) * sizeof(float)>>>(
+        static_cast<T*>(dlogits.raw()), static_cast<const T*>(dtopk_w.raw()), topk_idx.data<int32_t>(),
+        static_cast<const T*>(scores.raw()), E, p.top_k, float(p.routed_scaling_factor), p.norm_topk_prob,
+        p.scoring == ScoringFunc::Sigmoid);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("router_bwd");
+}
+
+double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
+                           double alpha, const RouterParams& p) {
+  const int64_t N = scores.size(0), E = scores.size(1), K = p.top_k, B = N / seq_len;
+  if (B == 0) return 0.0;
+  Tensor z = Tensor::empty({N}, DType::F64, Device::CUDA),
+         f = Tensor::empty({B, E}, DType::F64, Device::CUDA),
+         P = Tensor::empty({B, E}, DType::F64, Device::CUDA);  // z: [N]; f, P: [B, E]
+  with_act(scores.dtype(), "router_balance_loss", [&](auto t) {
+    using T = decltype(t);
+    const T* s = static_cast<const T*>(scores.raw());
+    row_sums_kernel<<<unsigned(N), 256>>>(z.data<double>(), s, E);
+    balance_fp_kernel<<<dim3(unsigned(B), unsigned((E + 127) / 128)), 128>>>(
+        f.data<double>(), P.data<double>(), s, z.data<double>(), topk_idx.data<int32_t>(), E, K, seq_len);
+    if (dlogits.defined())
+      balance_grad_kernel<<<unsigned(B * seq_len), 256>>>(static_cast<T*>(dlogits.raw()), s, z.data<double>(),
+                                                          f.data<double>(), E, seq_len, B, alpha,
+                                                          p.scoring == ScoringFunc::Sigmoid);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("router_balance_loss");
+  const Tensor fh = f.to(Device::CPU), Ph = P.to(Device::CPU);
+  double loss = 0.0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t e = 0; e < E; ++e)
+      loss += alpha * fh.data<double>()[b * E + e] * Ph.data<double>()[b * E + e] / double(B);
+  return loss;
+}
+
+void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout) {
+  const int64_t N = ids.size(0), V = dtable.size(0), D = dtable.size(1);
+  if (N == 0) return;
+  // The tokens grouped by id on the host (a stable counting sort: ascending token order within an id).
+  const Tensor hid = ids.to(Device::CPU);
+  const int64_t* id = hid.data<int64_t>();
+  for (int64_t n = 0; n < N; ++n)
+    DSEEK_CHECK(id[n] >= 0 && id[n] < V, "token id ", id[n], " is outside the vocabulary (", V, ")");
+  std::vector<int64_t> order(static_cast<size_t>(N));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return id[a] < id[b]; });
+  std::vector<int64_t> uid, off;
+  for (int64_t j = 0; j < N; ++j)
+    if (j == 0 || id[order[size_t(j)]] != id[order[size_t(j - 1)]]) {
+      uid.push_back(id[order[size_t(j)]]);
+      off.push_back(j);
+    }
+  off.push_back(N);
+  const Tensor du = dev_i64(uid), doff = dev_i64(off), dord = dev_i64(order);
+  with_act(dtable.dtype(), "embedding_bwd", [&](auto t) {
+    using T = decltype(t);
+    embedding_bwd_kernel<<<dim3(unsigned(uid.size()), unsigned((D + 255) / 256)), 256>>>(
+        static_cast<T*>(dtable.raw()), static_cast<const T*>(dout.raw()), du.data<int64_t>(),
+        doff.data<int64_t>(), dord.data<int64_t>(), D);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("embedding_bwd");
+}
+
+void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& probs, double scale, int64_t q_pos0) {
+  DSEEK_CHECK(q.dtype() == DType::F32, "attention_bwd: the GPU version takes f32 activations, not ",
+              dtype_name(q.dtype()));
+  const int64_t T = q.size(0), H = q.size(1), Dq = q.size(2), S = k.size(0), Dv = v.size(2);
+  attention_bwd_one(dq.data<float>(), dk.data<float>(), dv.data<float>(), dout.data<float>(), q.data<float>(),
+                    k.data<float>(), v.data<float>(), probs.data<float>(), T, S, H, Dq, Dv, scale, q_pos0);
+}
+
+void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& probs,
+                          const std::vector<int64_t>& cu, double scale) {
+  DSEEK_CHECK(q.dtype() == DType::F32, "attention_bwd_varlen: the GPU version takes f32 activations, not ",
+              dtype_name(q.dtype()));
+  const int64_t H = q.size(1), Dq = q.size(2), Dv = v.size(2);
+  const std::vector<int64_t> poff = varlen_probs_offsets(cu, H);
+  for (size_t b = 0; b + 1 < cu.size(); ++b) {
+    const int64_t r0 = cu[b], L = cu[b + 1] - cu[b];
+    if (L == 0) continue;
+    attention_bwd_one(
+        dq.data<float>() + r0 * H * Dq, dk.data<float>() + r0 * H * Dq, dv.data<float>() + r0 * H * Dv,
+        dout.data<float>() + r0 * H * Dv, q.data<float>() + r0 * H * Dq, k.data<float>() + r0 * H * Dq,
+        v.data<float>() + r0 * H * Dv, probs.data<float>() + poff[b], L, L, H, Dq, Dv, scale, 0);
+  }
+}
+
+}  // namespace dseek::ops::cuda
