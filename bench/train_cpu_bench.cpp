@@ -3,7 +3,9 @@
 // scripts/bench-train-cpu runs both on the same CPU threads and prints the ratio.
 //
 //   train_cpu_bench [--config PATH | --preset demo] [--batch B] [--seq T] [--steps N] [--mtp-lambda X]
-//                   [--threads N] [--vocab V]
+//                   [--threads N] [--vocab V] [--device cpu|cuda]
+// With --device cuda the same step runs on the GPU (f32, issue 6; scripts/bench-train-gpu), timed with a
+// device synchronisation at the end of each step, and the peak device memory is printed.
 //   DSEEK_PROFILE=1 also prints the mean time per step of each phase (src/core/profile.h).
 #include <omp.h>
 
@@ -15,6 +17,7 @@
 #include <random>
 #include <string>
 
+#include "core/device.h"
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "model/model.h"
@@ -32,6 +35,7 @@ int main(int argc, char** argv) {
   std::string config, preset = "demo";
   int64_t B = 8, T = 256, steps = 10, vocab = 1024;
   double mtp_lambda = 0.0;
+  std::string device = "cpu";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--config")
@@ -48,6 +52,8 @@ int main(int argc, char** argv) {
       mtp_lambda = std::stod(v);
     else if (k == "--vocab")
       vocab = std::stoll(v);
+    else if (k == "--device")
+      device = v;
     else if (k == "--threads")
       omp_set_num_threads(std::stoi(v));
     else {
@@ -60,8 +66,11 @@ int main(int argc, char** argv) {
                           ? ModelConfig::from_json(train::preset_model_config(preset, vocab, 0, 1), preset)
                           : ModelConfig::load(config);
     Model m = Model::from_weights(cfg, init_weights(cfg, DType::F32, 1, true));
+    DSEEK_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda");
+    const Device dev = device == "cuda" ? Device::CUDA : Device::CPU;
+    if (dev == Device::CUDA) m.to(Device::CUDA, DType::F32);
     train::AdamW opt(m.w, cfg, {});
-    Weights g = zero_grads(m.w, cfg, DType::F32);
+    Weights g = zero_grads(m.w, cfg, DType::F32, dev);
     std::vector<Tensor*> grad_tensors;  // zeroed before each step, one tensor per thread at a time
     for (auto& r : param_table(g, cfg, g.has_mtp))
       if (r.tensor->defined()) grad_tensors.push_back(r.tensor);
@@ -75,12 +84,13 @@ int main(int argc, char** argv) {
       }
       if (s == 2) prof::reset();  // phase totals count the timed steps only
       auto t0 = clk::now();
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (dev == Device::CPU)
       for (size_t i = 0; i < grad_tensors.size(); ++i) grad_tensors[i]->fill(0);
       auto t1 = clk::now();
       m.forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
       auto t2 = clk::now();
       opt.step(g, 1e-4);
+      if (dev == Device::CUDA) device_synchronize();
       auto t3 = clk::now();
       if (s >= 2) {
         auto sec = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
@@ -109,6 +119,16 @@ int main(int argc, char** argv) {
                 1e3 * median(t_zero), 1e3 * median(t_fb), 1e3 * median(t_opt));
     std::printf("openblas: %s (%s)\n", openblas_get_corename(), openblas_get_config());
     std::printf("DSEEK_TOKENS_PER_SECOND %.1f\n", double(B * T) / med);
+    if (dev == Device::CUDA) {  // model FLOPs as the trainer counts them (6 per active parameter + attention)
+      const double fpt =
+          6.0 * double(pc.active) + 6.0 * double(cfg.num_hidden_layers) * double(cfg.num_attention_heads) *
+                                        double(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) *
+                                        double(T) / 2.0;
+      std::printf("on %s: peak device memory %.1f GB, MFU %.2f %% of 989 TFLOP/s\n",
+                  cuda_device_name().c_str(), double(device_bytes_peak()) / 1e9,
+                  100.0 * fpt * double(B * T) / med / 989e12);
+      std::printf("DSEEK_PEAK_GB %.2f\n", double(device_bytes_peak()) / 1e9);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train_cpu_bench: %s\n", e.what());
     return 1;

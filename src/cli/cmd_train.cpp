@@ -108,6 +108,8 @@ Runner add_train(CLI::App& app) {
   opt("--keep-last", c.keep_last, "keep_last", "Checkpoints kept");
   opt("--log-every", c.log_every, "log_every", "Progress line every N steps");
   opt("--seed", c.seed, "seed", "Seed for initialisation and data order");
+  opt("--device", c.device, "device",
+      "Where the training step runs: cpu or cuda (f32 master weights on either)");
   opt("--sample-prompt", c.sample_prompt, "sample_prompt", "Prompt for the sample printed at the end");
   opt("--sample-tokens", c.sample_tokens, "sample_tokens", "Tokens in that sample (0: none)");
   keyed->push_back(

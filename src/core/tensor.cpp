@@ -180,6 +180,10 @@ void Tensor::copy_from(const Tensor& src) {
 
 void Tensor::fill(double value) {
   if (device() != Device::CPU) {
+    if (value == 0.0) {  // zero bits are zero in every dtype: set on the device (training zeroes its grads)
+      device_memset(raw(), 0, nbytes());
+      return;
+    }
     Tensor h = empty(shape_, dtype_);
     h.fill(value);
     copy_bytes(raw(), device(), h.raw(), Device::CPU, nbytes());

@@ -21,31 +21,35 @@ namespace {
 Tensor gather_seq(const Tensor& src, int64_t B, int64_t T, int64_t L, int64_t shift) {
   Shape s = src.shape();
   s[0] = B * L;
-  Tensor out = Tensor::empty(s, src.dtype());
+  Tensor out = Tensor::empty(s, src.dtype(), src.device());
   for (int64_t b = 0; b < B; ++b) out.slice(b * L, L).copy_from(src.slice(b * T + shift, L));
   return out;
 }
 
-int64_t count_targets(const Tensor& t) {
+int64_t count_targets(const Tensor& targets) {
+  const Tensor t = targets.to(Device::CPU);
   int64_t n = 0;
   for (int64_t i = 0; i < t.numel(); ++i) n += t.data<int64_t>()[i] >= 0;
   return n;
 }
 
-struct Stack {  // positions and chunks for B sequences of L tokens each
+struct Stack {  // positions (on the model's device) and chunks for B sequences of L tokens each
   Tensor positions;
   std::vector<SeqChunk> chunks;
-  Stack(int64_t B, int64_t L) : positions(Tensor::empty({B * L}, DType::I64)) {
+  Stack(int64_t B, int64_t L, Device dev) {
+    Tensor pos = Tensor::empty({B * L}, DType::I64);
     for (int64_t b = 0; b < B; ++b) {
-      for (int64_t t = 0; t < L; ++t) positions.data<int64_t>()[b * L + t] = t;
+      for (int64_t t = 0; t < L; ++t) pos.data<int64_t>()[b * L + t] = t;
       chunks.push_back({.row0 = b * L, .len = L, .pos0 = 0, .cache = nullptr});
     }
+    positions = pos.to(dev);
   }
 };
 
 void add_load(std::vector<int64_t>& load, const RouterTrace& r, int64_t E) {
   load.assign(size_t(E), 0);
-  for (int64_t i = 0; i < r.topk_idx.numel(); ++i) load[size_t(r.topk_idx.data<int32_t>()[i])]++;
+  const Tensor idx = r.topk_idx.to(Device::CPU);
+  for (int64_t i = 0; i < idx.numel(); ++i) load[size_t(idx.data<int32_t>()[i])]++;
 }
 
 struct MtpSaved {
@@ -72,8 +76,9 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   const int64_t depth = mtp_on ? cfg.num_nextn_predict_layers : 0;
   DSEEK_CHECK(T > depth, "forward_backward: sequences of ", T, " tokens are too short for ", depth,
               " MTP depths");
-  const Tensor flat = ids.view({N}), tflat = targets.view({N});
-  Stack main(B, T);
+  // flat, tflat: [N] ids and targets on the model's device
+  const Tensor flat = ids.view({N}).to(dev), tflat = targets.view({N}).to(dev);
+  Stack main(B, T, dev);
   auto context = [&](const Stack& st, int64_t layer, const MoeOptions& mo) {
     return LayerContext{.cfg = cfg,
                         .rope = rope,
@@ -120,7 +125,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   // ---- MTP modules: depth k sees positions i < T − k, combining h^{k−1}_i with Emb(t_{i+k}).
   std::vector<MtpSaved> ms(static_cast<size_t>(depth));
   std::vector<Stack> stacks;
-  for (int64_t k = 1; k <= depth; ++k) stacks.emplace_back(B, T - k);
+  for (int64_t k = 1; k <= depth; ++k) stacks.emplace_back(B, T - k, dev);
   for (int64_t k = 1; k <= depth; ++k) {
     const MtpWeights& M = w.mtp[size_t(k - 1)];
     MtpSaved& s = ms[size_t(k - 1)];

@@ -227,14 +227,14 @@ Weights init_weights(const ModelConfig& c, DType dtype, uint64_t seed, bool with
   return w;
 }
 
-Weights zero_grads(Weights& w, const ModelConfig& c, DType dt) {
+Weights zero_grads(Weights& w, const ModelConfig& c, DType dt, Device dev) {
   Weights g = Weights::skeleton(c);
   g.has_mtp = w.has_mtp;
   auto wr = param_table(w, c, w.has_mtp);
   auto gr = param_table(g, c, g.has_mtp);
   for (size_t i = 0; i < wr.size(); ++i) {
     if (!wr[i].tensor->defined() || wr[i].kind == ParamKind::Bias) continue;
-    *gr[i].tensor = Tensor::zeros(wr[i].shape, dt);
+    *gr[i].tensor = Tensor::zeros(wr[i].shape, dt, dev);
   }
   return g;
 }
@@ -244,7 +244,7 @@ std::vector<io::NamedTensor> named_tensors(Weights& w, const ModelConfig& c, DTy
   for (auto& r : param_table(w, c, w.has_mtp)) {
     if (!r.tensor->defined()) continue;
     const DType dt = r.kind == ParamKind::Bias ? DType::F32 : dtype;
-    out.push_back({r.name, r.tensor->to(dt)});
+    out.push_back({r.name, r.tensor->to(Device::CPU).to(dt)});
   }
   return out;
 }

@@ -105,8 +105,9 @@ Weights load_weights(const io::TensorSource& src, const ModelConfig& cfg, const 
 // and the router, ones for norms, zeros for the correction bias. Deterministic in (seed, name).
 Weights init_weights(const ModelConfig& cfg, DType dtype, uint64_t seed, bool with_mtp);
 
-// Zero gradients shaped like `w` (every parameter it holds except the correction bias), of dtype `dt`.
-Weights zero_grads(Weights& w, const ModelConfig& cfg, DType dt);
+// Zero gradients shaped like `w` (every parameter it holds except the correction bias), of dtype `dt`,
+// on `dev`.
+Weights zero_grads(Weights& w, const ModelConfig& cfg, DType dt, Device dev = Device::CPU);
 
 // Named tensors for writing (HF names), each converted to `dtype` where its kind allows (norms,
 // router and bias stay f32 unless dtype is f32 anyway).

@@ -23,8 +23,8 @@ AdamW::AdamW(Weights& params, const ModelConfig& cfg, const OptimizerConfig& oc)
                 dtype_name(r.tensor->dtype()), "; training keeps f32 master weights");
     const bool decay =
         r.kind == ParamKind::Matrix || r.kind == ParamKind::Embedding || r.kind == ParamKind::Router;
-    slots_.push_back(
-        {r.name, r.tensor, Tensor::zeros(r.shape, oc_.moments), Tensor::zeros(r.shape, oc_.moments), decay});
+    slots_.push_back({r.name, r.tensor, Tensor::zeros(r.shape, oc_.moments, r.tensor->device()),
+                      Tensor::zeros(r.shape, oc_.moments, r.tensor->device()), decay});
   }
 }
 
@@ -98,8 +98,8 @@ StepStats AdamW::step(Weights& grads, double lr) {
 void AdamW::save(const std::string& path) const {
   std::vector<io::NamedTensor> out;
   for (const Slot& s : slots_) {
-    out.push_back({"m." + s.name, s.m});
-    out.push_back({"v." + s.name, s.v});
+    out.push_back({"m." + s.name, s.m.to(Device::CPU)});
+    out.push_back({"v." + s.name, s.v.to(Device::CPU)});
   }
   io::write_safetensors(path, out, {{"format", "dseek-adamw"}, {"step", std::to_string(step_)}});
 }
@@ -116,7 +116,10 @@ void AdamW::load(const std::string& path) {
       DSEEK_CHECK(info, path, ": missing optimizer state \"", n, "\"");
       DSEEK_CHECK(info->shape == dst->shape(), path, ": \"", n, "\" has shape ", shape_str(info->shape),
                   ", expected ", shape_str(dst->shape()));
-      dst->copy_from(f->get(n));  // converts if the moments dtype changed between runs
+      // Converts (on the host) if the moments dtype changed between runs, then goes to the state's device.
+      Tensor host = Tensor::empty(dst->shape(), dst->dtype());
+      host.copy_from(f->get(n));
+      dst->copy_from(host);
     }
   }
 }

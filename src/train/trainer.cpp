@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/device.h"
 #include "infer/generate.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -53,6 +54,7 @@ json TrainConfig::to_json() const {
           {"log_every", log_every},
           {"seed", seed},
           {"recompute", recompute},
+          {"device", device},
           {"sample_prompt", sample_prompt},
           {"sample_tokens", sample_tokens}};
 }
@@ -103,6 +105,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& what) {
   c.log_every = m["log_every"];
   c.seed = m["seed"];
   c.recompute = m["recompute"];
+  c.device = m["device"];
   c.sample_prompt = m["sample_prompt"];
   c.sample_tokens = m["sample_tokens"];
   c.schedule.total_steps = c.steps;
@@ -119,6 +122,7 @@ void TrainConfig::validate() const {
               "eval_every/save_every ≥ 0, log_every/keep_last/eval_batches ≥ 1");
   DSEEK_CHECK(mtp_lambda >= 0 && bias_update_speed >= 0,
               "mtp_lambda and bias_update_speed must not be negative");
+  DSEEK_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda (got \"", device, "\")");
   schedule.validate();
   optim.validate();
 }
@@ -325,11 +329,14 @@ void update_router_bias(Tensor& bias, const std::vector<int64_t>& load, double g
   double mean = 0;
   for (int64_t x : load) mean += double(x);
   mean /= double(load.size());
-  float* b = bias.data<float>();
+  // The E values travel to the host and back when the bias lives on the GPU (the loads are host counts).
+  Tensor host = bias.to(Device::CPU);
+  float* b = host.data<float>();
   for (size_t e = 0; e < load.size(); ++e) {
     const double d = mean - double(load[e]);
     b[e] += float(gamma * double((d > 0) - (d < 0)));
   }
+  if (bias.device() != Device::CPU) bias.copy_from(host);
 }
 
 TrainSummary run_training(TrainConfig cfg, const std::string& resume,
@@ -370,6 +377,11 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
     model = Model::from_weights(mc, init_weights(mc, DType::F32, cfg.seed, /*with_mtp=*/true));
   }
   ModelConfig& mc = model.cfg;
+  const Device dev = cfg.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (dev == Device::CUDA) {
+    DSEEK_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device here");
+    model.to(Device::CUDA, DType::F32);  // f32 master weights on the GPU, as on the CPU
+  }
   Loader train(cfg.data, "train", cfg.seq_len, cfg.batch_size, cfg.seed);
   DSEEK_CHECK(train.vocab_size() <= mc.vocab_size, cfg.data, ": data vocabulary (", train.vocab_size(),
               ") exceeds the model's (", mc.vocab_size, ")");
@@ -380,7 +392,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
 
   AdamW opt(model.w, mc, cfg.optim);
   if (!resume_dir.empty()) opt.load((fs::path(resume_dir) / "optimizer.safetensors").string());
-  Weights grads = zero_grads(model.w, mc, DType::F32);
+  Weights grads = zero_grads(model.w, mc, DType::F32, dev);
   std::vector<Tensor*> gts;
   for (auto& r : param_table(grads, mc, grads.has_mtp))
     if (r.tensor->defined()) gts.push_back(r.tensor);
@@ -407,6 +419,14 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
   const bool tty = ::isatty(2);
   const int64_t tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum;
   ParamCounts pc = count_params(mc);
+  // Model FLOPs per trained token (for MFU on the GPU): 6 per active matmul parameter (forward 2,
+  // backward 4) plus the causal attention's two products, 6 · H · (qk_head_dim + v_head_dim) · T / 2 per
+  // layer; MTP left out. MFU divides by the H100/H200 dense bf16 peak, 989 TFLOP/s (issue 6).
+  const double flops_per_token =
+      6.0 * double(pc.active) + 6.0 * double(mc.num_hidden_layers) * double(mc.num_attention_heads) *
+                                    double(mc.qk_nope_head_dim + mc.qk_rope_head_dim + mc.v_head_dim) *
+                                    double(cfg.seq_len) / 2.0;
+  constexpr double kPeakFlops = 989e12;
   std::fprintf(
       stderr,
       "dseek train: %s, %.2f M parameters (%.2f M active/token)%s, %lld steps of %lld tokens, data %s (%lld "
@@ -505,6 +525,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
                 {"tokens", (step + 1) * tokens_per_step},
                 {"step_seconds", dt},
                 {"tokens_per_second", tps},
+                {"mfu", dev == Device::CUDA ? tps * flops_per_token / kPeakFlops : 0.0},
                 {"expert_load_max_over_mean", load_stats}};
     log << rec.dump() << "\n";
     log.flush();
@@ -516,11 +537,16 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
       bar += std::string(size_t(width - filled), ' ');
       double lmax = 0;
       for (auto& v : load_stats) lmax = std::max(lmax, v.get<double>());
-      std::fprintf(stderr,
-                   "%sstep %lld/%lld [%s] loss %.4f%s | lr %.2e | %.0f tok/s | load max/mean %.2f | ETA %s%s",
-                   tty ? "\r" : "", (long long)(step + 1), (long long)cfg.steps, bar.c_str(), loss,
-                   mtp_l.empty() ? "" : (" (mtp " + std::to_string(mtp_l[0]).substr(0, 6) + ")").c_str(), lr,
-                   tps, lmax, fmt_duration(eta).c_str(), tty ? "   " : "\n");
+      char mfu_buf[32] = "";
+      if (dev == Device::CUDA)
+        std::snprintf(mfu_buf, sizeof mfu_buf, " | MFU %.1f%%", 100.0 * tps * flops_per_token / kPeakFlops);
+      const std::string mfu_text = mfu_buf;
+      std::fprintf(
+          stderr,
+          "%sstep %lld/%lld [%s] loss %.4f%s | lr %.2e | %.0f tok/s%s | load max/mean %.2f | ETA %s%s",
+          tty ? "\r" : "", (long long)(step + 1), (long long)cfg.steps, bar.c_str(), loss,
+          mtp_l.empty() ? "" : (" (mtp " + std::to_string(mtp_l[0]).substr(0, 6) + ")").c_str(), lr, tps,
+          mfu_text.c_str(), lmax, fmt_duration(eta).c_str(), tty ? "   " : "\n");
     }
     if (have_val && cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last)) {
       const double vl = evaluate();
