@@ -1,7 +1,9 @@
 // attention.cu — causal attention on the GPU (spec/model.md §2.2, §2.5): the naive multi-head form
 // (one block per query row and head: scores in shared memory, f32 softmax, weighted sum of values),
 // its varlen batch form, and the absorbed MLA form over the latent cache rows. These are the correctness
-// baseline the flash-style and decode kernels are checked against.
+// baseline the flash-style and decode kernels are checked against. With f32 activations and the
+// probabilities kept (the training forward) the scores and the weighted sum are per-head cuBLASLt strided
+// batches around a causal softmax kernel.
 #include <vector>
 
 #include "core/device.h"
@@ -113,10 +115,47 @@ Tensor probs_f32(const Tensor& probs) {
 
 }  // namespace
 
+namespace {
+
+// grid (T, H): row (h, t) of [H, T, S] scores (row stride S) becomes the causal softmax over keys
+// 0 ..= q_pos0 + t, zeros after.
+__global__ void causal_softmax_rows_kernel(float* P, int64_t T, int64_t S, int64_t q_pos0) {
+  const int64_t t = blockIdx.x, h = blockIdx.y, nvis = std::min<int64_t>(S, q_pos0 + t + 1);
+  float* row = P + (h * T + t) * S;
+  float mx = -INFINITY;
+  for (int64_t s = threadIdx.x; s < nvis; s += blockDim.x) mx = fmaxf(mx, row[s]);
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (int64_t s = threadIdx.x; s < nvis; s += blockDim.x) {
+    const float e = expf(row[s] - mx);
+    row[s] = e;
+    sum += e;
+  }
+  sum = block_sum(sum);
+  for (int64_t s = threadIdx.x; s < S; s += blockDim.x) row[s] = s < nvis ? row[s] / sum : 0.0f;
+}
+
+// The training forward of one sequence (f32, probabilities kept): scores per head through cuBLASLt
+// strided batches, the causal softmax, then probs · v. probs: [H, T, S].
+void attention_fwd_gemm(float* out, float* probs, const float* q, const float* k, const float* v, int64_t T,
+                        int64_t S, int64_t H, int64_t Dq, int64_t Dv, double scale, int64_t q_pos0) {
+  // probs[h, t, s] = scale · q[t, h] · k[s, h]   ([T, Dq] · [Dq, S] per head)
+  matmul_strided_batched(probs, T * S, S, {q, Dq, H * Dq, 1}, {k, Dq, 1, H * Dq}, T, S, Dq, H, float(scale));
+  causal_softmax_rows_kernel<<<dim3(unsigned(T), unsigned(H)), 256>>>(probs, T, S, q_pos0);
+  DSEEK_CUDA_LAUNCH_CHECK("attention_fwd (softmax)");
+  // out[t, h] = Σ_s probs[h, t, s] · v[s, h]   ([T, S] · [S, Dv] per head)
+  matmul_strided_batched(out, Dv, H * Dv, {probs, T * S, S, 1}, {v, Dv, H * Dv, 1}, T, Dv, S, H, 1.0f);
+}
+
+}  // namespace
+
 void attention_fwd(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                    int64_t q_pos0) {
   const int64_t T = q.size(0), H = q.size(1), Dq = q.size(2), S = k.size(0), Dv = v.size(2);
   if (T == 0) return;
+  if (q.dtype() == DType::F32 && probs.defined() && probs.dtype() == DType::F32)  // the training forward
+    return attention_fwd_gemm(out.data<float>(), probs.data<float>(), q.data<float>(), k.data<float>(),
+                              v.data<float>(), T, S, H, Dq, Dv, scale, q_pos0);
   Tensor pf = probs_f32(probs);
   const size_t sm = smem_for(q_pos0 + T, Dq);
   with_act(q.dtype(), "attention_fwd", [&](auto t) {
@@ -136,6 +175,16 @@ void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tenso
   const int64_t N = q.size(0), H = q.size(1), Dq = q.size(2), Dv = v.size(2), B = int64_t(cu.size()) - 1;
   if (N == 0) return;
   const std::vector<int64_t> poff = varlen_probs_offsets(cu, H);
+  if (q.dtype() == DType::F32 && probs.defined() && probs.dtype() == DType::F32) {  // the training forward
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t r0 = cu[size_t(b)], L = cu[size_t(b) + 1] - r0;
+      if (L == 0) continue;
+      attention_fwd_gemm(out.data<float>() + r0 * H * Dv, probs.data<float>() + poff[size_t(b)],
+                         q.data<float>() + r0 * H * Dq, k.data<float>() + r0 * H * Dq,
+                         v.data<float>() + r0 * H * Dv, L, L, H, Dq, Dv, scale, 0);
+    }
+    return;
+  }
   int64_t Lmax = 0;
   for (int64_t b = 0; b < B; ++b) Lmax = std::max(Lmax, cu[size_t(b) + 1] - cu[size_t(b)]);
   Tensor dcu = Tensor::empty({B + 1}, DType::I64, Device::CUDA),

@@ -15,6 +15,15 @@ namespace dseek::ops::cuda {
 
 void linear(Tensor out, const Tensor& x, const Tensor& w);
 void matmul_nn(Tensor out, const Tensor& x, const Tensor& w);
+// Batched f32 products over strided views (linear.cu, cuBLASLt, f32 compute): C[b](i, j) = alpha ·
+// Σ_l A[b](i, l) · B[b](l, j), X[b](r, c) = X.p[b·X.sb + r·X.sr + c·X.sc]; A and B have a unit stride in one
+// of their dims, C in its columns (C[b](i, j) = C[b·sCb + i·sCr + j]).
+struct StridedF32 {
+  const float* p;
+  int64_t sb, sr, sc;
+};
+void matmul_strided_batched(float* C, int64_t sCb, int64_t sCr, StridedF32 A, StridedF32 B, int64_t M,
+                            int64_t N, int64_t K, int64_t batch, float alpha);
 void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps);
 void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps);
 void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,

@@ -109,7 +109,85 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
   DSEEK_CUDA_LAUNCH_CHECK("cublasLt matmul");
 }
 
+// Strided batched f32 products (the training attention's per-head products): one cached descriptor set per
+// shape, batch and strides. C (col-major [m, n], ld ldc, batch stride sc) = alpha · op(A) · op(B), A/B as
+// in lt_matmul with batch strides sa/sb.
+struct BatchedPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+void lt_matmul_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* A,
+                       int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float* C,
+                       int64_t ldc, int64_t sc, int64_t batch, float alpha) {
+  using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         int64_t>;
+  static std::mutex mu;
+  static std::map<Key, BatchedPlan> plans;
+  Lt& L = lt();
+  const Key key{int(trans_a) * 2 + int(trans_b), m, n, k, lda, ldb, ldc, sa, sb, sc, batch};
+  const BatchedPlan* plan = nullptr;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = plans.find(key);
+    if (it != plans.end()) plan = &it->second;
+  }
+  if (!plan) {
+    BatchedPlan p;
+    DSEEK_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+                       "batched matmul: desc");
+    cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.la, CUDA_R_32F, trans_a ? k : m, trans_a ? m : k, lda),
+                       "batched layout A");
+    DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lb, CUDA_R_32F, trans_b ? n : k, trans_b ? k : n, ldb),
+                       "batched layout B");
+    DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lc, CUDA_R_32F, m, n, ldc), "batched layout C");
+    const int32_t count = int32_t(batch);
+    for (auto [layout, stride] : {std::pair{p.la, sa}, std::pair{p.lb, sb}, std::pair{p.lc, sc}}) {
+      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count);
+      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                       sizeof stride);
+    }
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulPreferenceCreate(&pref);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &L.workspace_bytes,
+                                         sizeof L.workspace_bytes);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    DSEEK_CUBLAS_CHECK(
+        cublasLtMatmulAlgoGetHeuristic(L.handle, p.op, p.la, p.lb, p.lc, p.lc, pref, 1, &res, &found),
+        "batched matmul: heuristic");
+    cublasLtMatmulPreferenceDestroy(pref);
+    DSEEK_CHECK(found > 0, "batched matmul: cuBLASLt found no algorithm for ", batch, " x ", m, "x", n, "x",
+                k);
+    p.algo = res.algo;
+    std::lock_guard<std::mutex> g(mu);
+    plan = &plans.emplace(key, p).first->second;
+  }
+  const float beta = 0.0f;
+  DSEEK_CUBLAS_CHECK(
+      cublasLtMatmul(L.handle, plan->op, &alpha, A, plan->la, B, plan->lb, &beta, C, plan->lc, C, plan->lc,
+                     &plan->algo, L.workspace, L.workspace_bytes, cudaStreamPerThread),
+      "batched matmul: cublasLtMatmul");
+  DSEEK_CUDA_LAUNCH_CHECK("cublasLt batched matmul");
+}
+
 }  // namespace
+
+void matmul_strided_batched(float* C, int64_t sCb, int64_t sCr, StridedF32 A, StridedF32 B, int64_t M,
+                            int64_t N, int64_t K, int64_t batch, float alpha) {
+  if (M == 0 || N == 0 || batch == 0) return;
+  // Row-major C [M, N] (unit column stride) is column-major Cᵀ [N, M] with ld sCr: Cᵀ = Bᵀ · Aᵀ, where
+  // Bᵀ is B's storage as is when B is row-major (sc = 1), or B transposed when B is column-major (sr = 1),
+  // and the same for Aᵀ.
+  DSEEK_CHECK((B.sc == 1 || B.sr == 1) && (A.sc == 1 || A.sr == 1),
+              "matmul_strided_batched: an operand with ", "no unit stride");
+  const bool tb = B.sc != 1, ta = A.sc != 1;  // cuBLAS operand 1 is B's, operand 2 is A's
+  lt_matmul_batched(tb, ta, N, M, K, B.p, tb ? B.sc : B.sr, B.sb, A.p, ta ? A.sc : A.sr, A.sb, C, sCr, sCb,
+                    batch, alpha);
+}
 
 namespace {
 

@@ -1,7 +1,8 @@
 // train_bwd.cu — backward ops of a training step on the GPU (issue 6): the MoE's un-permutation and
 // permutation backward (spec/model.md §4.3), the router's backward through the chosen gate weights (§4.2)
 // and the sequence-wise balance loss with its gradient (§4.4), the embedding's backward, and the attention
-// backward from saved softmax probabilities (§2.2, the naive training path). Activations f32 or bf16 where
+// backward from saved softmax probabilities (§2.2, the naive training path; its per-head products through
+// cuBLASLt, f32). Activations f32 or bf16 where
 // the op is elementwise, f32 for the attention; every sum runs in a fixed order (no floating-point atomics),
 // so a step gives the same bits every time on the same device, as the trainer's exact resume needs. The
 // arithmetic follows the CPU twins (ops/cpu/), which the tests compare against (tests/cuda/cuda_ops_test).
@@ -169,39 +170,14 @@ __global__ void embedding_bwd_kernel(T* dtable, const T* dout, const int64_t* ui
   row[c] = st<T>(acc);
 }
 
-// A strided, batched f32 product, 16 × 16 output tiles: C[b](i, j) = α Σ_l A[b](i, l) · B[b](l, j), where
-// X[b](r, c) = X[b·sXb + r·sXr + c·sXc]. grid (ceil(N / 16), ceil(M / 16), batches), 256 threads.
-struct Strided {
-  const float* p;
-  int64_t sb, sr, sc;
-};
-__global__ void strided_gemm_kernel(float* C, int64_t sCb, int64_t sCr, int64_t sCc, Strided A, Strided B,
-                                    int64_t M, int64_t N, int64_t K, float alpha) {
-  __shared__ float as[16][17], bs[16][17];
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-  const int64_t b = blockIdx.z, i = int64_t(blockIdx.y) * 16 + ty, j = int64_t(blockIdx.x) * 16 + tx;
-  const float* a = A.p + b * A.sb;
-  const float* bb = B.p + b * B.sb;
-  float acc = 0.0f;
-  for (int64_t l0 = 0; l0 < K; l0 += 16) {
-    const int64_t ai = int64_t(blockIdx.y) * 16 + ty, al = l0 + tx;
-    as[ty][tx] = ai < M && al < K ? a[ai * A.sr + al * A.sc] : 0.0f;
-    const int64_t bl = l0 + ty, bj = int64_t(blockIdx.x) * 16 + tx;
-    bs[ty][tx] = bl < K && bj < N ? bb[bl * B.sr + bj * B.sc] : 0.0f;
-    __syncthreads();
-#pragma unroll
-    for (int l = 0; l < 16; ++l) acc += as[ty][l] * bs[l][tx];
-    __syncthreads();
-  }
-  if (i < M && j < N) C[b * sCb + i * sCr + j * sCc] = alpha * acc;
-}
+using Strided = StridedF32;
 
+// The per-head products of the attention backward through cuBLASLt (linear.cu matmul_strided_batched): C
+// is row-major with unit column stride (sCc must be 1).
 void strided_gemm(float* C, int64_t sCb, int64_t sCr, int64_t sCc, Strided A, Strided B, int64_t M, int64_t N,
                   int64_t K, int64_t batches, float alpha, const char* op) {
-  if (M == 0 || N == 0 || batches == 0) return;
-  const dim3 grid{unsigned((N + 15) / 16), unsigned((M + 15) / 16), unsigned(batches)};
-  strided_gemm_kernel<<<grid, 256>>>(C, sCb, sCr, sCc, A, B, M, N, K, alpha);
-  DSEEK_CUDA_LAUNCH_CHECK(op);
+  DSEEK_CHECK(sCc == 1, op, ": the output needs unit column stride");
+  matmul_strided_batched(C, sCb, sCr, A, B, M, N, K, batches, alpha);
 }
 
 // grid (T, H): dS = P ⊙ (dP − Σ_s dP ⊙ P) on row (h, t) of [H, T, S], in place over dP, keys < Se.
