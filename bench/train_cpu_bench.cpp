@@ -119,11 +119,8 @@ int main(int argc, char** argv) {
                 1e3 * median(t_zero), 1e3 * median(t_fb), 1e3 * median(t_opt));
     std::printf("openblas: %s (%s)\n", openblas_get_corename(), openblas_get_config());
     std::printf("DSEEK_TOKENS_PER_SECOND %.1f\n", double(B * T) / med);
-    if (dev == Device::CUDA) {  // model FLOPs as the trainer counts them (6 per active parameter + attention)
-      const double fpt =
-          6.0 * double(pc.active) + 6.0 * double(cfg.num_hidden_layers) * double(cfg.num_attention_heads) *
-                                        double(cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) *
-                                        double(T) / 2.0;
+    if (dev == Device::CUDA) {  // model FLOPs as the trainer counts them
+      const double fpt = train_flops_per_token(cfg, T);
       std::printf("on %s: peak device memory %.1f GB, MFU %.2f %% of 989 TFLOP/s\n",
                   cuda_device_name().c_str(), double(device_bytes_peak()) / 1e9,
                   100.0 * fpt * double(B * T) / med / 989e12);

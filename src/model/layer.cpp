@@ -77,28 +77,13 @@ void layer_decode(Tensor h, const LayerWeights& w, const LayerContext& ctx, FfnO
   // the FFN's input (the post-attention norm's launch writes it, and h = h2 + y).
   Tensor h2 = Tensor::empty({N, D}, dt, dev), y = Tensor::empty({N, D}, dt, dev),
          xn = Tensor::empty({N, D}, dt, dev);
-  const ops::NormedInput in1{.h = h,
-                             .y = pending.y,
-                             .w = pending.w,
-                             .K = pending.K,
-                             .KS = pending.KS,
-                             .norm = w.input_layernorm,
-                             .eps = c.rms_norm_eps,
-                             .h_out = h2,
-                             .x_out = Tensor()};
+  const ops::NormedInput in1 = residual_norm(h, pending, w.input_layernorm, c.rms_norm_eps, h2);
   {
     prof::Scope sub(prof::kMlaFwd);
     mla_decode(y, in1, w.attn, c, ctx.rope, ctx.positions, *ctx.paged, ctx.layer);
   }
-  const ops::NormedInput in2{.h = h2,
-                             .y = y,
-                             .w = Tensor(),
-                             .K = 0,
-                             .KS = 1,
-                             .norm = w.post_attention_layernorm,
-                             .eps = c.rms_norm_eps,
-                             .h_out = h,
-                             .x_out = xn};
+  const ops::NormedInput in2 = residual_norm(h2, {.y = y, .w = Tensor(), .K = 0, .KS = 1},
+                                             w.post_attention_layernorm, c.rms_norm_eps, h, xn);
   if (w.is_moe) {
     prof::Scope sub(prof::kMoeFwd);
     pending = moe_decode(in2, w.moe, c);

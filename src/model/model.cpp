@@ -46,29 +46,22 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
   ops::embedding_fwd(h, ids, w.embed_tokens);
   if (trace) trace->hidden.push_back(h.clone());
   Tensor xn = Tensor::empty({N, D}, dt, dev);
+  auto context = [&](int64_t l) {
+    return LayerContext{.cfg = cfg,
+                        .rope = rope,
+                        .positions = positions,
+                        .chunks = chunks,
+                        .layer = l,
+                        .path = path,
+                        .moe = {},
+                        .paged = paged,
+                        .fp16_attention = dev == Device::CUDA && w.embed_tokens.dtype() == DType::BF16};
+  };
   if (paged && paged->decode && !trace) {  // a decode step: every residual norm rides in a product's launch
     FfnOut pending;
     for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
-      layer_decode(h, w.layers[size_t(l)],
-                   {.cfg = cfg,
-                    .rope = rope,
-                    .positions = positions,
-                    .chunks = chunks,
-                    .layer = l,
-                    .path = path,
-                    .moe = {},
-                    .paged = paged,
-                    .fp16_attention = false},
-                   pending);
-    ops::normed_input(xn, {.h = h,
-                           .y = pending.y,
-                           .w = pending.w,
-                           .K = pending.K,
-                           .KS = pending.KS,
-                           .norm = w.norm,
-                           .eps = cfg.rms_norm_eps,
-                           .h_out = Tensor(),
-                           .x_out = Tensor()});
+      layer_decode(h, w.layers[size_t(l)], context(l), pending);
+    ops::normed_input(xn, residual_norm(h, pending, w.norm, cfg.rms_norm_eps));
     return xn;
   }
   // pending: [N, D] the last layer's FFN output, added to h inside the next RMSNorm (not with a trace,
@@ -77,17 +70,7 @@ Tensor Model::run(const Tensor& ids, const Tensor& positions, const std::vector<
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     const LayerWeights& L = w.layers[size_t(l)];
     RouterTrace rt;
-    layer_fwd(h, L,
-              {.cfg = cfg,
-               .rope = rope,
-               .positions = positions,
-               .chunks = chunks,
-               .layer = l,
-               .path = path,
-               .moe = {},
-               .paged = paged,
-               .fp16_attention = dev == Device::CUDA && w.embed_tokens.dtype() == DType::BF16},
-              nullptr, trace && L.is_moe ? &rt : nullptr, trace ? nullptr : &pending);
+    layer_fwd(h, L, context(l), nullptr, trace && L.is_moe ? &rt : nullptr, trace ? nullptr : &pending);
     if (trace && L.is_moe) trace->routers.push_back(rt);
     if (trace && l + 1 < cfg.num_hidden_layers) trace->hidden.push_back(h.clone());
   }

@@ -66,6 +66,19 @@ struct ExpertMats {
 
 }  // namespace
 
+ops::NormedInput residual_norm(const Tensor& h, const FfnOut& f, const Tensor& norm, double eps,
+                               const Tensor& h_out, const Tensor& x_out) {
+  return {.h = h,
+          .y = f.y,
+          .w = f.w,
+          .K = f.K,
+          .KS = f.KS,
+          .norm = norm,
+          .eps = eps,
+          .h_out = h_out,
+          .x_out = x_out};
+}
+
 FfnOut moe_decode(const ops::NormedInput& in, const MoeWeights& w, const ModelConfig& c) {
   DSEEK_CHECK(in.x_out.defined(), "moe_decode: the normed input needs x_out (the experts' input)");
   const int64_t N = in.h.size(0), D = in.h.size(1), K = c.num_experts_per_tok;

@@ -56,6 +56,11 @@ struct FfnOut {
   int64_t K = 0, KS = 1;
 };
 
+// The normed input of the next product: h + f (f's slots combined) normalized by `norm`; the sum goes to
+// h_out and the normed rows to x_out when they are defined (ops::NormedInput).
+ops::NormedInput residual_norm(const Tensor& h, const FfnOut& f, const Tensor& norm, double eps,
+                               const Tensor& h_out = Tensor(), const Tensor& x_out = Tensor());
+
 // The MoE of a decode step from the normed input `in` (the post-attention residual add + RMSNorm; in.x_out
 // [N, D] defined, it receives the experts' input): on the GPU the norm rides in the router's launch and
 // the experts' outputs stay per slot (FfnOut with K > 0); elsewhere normed_input, then moe_fwd.

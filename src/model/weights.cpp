@@ -249,6 +249,12 @@ std::vector<io::NamedTensor> named_tensors(Weights& w, const ModelConfig& c, DTy
   return out;
 }
 
+double train_flops_per_token(const ModelConfig& c, int64_t seq_len) {
+  return 6.0 * double(count_params(c).active) +
+         6.0 * double(c.num_hidden_layers) * double(c.num_attention_heads) *
+             double(c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim) * double(seq_len) / 2.0;
+}
+
 ParamCounts count_params(const ModelConfig& c) {
   Weights w = Weights::skeleton(c);
   ParamCounts pc;

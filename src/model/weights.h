@@ -119,5 +119,9 @@ struct ParamCounts {
   int64_t active = 0;  // per token, excluding the embedding, including the LM head
 };
 ParamCounts count_params(const ModelConfig& cfg);
+// Model FLOPs per trained token of sequences of seq_len (for MFU): 6 per active matmul parameter (forward
+// 2, backward 4) plus the causal attention's two products, 6 · H · (qk_head_dim + v_head_dim) · T / 2 per
+// layer; MTP left out.
+double train_flops_per_token(const ModelConfig& cfg, int64_t seq_len);
 
 }  // namespace dseek

@@ -419,13 +419,8 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
   const bool tty = ::isatty(2);
   const int64_t tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum;
   ParamCounts pc = count_params(mc);
-  // Model FLOPs per trained token (for MFU on the GPU): 6 per active matmul parameter (forward 2,
-  // backward 4) plus the causal attention's two products, 6 · H · (qk_head_dim + v_head_dim) · T / 2 per
-  // layer; MTP left out. MFU divides by the H100/H200 dense bf16 peak, 989 TFLOP/s (issue 6).
-  const double flops_per_token =
-      6.0 * double(pc.active) + 6.0 * double(mc.num_hidden_layers) * double(mc.num_attention_heads) *
-                                    double(mc.qk_nope_head_dim + mc.qk_rope_head_dim + mc.v_head_dim) *
-                                    double(cfg.seq_len) / 2.0;
+  // MFU on the GPU: model FLOPs over the H100/H200 dense bf16 peak, 989 TFLOP/s (issue 6).
+  const double flops_per_token = train_flops_per_token(mc, cfg.seq_len);
   constexpr double kPeakFlops = 989e12;
   std::fprintf(
       stderr,

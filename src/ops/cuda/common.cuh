@@ -1,5 +1,5 @@
 // common.cuh — helpers shared by the CUDA kernels: element loads/stores as f32 for the activation
-// dtypes (f32, bf16), warp and block reductions, launch sizes.
+// dtypes (f32, bf16), warp and block reductions, launch sizes, host-side uploads of index lists.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,8 +10,10 @@
 #include <mutex>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "core/cuda/cuda_check.h"
+#include "core/device.h"
 #include "core/tensor.h"
 
 namespace dseek::ops::cuda {
@@ -38,7 +40,8 @@ __device__ __forceinline__ bf16 st<bf16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <typename T>  // float or double
+__device__ __forceinline__ T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -46,15 +49,16 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float part[32];
+// Sum over the block (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result. float or double.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  __shared__ T part[32];
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
   v = warp_sum(v);
   __syncthreads();
   if (lane == 0) part[wid] = v;
   __syncthreads();
-  float r = lane < int(blockDim.x >> 5) ? part[lane] : 0.0f;
+  T r = lane < int(blockDim.x >> 5) ? part[lane] : T(0);
   return warp_sum(r);
 }
 __device__ __forceinline__ float block_max(float v) {
@@ -201,6 +205,13 @@ void allow_smem(K kernel, size_t bytes, const char* op) {
   if (have >= bytes) return;
   DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
   have = bytes;
+}
+
+// v as a device I64 tensor (at least one element, so an empty list is still a valid pointer).
+inline Tensor upload_i64(const std::vector<int64_t>& v) {
+  Tensor t = Tensor::empty({std::max<int64_t>(int64_t(v.size()), 1)}, DType::I64, Device::CUDA);
+  if (!v.empty()) copy_bytes(t.raw(), Device::CUDA, v.data(), Device::CPU, v.size() * sizeof(int64_t));
+  return t;
 }
 
 inline int blocks_for(int64_t n, int threads) {

@@ -395,15 +395,10 @@ __global__ void __launch_bounds__(kThreads, FLAT       ? 1
   }
 }
 
-// grid (H, B): out[b, h] = Σ_s 2^(m_s − M) o_s / Σ_s 2^(m_s − M) l_s.
-template <typename T>
-__global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float* part_ml, int H, int C,
-                                        int splits) {
-  __shared__ float wt[kMaxSplits];  // split s's weight 2^(m_s − M) / Σ_s 2^(m_s − M) l_s (0: empty)
-  dep_launch();
-  dep_wait();
-  const int h = blockIdx.x, b = blockIdx.y;
-  float ms = -INFINITY, lsum = 0.0f;  // thread s's split (splits ≤ blockDim.x)
+// The split combine of (sequence b, head h), by the whole block (splits ≤ blockDim.x): wt[s] = split s's
+// weight 2^(m_s − M) / Σ_s 2^(m_s − M) l_s (0: an empty split), then ends with __syncthreads().
+__device__ void split_weights(float* wt, const float* part_ml, int b, int h, int H, int splits) {
+  float ms = -INFINITY, lsum = 0.0f;  // thread s's split
   if (int(threadIdx.x) < splits) {
     const int64_t i = (int64_t(b) * splits + threadIdx.x) * H + h;
     ms = part_ml[2 * i];
@@ -413,12 +408,27 @@ __global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float
   const float den = block_sum(ms == -INFINITY ? 0.0f : exp2f(ms - M) * lsum);
   if (int(threadIdx.x) < splits) wt[threadIdx.x] = ms == -INFINITY ? 0.0f : exp2f(ms - M) / den;
   __syncthreads();
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc = 0.0f;
+}
+// Column c of the combined output: Σ_s wt[s] · o_s[c].
+__device__ __forceinline__ float combined(const float* wt, const float* part_o, int b, int h, int H, int C,
+                                          int c, int splits) {
+  float acc = 0.0f;
 #pragma unroll 8
-    for (int s = 0; s < splits; ++s) acc += wt[s] * part_o[((int64_t(b) * splits + s) * H + h) * C + c];
-    out[(int64_t(b) * H + h) * C + c] = st<T>(acc);
-  }
+  for (int s = 0; s < splits; ++s) acc += wt[s] * part_o[((int64_t(b) * splits + s) * H + h) * C + c];
+  return acc;
+}
+
+// grid (H, B): out[b, h] = Σ_s 2^(m_s − M) o_s / Σ_s 2^(m_s − M) l_s.
+template <typename T>
+__global__ void sm90_mla_decode_combine(T* out, const float* part_o, const float* part_ml, int H, int C,
+                                        int splits) {
+  __shared__ float wt[kMaxSplits];  // split s's weight 2^(m_s − M) / Σ_s 2^(m_s − M) l_s (0: empty)
+  dep_launch();
+  dep_wait();
+  const int h = blockIdx.x, b = blockIdx.y;
+  split_weights(wt, part_ml, b, h, H, splits);
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    out[(int64_t(b) * H + h) * C + c] = st<T>(combined(wt, part_o, b, h, H, C, c, splits));
 }
 
 // grid (H, B), 256 threads: o[b, h, j] = W_UV[h][j] · o_lat[b, h] for j < dv, where o_lat[b, h] is the
@@ -446,22 +456,9 @@ __global__ void __launch_bounds__(256)
   if (splits == 1) {
     for (int c = threadIdx.x; c < C; c += blockDim.x) ls[c] = ld(olat[(int64_t(b) * H + h) * C + c]);
   } else {
-    float ms = -INFINITY, lsum = 0.0f;  // thread s's split (splits ≤ blockDim.x)
-    if (int(threadIdx.x) < splits) {
-      const int64_t i = (int64_t(b) * splits + threadIdx.x) * H + h;
-      ms = part_ml[2 * i];
-      lsum = part_ml[2 * i + 1];
-    }
-    const float M = block_max(ms);
-    const float den = block_sum(ms == -INFINITY ? 0.0f : exp2f(ms - M) * lsum);
-    if (int(threadIdx.x) < splits) wt[threadIdx.x] = ms == -INFINITY ? 0.0f : exp2f(ms - M) / den;
-    __syncthreads();
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      float acc = 0.0f;
-#pragma unroll 8
-      for (int s = 0; s < splits; ++s) acc += wt[s] * part_o[((int64_t(b) * splits + s) * H + h) * C + c];
-      ls[c] = ld(st<T>(acc));
-    }
+    split_weights(wt, part_ml, b, h, H, splits);
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+      ls[c] = ld(st<T>(combined(wt, part_o, b, h, H, C, c, splits)));
   }
   __syncthreads();
   for (int t = 0; warp + t * kWarps < dv; ++t) {

@@ -55,9 +55,27 @@ cudaDataType_t cuda_type(DType d) {
   }
 }
 
-Plan make_plan(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
-               int64_t ldc, DType ab, DType c_type) {
+// The heuristic's first algorithm for these descriptors within the workspace (`what`, m, n, k name the
+// product in the error when there is none).
+cublasLtMatmulAlgo_t best_algo(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                               cublasLtMatrixLayout_t lc, const char* what, int64_t m, int64_t n, int64_t k) {
   Lt& L = lt();
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulPreferenceCreate(&pref);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &L.workspace_bytes,
+                                       sizeof L.workspace_bytes);
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  DSEEK_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(L.handle, op, la, lb, lc, lc, pref, 1, &res, &found),
+                     what);
+  cublasLtMatmulPreferenceDestroy(pref);
+  DSEEK_CHECK(found > 0, what, ": cuBLASLt found no algorithm for ", m, "x", n, "x", k);
+  return res.algo;
+}
+
+// The descriptors of a product (no algorithm yet): C[m, n] = op(A) · op(B) as lt_matmul describes them.
+Plan describe(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+              int64_t ldc, DType ab, DType c_type) {
   Plan p;
   DSEEK_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "linear: desc");
   cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -68,18 +86,13 @@ Plan make_plan(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int6
   DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lb, cuda_type(ab), trans_b ? n : k, trans_b ? k : n, ldb),
                      "layout B");
   DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lc, cuda_type(c_type), m, n, ldc), "layout C");
-  cublasLtMatmulPreference_t pref;
-  cublasLtMatmulPreferenceCreate(&pref);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &L.workspace_bytes,
-                                       sizeof L.workspace_bytes);
-  cublasLtMatmulHeuristicResult_t res;
-  int found = 0;
-  DSEEK_CUBLAS_CHECK(
-      cublasLtMatmulAlgoGetHeuristic(L.handle, p.op, p.la, p.lb, p.lc, p.lc, pref, 1, &res, &found),
-      "linear: heuristic");
-  cublasLtMatmulPreferenceDestroy(pref);
-  DSEEK_CHECK(found > 0, "linear: cuBLASLt found no algorithm for ", m, "x", n, "x", k);
-  p.algo = res.algo;
+  return p;
+}
+
+Plan make_plan(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
+               int64_t ldc, DType ab, DType c_type) {
+  Plan p = describe(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, c_type);
+  p.algo = best_algo(p.op, p.la, p.lb, p.lc, "linear", m, n, k);
   return p;
 }
 
@@ -109,60 +122,33 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
   DSEEK_CUDA_LAUNCH_CHECK("cublasLt matmul");
 }
 
-// Strided batched f32 products (the training attention's per-head products): one cached descriptor set per
-// shape, batch and strides. C (col-major [m, n], ld ldc, batch stride sc) = alpha · op(A) · op(B), A/B as
-// in lt_matmul with batch strides sa/sb.
-struct BatchedPlan {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-};
+// Strided batched f32 products (the training attention's per-head products): one cached plan per shape,
+// batch and strides. C (col-major [m, n], ld ldc, batch stride sc) = alpha · op(A) · op(B), A/B as in
+// lt_matmul with batch strides sa/sb.
 void lt_matmul_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* A,
                        int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float* C,
                        int64_t ldc, int64_t sc, int64_t batch, float alpha) {
   using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int64_t>;
   static std::mutex mu;
-  static std::map<Key, BatchedPlan> plans;
+  static std::map<Key, Plan> plans;
   Lt& L = lt();
   const Key key{int(trans_a) * 2 + int(trans_b), m, n, k, lda, ldb, ldc, sa, sb, sc, batch};
-  const BatchedPlan* plan = nullptr;
+  const Plan* plan = nullptr;
   {
     std::lock_guard<std::mutex> g(mu);
     auto it = plans.find(key);
     if (it != plans.end()) plan = &it->second;
   }
   if (!plan) {
-    BatchedPlan p;
-    DSEEK_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
-                       "batched matmul: desc");
-    cublasOperation_t ta = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.la, CUDA_R_32F, trans_a ? k : m, trans_a ? m : k, lda),
-                       "batched layout A");
-    DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lb, CUDA_R_32F, trans_b ? n : k, trans_b ? k : n, ldb),
-                       "batched layout B");
-    DSEEK_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.lc, CUDA_R_32F, m, n, ldc), "batched layout C");
+    Plan p = describe(trans_a, trans_b, m, n, k, lda, ldb, ldc, DType::F32, DType::F32);
     const int32_t count = int32_t(batch);
     for (auto [layout, stride] : {std::pair{p.la, sa}, std::pair{p.lb, sb}, std::pair{p.lc, sc}}) {
       cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count);
       cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
                                        sizeof stride);
     }
-    cublasLtMatmulPreference_t pref;
-    cublasLtMatmulPreferenceCreate(&pref);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &L.workspace_bytes,
-                                         sizeof L.workspace_bytes);
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    DSEEK_CUBLAS_CHECK(
-        cublasLtMatmulAlgoGetHeuristic(L.handle, p.op, p.la, p.lb, p.lc, p.lc, pref, 1, &res, &found),
-        "batched matmul: heuristic");
-    cublasLtMatmulPreferenceDestroy(pref);
-    DSEEK_CHECK(found > 0, "batched matmul: cuBLASLt found no algorithm for ", batch, " x ", m, "x", n, "x",
-                k);
-    p.algo = res.algo;
+    p.algo = best_algo(p.op, p.la, p.lb, p.lc, "batched matmul", m, n, k);
     std::lock_guard<std::mutex> g(mu);
     plan = &plans.emplace(key, p).first->second;
   }

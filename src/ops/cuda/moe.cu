@@ -9,12 +9,6 @@ namespace dseek::ops::cuda {
 
 namespace {
 
-Tensor to_device_i64(const std::vector<int64_t>& v) {
-  Tensor t = Tensor::empty({int64_t(v.size())}, DType::I64, Device::CUDA);
-  copy_bytes(t.raw(), Device::CUDA, v.data(), Device::CPU, v.size() * 8);
-  return t;
-}
-
 template <typename T>
 __global__ void permute_kernel(T* xp, const T* x, const int64_t* slot, int64_t K, int64_t D) {
   const int64_t r = blockIdx.x;
@@ -37,7 +31,7 @@ __global__ void unpermute_kernel(T* out, const T* yp, const T* w, const int64_t*
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
   const int64_t M = p.tokens * p.top_k, D = x.size(1);
   if (M == 0) return;
-  Tensor slot = to_device_i64(p.slot);
+  Tensor slot = upload_i64(p.slot);
   with_act(x.dtype(), "moe_permute", [&](auto t) {
     using T = decltype(t);
     permute_kernel<<<int(M), 128>>>(static_cast<T*>(xp.raw()), static_cast<const T*>(x.raw()),
@@ -65,7 +59,7 @@ void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, c
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& p) {
   const int64_t N = p.tokens, D = yp.size(1);
   if (N == 0) return;
-  Tensor row = to_device_i64(p.row);
+  Tensor row = upload_i64(p.row);
   with_act(yp.dtype(), "moe_unpermute", [&](auto t) {
     using T = decltype(t);
     unpermute_kernel<<<int(N), 128>>>(static_cast<T*>(out.raw()), static_cast<const T*>(yp.raw()),

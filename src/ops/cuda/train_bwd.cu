@@ -18,12 +18,6 @@ namespace dseek::ops::cuda {
 
 namespace {
 
-Tensor dev_i64(const std::vector<int64_t>& v) {
-  Tensor t = Tensor::empty({int64_t(std::max<size_t>(v.size(), 1))}, DType::I64, Device::CUDA);
-  if (!v.empty()) copy_bytes(t.raw(), Device::CUDA, v.data(), Device::CPU, v.size() * sizeof(int64_t));
-  return t;
-}
-
 // grid N: dx[n] = Σ_k dxp[row[n·K + k]], k ascending.
 template <typename T>
 __global__ void permute_bwd_kernel(T* dx, const T* dxp, const int64_t* row, int64_t K, int64_t D) {
@@ -89,26 +83,13 @@ __global__ void router_bwd_kernel(T* dlogits, const T* dw, const int32_t* idx, c
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) dl[e] = st<T>(ld(s[e]) * (ds[e] - sum));
 }
 
-// Sum over the block in f64 (blockDim.x a multiple of 32); every thread gets it.
-__device__ double block_sum_f64(double v) {
-  __shared__ double part[32];
-  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();
-  if (lane == 0) part[wid] = v;
-  __syncthreads();
-  double r = lane < int(blockDim.x >> 5) ? part[lane] : 0.0;
-  for (int o = 16; o > 0; o >>= 1) r += __shfl_xor_sync(0xffffffffu, r, o);
-  return r;
-}
-
 // grid N: z[t] = Σ_e scores[t, e] (f64).
 template <typename T>
 __global__ void row_sums_kernel(double* z, const T* scores, int64_t E) {
   const int64_t t = blockIdx.x;
   double acc = 0.0;
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) acc += double(ld(scores[t * E + e]));
-  acc = block_sum_f64(acc);
+  acc = block_sum(acc);
   if (threadIdx.x == 0) z[t] = acc;
 }
 
@@ -138,7 +119,7 @@ __global__ void balance_grad_kernel(T* dlogits, const T* scores, const double* z
   const double zt = z[t], gs = alpha / double(L * B);
   double dot = 0.0;
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) dot += gs * f[b * E + e] * double(ld(s[e])) / zt;
-  dot = block_sum_f64(dot);
+  dot = block_sum(dot);
   T* dl = dlogits + t * E;
   if (sigmoid) {
     for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
@@ -150,7 +131,7 @@ __global__ void balance_grad_kernel(T* dlogits, const T* scores, const double* z
   double part = 0.0;
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x)
     part += (gs * f[b * E + e] - dot) / zt * double(ld(s[e]));
-  const double sum = block_sum_f64(part);
+  const double sum = block_sum(part);
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
     const double se = double(ld(s[e])), ds = (gs * f[b * E + e] - dot) / zt;
     dl[e] = st<T>(ld(dl[e]) + float(se * (ds - sum)));
@@ -170,16 +151,6 @@ __global__ void embedding_bwd_kernel(T* dtable, const T* dout, const int64_t* ui
   row[c] = st<T>(acc);
 }
 
-using Strided = StridedF32;
-
-// The per-head products of the attention backward through cuBLASLt (linear.cu matmul_strided_batched): C
-// is row-major with unit column stride (sCc must be 1).
-void strided_gemm(float* C, int64_t sCb, int64_t sCr, int64_t sCc, Strided A, Strided B, int64_t M, int64_t N,
-                  int64_t K, int64_t batches, float alpha, const char* op) {
-  DSEEK_CHECK(sCc == 1, op, ": the output needs unit column stride");
-  matmul_strided_batched(C, sCb, sCr, A, B, M, N, K, batches, alpha);
-}
-
 // grid (T, H): dS = P ⊙ (dP − Σ_s dP ⊙ P) on row (h, t) of [H, T, S], in place over dP, keys < Se.
 __global__ void softmax_bwd_rows_kernel(float* dP, const float* P, int64_t T, int64_t S, int64_t Se) {
   const int64_t t = blockIdx.x, h = blockIdx.y, o = (h * T + t) * S;
@@ -189,12 +160,6 @@ __global__ void softmax_bwd_rows_kernel(float* dP, const float* P, int64_t T, in
   for (int64_t s = threadIdx.x; s < Se; s += blockDim.x) dP[o + s] = P[o + s] * (dP[o + s] - r);
 }
 
-__global__ void zero_rows_kernel(float* x, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    x[i] = 0.0f;
-}
-
 // One sequence's attention backward (attention.h attention_bwd) from probs [H, T, S] (row stride S).
 // Keys ≥ Se = q_pos0 + T are never seen: their dk/dv rows are zero.
 void attention_bwd_one(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
@@ -202,27 +167,22 @@ void attention_bwd_one(float* dq, float* dk, float* dv, const float* dout, const
                        int64_t Dv, double scale, int64_t q_pos0) {
   const int64_t Se = std::min(S, q_pos0 + T);
   if (Se < S) {
-    zero_rows_kernel<<<blocks_for((S - Se) * H * Dq, 256), 256>>>(dk + Se * H * Dq, (S - Se) * H * Dq);
-    zero_rows_kernel<<<blocks_for((S - Se) * H * Dv, 256), 256>>>(dv + Se * H * Dv, (S - Se) * H * Dv);
-    DSEEK_CUDA_LAUNCH_CHECK("attention_bwd (zero rows)");
+    device_memset(dk + Se * H * Dq, 0, size_t((S - Se) * H * Dq) * sizeof(float));
+    device_memset(dv + Se * H * Dv, 0, size_t((S - Se) * H * Dv) * sizeof(float));
   }
   if (T == 0) return;
   // dv[s, h] = Σ_t P[h, t, s] · dout[t, h]   (per head h: [Se, T] · [T, Dv])
-  strided_gemm(dv, Dv, H * Dv, 1, {probs, T * S, 1, S}, {dout, Dv, H * Dv, 1}, Se, Dv, T, H, 1.0f,
-               "attention_bwd (dv)");
+  matmul_strided_batched(dv, Dv, H * Dv, {probs, T * S, 1, S}, {dout, Dv, H * Dv, 1}, Se, Dv, T, H, 1.0f);
   // dP[h, t, s] = dout[t, h] · v[s, h]       ([T, Dv] · [Dv, Se])
   Tensor dP = Tensor::empty({H, T, S}, DType::F32, Device::CUDA);  // dP: [H, T, S], columns < Se used
   float* dp = dP.data<float>();
-  strided_gemm(dp, T * S, S, 1, {dout, Dv, H * Dv, 1}, {v, Dv, 1, H * Dv}, T, Se, Dv, H, 1.0f,
-               "attention_bwd (dP)");
+  matmul_strided_batched(dp, T * S, S, {dout, Dv, H * Dv, 1}, {v, Dv, 1, H * Dv}, T, Se, Dv, H, 1.0f);
   softmax_bwd_rows_kernel<<<dim3(unsigned(T), unsigned(H)), 256>>>(dp, probs, T, S, Se);
   DSEEK_CUDA_LAUNCH_CHECK("attention_bwd (softmax)");
   // dq[t, h] = scale · Σ_s dS[h, t, s] · k[s, h]   ([T, Se] · [Se, Dq])
-  strided_gemm(dq, Dq, H * Dq, 1, {dp, T * S, S, 1}, {k, Dq, H * Dq, 1}, T, Dq, Se, H, float(scale),
-               "attention_bwd (dq)");
+  matmul_strided_batched(dq, Dq, H * Dq, {dp, T * S, S, 1}, {k, Dq, H * Dq, 1}, T, Dq, Se, H, float(scale));
   // dk[s, h] = scale · Σ_t dS[h, t, s] · q[t, h]   ([Se, T] · [T, Dq])
-  strided_gemm(dk, Dq, H * Dq, 1, {dp, T * S, 1, S}, {q, Dq, H * Dq, 1}, Se, Dq, T, H, float(scale),
-               "attention_bwd (dk)");
+  matmul_strided_batched(dk, Dq, H * Dq, {dp, T * S, 1, S}, {q, Dq, H * Dq, 1}, Se, Dq, T, H, float(scale));
 }
 
 }  // namespace
@@ -230,7 +190,7 @@ void attention_bwd_one(float* dq, float* dk, float* dv, const float* dout, const
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p) {
   const int64_t D = dxp.size(1);
   if (p.tokens == 0) return;
-  const Tensor row = dev_i64(p.row);
+  const Tensor row = upload_i64(p.row);
   with_act(dx.dtype(), "moe_permute_bwd", [&](auto t) {
     using T = decltype(t);
     permute_bwd_kernel<<<unsigned(p.tokens), 256>>>(
@@ -243,7 +203,7 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
                        const MoePlan& p) {
   const int64_t M = p.tokens * p.top_k, D = yp.size(1);
   if (M == 0) return;
-  const Tensor slot = dev_i64(p.slot);
+  const Tensor slot = upload_i64(p.slot);
   with_act(yp.dtype(), "moe_unpermute_bwd", [&](auto t) {
     using T = decltype(t);
     unpermute_bwd_kernel<<<unsigned(M), 256>>>(
@@ -313,7 +273,7 @@ void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout) {
       off.push_back(j);
     }
   off.push_back(N);
-  const Tensor du = dev_i64(uid), doff = dev_i64(off), dord = dev_i64(order);
+  const Tensor du = upload_i64(uid), doff = upload_i64(off), dord = upload_i64(order);
   with_act(dtable.dtype(), "embedding_bwd", [&](auto t) {
     using T = decltype(t);
     embedding_bwd_kernel<<<dim3(unsigned(uid.size()), unsigned((D + 255) / 256)), 256>>>(
