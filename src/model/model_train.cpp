@@ -26,8 +26,7 @@ Tensor gather_seq(const Tensor& src, int64_t B, int64_t T, int64_t L, int64_t sh
   return out;
 }
 
-int64_t count_targets(const Tensor& targets) {
-  const Tensor t = targets.to(Device::CPU);
+int64_t count_targets(const Tensor& t) {  // t on the CPU
   int64_t n = 0;
   for (int64_t i = 0; i < t.numel(); ++i) n += t.data<int64_t>()[i] >= 0;
   return n;
@@ -78,6 +77,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
               " MTP depths");
   // flat, tflat: [N] ids and targets on the model's device
   const Tensor flat = ids.view({N}).to(dev), tflat = targets.view({N}).to(dev);
+  const Tensor tflat_host = targets.view({N}).to(Device::CPU);  // for counting (no copy when on the CPU)
   Stack main(B, T, dev);
   auto context = [&](const Stack& st, int64_t layer, const MoeOptions& mo) {
     return LayerContext{.cfg = cfg,
@@ -114,7 +114,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   Tensor h_final = h, rstd = Tensor::empty({N}, dt, dev), hn = Tensor::empty({N, D}, dt, dev);
   ops::rmsnorm_fwd(hn, rstd, h_final, w.norm, cfg.rms_norm_eps);
   const Tensor& head = lm_head();
-  res.tokens = count_targets(tflat);
+  res.tokens = count_targets(tflat_host);
   DSEEK_CHECK(res.tokens > 0, "forward_backward: no targets");
   Tensor dhn = train ? Tensor::empty({N, D}, dt, dev) : Tensor();
   Tensor dhead = train ? (cfg.tie_word_embeddings ? grads->embed_tokens : grads->lm_head) : Tensor();
@@ -159,7 +159,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     s.out_rstd = Tensor::empty({Nk}, dt, dev);
     s.outn = Tensor::empty({Nk, D}, dt, dev);
     ops::rmsnorm_fwd(s.outn, s.out_rstd, s.out, M.shared_head_norm, cfg.rms_norm_eps);
-    s.count = count_targets(s.targets);
+    s.count = count_targets(gather_seq(tflat_host, B, T, L, k));
     DSEEK_CHECK(s.count > 0, "forward_backward: no targets for MTP depth ", k);
     auto r = ops::lm_head_cross_entropy(Tensor(), Tensor(), s.outn, head, s.targets, 1.0);
     res.mtp_losses.push_back(r.loss_sum / double(r.count));
