@@ -2,6 +2,8 @@
 // bf16 (spec/rl.md and the training issue; Loshchilov & Hutter's AdamW with bias correction).
 #pragma once
 
+#include <vector>
+
 #include "core/stream.h"
 #include "core/tensor.h"
 
@@ -19,5 +21,15 @@ void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Adam
 
 // Σ grad² over the tensor (f64 accumulation), for global-norm clipping.
 double sum_squares(const Tensor& t, Stream s = {});
+
+// The same over many tensors of one device: one launch and one copy back on the GPU (the trainer's
+// thousands of gradient tensors), each tensor's sum in a fixed order. Returns one sum per tensor (f32).
+std::vector<double> sum_squares_many(const std::vector<const Tensor*>& ts);
+
+// adamw_step over many tensors of one device with the same hyperparameters except weight decay
+// (decay[i]: tensor i's weight_decay): one launch on the GPU. Every param / grad f32; m, v of one dtype.
+void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
+                     const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
+                     const std::vector<double>& decay, const AdamWParams& p);
 
 }  // namespace dseek::ops

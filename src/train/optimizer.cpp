@@ -42,6 +42,32 @@ StepStats AdamW::step(Weights& grads, double lr) {
                 slots_[i].name, " is ", g[i]->str(), ", expected f32 ", shape_str(slots_[i].param->shape()));
     cpu = cpu && slots_[i].param->device() == Device::CPU && g[i]->device() == Device::CPU;
   }
+  if (!cpu) {  // off the CPU: one launch for all the norms, one for all the updates
+    StepStats st;
+    double ss = 0;
+    for (double t : ops::sum_squares_many({g.begin(), g.end()})) ss += t;  // the tensors in order
+    st.grad_norm = std::sqrt(ss);
+    DSEEK_CHECK(std::isfinite(st.grad_norm), "AdamW: the gradient norm is not finite (", st.grad_norm, ")");
+    if (oc_.clip_norm > 0 && st.grad_norm > oc_.clip_norm) st.clip = oc_.clip_norm / (st.grad_norm + 1e-6);
+    ++step_;
+    std::vector<Tensor*> ps, ms, vs;
+    std::vector<double> decay;
+    for (Slot& s : slots_) {
+      ps.push_back(s.param);
+      ms.push_back(&s.m);
+      vs.push_back(&s.v);
+      decay.push_back(s.decay ? oc_.weight_decay : 0.0);
+    }
+    ops::adamw_step_many(ps, {g.begin(), g.end()}, ms, vs, decay,
+                         {.lr = lr,
+                          .beta1 = oc_.beta1,
+                          .beta2 = oc_.beta2,
+                          .eps = oc_.eps,
+                          .weight_decay = 0.0,
+                          .step = step_,
+                          .grad_scale = st.clip});
+    return st;
+  }
   // On the CPU every tensor is cut into pieces of 2^16 elements and all pieces of all tensors share one
   // parallel loop: one fork/join for the norm and one for the update instead of one per tensor.
   // sum_squares sums 2^16-element blocks in order, so a tensor's sum is the same as in a single call.

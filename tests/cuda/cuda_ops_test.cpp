@@ -631,6 +631,65 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
   }
 }
 
+// The multi-tensor optimizer ops (one launch for many tensors) against the one-tensor ops on the GPU:
+// AdamW bit for bit (f32 and bf16 moments, per-tensor weight decay), the sums of squares within 1e-12;
+// sizes across the chunk edge (2^18) and empty-ish tensors.
+TEST_F(Cuda, MultiTensorOptimizerOpsMatchOneTensorOps) {
+  for (DType mt : {DType::F32, DType::BF16}) {
+    const std::vector<int64_t> sizes{1, 300, (int64_t(1) << 18) + 5, 1000, int64_t(1) << 19};
+    std::vector<Tensor> w1, w2, g, m1, m2, v1, v2;
+    std::vector<double> decay;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const Tensor w = randn({sizes[i]}), gg = randn({sizes[i]}, 0.01), m = randn({sizes[i]}, 0.001).to(mt),
+                   v = randn({sizes[i]}, 0.001);
+      Tensor va = v.to(DType::F32);
+      for (int64_t k = 0; k < va.numel(); ++k) va.data<float>()[k] = std::abs(va.data<float>()[k]);
+      w1.push_back(w.to(Device::CUDA));
+      w2.push_back(w.to(Device::CUDA));
+      g.push_back(gg.to(Device::CUDA));
+      m1.push_back(m.to(Device::CUDA));
+      m2.push_back(m.to(Device::CUDA));
+      v1.push_back(va.to(mt).to(Device::CUDA));
+      v2.push_back(va.to(mt).to(Device::CUDA));
+      decay.push_back(i % 2 ? 0.1 : 0.0);
+    }
+    const ops::AdamWParams p{.lr = 1e-3,
+                             .beta1 = 0.9,
+                             .beta2 = 0.95,
+                             .eps = 1e-8,
+                             .weight_decay = 0.0,
+                             .step = 3,
+                             .grad_scale = 0.7};
+    std::vector<Tensor*> pw, pm, pv;
+    std::vector<const Tensor*> pg;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      ops::AdamWParams q = p;
+      q.weight_decay = decay[i];
+      ops::adamw_step(w1[i], g[i], m1[i], v1[i], q);
+      pw.push_back(&w2[i]);
+      pm.push_back(&m2[i]);
+      pv.push_back(&v2[i]);
+      pg.push_back(&g[i]);
+    }
+    ops::adamw_step_many(pw, pg, pm, pv, decay, p);
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      EXPECT_EQ(test::diff(w2[i].to(Device::CPU), w1[i].to(Device::CPU)).max_abs, 0.0) << "w " << i;
+      EXPECT_EQ(
+          test::diff(m2[i].to(Device::CPU).to(DType::F32), m1[i].to(Device::CPU).to(DType::F32)).max_abs, 0.0)
+          << "m " << i;
+      EXPECT_EQ(
+          test::diff(v2[i].to(Device::CPU).to(DType::F32), v1[i].to(Device::CPU).to(DType::F32)).max_abs, 0.0)
+          << "v " << i;
+    }
+    const std::vector<double> many = ops::sum_squares_many(pg);
+    ASSERT_EQ(many.size(), sizes.size());
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const double one = ops::sum_squares(g[i]);
+      EXPECT_NEAR(many[i], one, 1e-12 * one) << "sum_squares " << i;
+    }
+  }
+}
+
 TEST_F(Cuda, TrainingOpsMatchTheCpu) {
   for (DType wt : {DType::F32, DType::BF16})
     for (auto [N, I, O] : {std::tuple{130, 256, 129}, {7, 64, 40}, {1000, 1024, 512}}) {

@@ -48,20 +48,42 @@ __global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const
   }
 }
 
-// The CPU's AdamW step, operation by operation with IEEE round-to-nearest and no contraction to FMA.
+// The CPU's AdamW step of element i, operation by operation with IEEE round-to-nearest and no
+// contraction to FMA.
+template <typename M>
+__device__ __forceinline__ void adamw_elem(float* w, const float* g, M* m, M* v, int64_t i, float b1,
+                                           float b2, float gs, float eps, float step_size, float bc2_sqrt,
+                                           float decay) {
+  const float gi = __fmul_rn(g[i], gs);
+  const float mi = __fadd_rn(__fmul_rn(b1, ld(m[i])), __fmul_rn(__fsub_rn(1.0f, b1), gi));
+  const float vi = __fadd_rn(__fmul_rn(b2, ld(v[i])), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi));
+  m[i] = st<M>(mi);
+  v[i] = st<M>(vi);
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(ld(v[i])), bc2_sqrt), eps);
+  w[i] = __fsub_rn(__fmul_rn(w[i], decay), __fdiv_rn(__fmul_rn(step_size, ld(m[i])), denom));
+}
+
 template <typename M>
 __global__ void adamw_kernel(float* w, const float* g, M* m, M* v, int64_t n, float b1, float b2, float gs,
                              float eps, float step_size, float bc2_sqrt, float decay) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float gi = __fmul_rn(g[i], gs);
-    const float mi = __fadd_rn(__fmul_rn(b1, ld(m[i])), __fmul_rn(__fsub_rn(1.0f, b1), gi));
-    const float vi = __fadd_rn(__fmul_rn(b2, ld(v[i])), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi));
-    m[i] = st<M>(mi);
-    v[i] = st<M>(vi);
-    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(ld(v[i])), bc2_sqrt), eps);
-    w[i] = __fsub_rn(__fmul_rn(w[i], decay), __fdiv_rn(__fmul_rn(step_size, ld(m[i])), denom));
-  }
+       i += int64_t(gridDim.x) * blockDim.x)
+    adamw_elem(w, g, m, v, i, b1, b2, gs, eps, step_size, bc2_sqrt, decay);
+}
+
+// The multi-tensor forms: block c takes elements [begin[c], begin[c] + kChunk) of tensor tensor[c] (the
+// chunks of every tensor in order), so thousands of small tensors cost one launch.
+constexpr int64_t kChunk = int64_t(1) << 18;
+
+template <typename M>
+__global__ void adamw_many_kernel(float* const* w, const float* const* g, M* const* m, M* const* v,
+                                  const float* decay, const int64_t* len, const int32_t* tensor,
+                                  const int64_t* begin, float b1, float b2, float gs, float eps,
+                                  float step_size, float bc2_sqrt) {
+  const int32_t t = tensor[blockIdx.x];
+  const int64_t b = begin[blockIdx.x], e = min(b + kChunk, len[t]);
+  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x)
+    adamw_elem(w[t], g[t], m[t], v[t], i, b1, b2, gs, eps, step_size, bc2_sqrt, decay[t]);
 }
 
 constexpr int kSumBlocks = 1024, kSumThreads = 256;
@@ -80,6 +102,59 @@ __global__ void sum_squares_kernel(double* part, const float* x, int64_t n) {
     __syncthreads();
   }
   if (threadIdx.x == 0) part[blockIdx.x] = s[0];
+}
+
+// part[c] = Σ x² over chunk c (f64; the block's threads summed by a fixed tree).
+__global__ void sum_squares_many_kernel(double* part, const float* const* x, const int64_t* len,
+                                        const int32_t* tensor, const int64_t* begin) {
+  __shared__ double s[kSumThreads];
+  const int32_t t = tensor[blockIdx.x];
+  const int64_t b = begin[blockIdx.x], e = min(b + kChunk, len[t]);
+  double acc = 0;
+  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) acc += double(x[t][i]) * double(x[t][i]);
+  s[threadIdx.x] = acc;
+  __syncthreads();
+  for (int o = kSumThreads / 2; o > 0; o >>= 1) {
+    if (int(threadIdx.x) < o) s[threadIdx.x] += s[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = s[0];
+}
+
+// The chunk table of tensors of these lengths, on the device: tensor index and first element per chunk.
+struct Chunks {
+  Tensor tensor, begin, len;  // [C] I32, [C] I64, [T] I64
+  int64_t count = 0;
+  std::vector<int32_t> host_tensor;
+};
+Chunks make_chunks(const std::vector<int64_t>& lens) {
+  Chunks c;
+  std::vector<int64_t> begin;
+  for (size_t t = 0; t < lens.size(); ++t)
+    for (int64_t b = 0; b < lens[t]; b += kChunk) {
+      c.host_tensor.push_back(int32_t(t));
+      begin.push_back(b);
+    }
+  c.count = int64_t(begin.size());
+  const int64_t C = std::max<int64_t>(c.count, 1), T = std::max<int64_t>(int64_t(lens.size()), 1);
+  c.tensor = Tensor::empty({C}, DType::I32, Device::CUDA);
+  c.begin = Tensor::empty({C}, DType::I64, Device::CUDA);
+  c.len = Tensor::empty({T}, DType::I64, Device::CUDA);
+  if (c.count) {
+    copy_bytes(c.tensor.raw(), Device::CUDA, c.host_tensor.data(), Device::CPU,
+               begin.size() * sizeof(int32_t));
+    copy_bytes(c.begin.raw(), Device::CUDA, begin.data(), Device::CPU, begin.size() * sizeof(int64_t));
+  }
+  if (!lens.empty())
+    copy_bytes(c.len.raw(), Device::CUDA, lens.data(), Device::CPU, lens.size() * sizeof(int64_t));
+  return c;
+}
+// A device array of the tensors' data pointers.
+template <typename P>
+Tensor pointer_table(const std::vector<P>& ps) {
+  Tensor t = Tensor::empty({std::max<int64_t>(int64_t(ps.size()), 1)}, DType::I64, Device::CUDA);
+  if (!ps.empty()) copy_bytes(t.raw(), Device::CUDA, ps.data(), Device::CPU, ps.size() * sizeof(P));
+  return t;
 }
 
 }  // namespace
@@ -144,6 +219,67 @@ double sum_squares(const Tensor& t) {
   double total = 0;
   for (int64_t b = 0; b < kSumBlocks; ++b) total += h.data<double>()[b];  // fixed order
   return total;
+}
+
+std::vector<double> sum_squares_many(const std::vector<const Tensor*>& ts) {
+  std::vector<int64_t> lens;
+  std::vector<const float*> ptrs;
+  for (const Tensor* t : ts) {
+    lens.push_back(t->numel());
+    ptrs.push_back(t->data<float>());
+  }
+  const Chunks c = make_chunks(lens);
+  std::vector<double> out(ts.size(), 0.0);
+  if (c.count == 0) return out;
+  const Tensor table = pointer_table(ptrs);
+  Tensor part = Tensor::empty({c.count}, DType::F64, Device::CUDA);  // part: [C] one sum per chunk
+  sum_squares_many_kernel<<<unsigned(c.count), kSumThreads>>>(
+      part.data<double>(), reinterpret_cast<const float* const*>(table.raw()), c.len.data<int64_t>(),
+      c.tensor.data<int32_t>(), c.begin.data<int64_t>());
+  DSEEK_CUDA_LAUNCH_CHECK("sum_squares_many");
+  const Tensor h = part.to(Device::CPU);
+  for (int64_t k = 0; k < c.count; ++k)
+    out[size_t(c.host_tensor[size_t(k)])] += h.data<double>()[k];  // in order
+  return out;
+}
+
+void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
+                     const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
+                     const std::vector<double>& decay, const AdamWParams& p) {
+  std::vector<int64_t> lens;
+  std::vector<float*> pw;
+  std::vector<const float*> pg;
+  std::vector<void*> pm, pv;
+  std::vector<float> dec;
+  for (size_t i = 0; i < params.size(); ++i) {
+    lens.push_back(params[i]->numel());
+    pw.push_back(params[i]->data<float>());
+    pg.push_back(grads[i]->data<float>());
+    pm.push_back(m[i]->raw());
+    pv.push_back(v[i]->raw());
+    dec.push_back(float(1.0 - p.lr * decay[i]));  // as adamw_step derives it
+  }
+  const Chunks c = make_chunks(lens);
+  if (c.count == 0) return;
+  const double bc1 = 1.0 - std::pow(p.beta1, double(p.step)), bc2 = 1.0 - std::pow(p.beta2, double(p.step));
+  const float step_size = float(p.lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
+  const Tensor tw = pointer_table(pw), tg = pointer_table(pg), tm = pointer_table(pm), tv = pointer_table(pv);
+  Tensor td = Tensor::empty({int64_t(dec.size())}, DType::F32, Device::CUDA);  // td: [T] decay factors
+  copy_bytes(td.raw(), Device::CUDA, dec.data(), Device::CPU, dec.size() * sizeof(float));
+  auto run = [&](auto mt) {
+    using M = decltype(mt);
+    adamw_many_kernel<M><<<unsigned(c.count), 256>>>(
+        reinterpret_cast<float* const*>(tw.raw()), reinterpret_cast<const float* const*>(tg.raw()),
+        reinterpret_cast<M* const*>(tm.raw()), reinterpret_cast<M* const*>(tv.raw()), td.data<float>(),
+        c.len.data<int64_t>(), c.tensor.data<int32_t>(), c.begin.data<int64_t>(), float(p.beta1),
+        float(p.beta2), float(p.grad_scale), float(p.eps), step_size, bc2_sqrt);
+  };
+  if (m[0]->dtype() == DType::F32) {
+    run(float{});
+  } else {
+    run(bf16{});
+  }
+  DSEEK_CUDA_LAUNCH_CHECK("adamw_step_many");
 }
 
 }  // namespace dseek::ops::cuda

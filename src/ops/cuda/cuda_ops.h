@@ -62,6 +62,11 @@ void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_
               double attention_factor);
 void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWParams& p);
 double sum_squares(const Tensor& t);
+// backward.cu: the multi-tensor forms (one launch each; checked arguments).
+std::vector<double> sum_squares_many(const std::vector<const Tensor*>& ts);
+void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
+                     const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
+                     const std::vector<double>& decay, const AdamWParams& p);
 // The LM head + cross-entropy's Σ loss over the rows with a target (the dispatcher counts them).
 double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
                                  const Tensor& targets, double scale);
