@@ -34,6 +34,8 @@ void device_synchronize();
 // With DSEEK_CUDA_PROFILE set, per-op times are kept (stderr table at exit); this restarts the clock so
 // that host work before a timed region is not charged to the next op. No-op otherwise.
 void cuda_profile_mark();
+// Clears the per-op times kept so far (a benchmark's warm-up steps) and restarts the clock.
+void cuda_profile_reset();
 
 // CUDA graphs for the decode step (DESIGN.md). Device work runs on the calling thread's default stream
 // (nvcc --default-stream per-thread), which can be captured; copies between device buffers are ordered

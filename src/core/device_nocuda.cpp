@@ -43,6 +43,7 @@ void device_convert(void*, DType, const void*, DType, size_t) {
 }
 void device_synchronize() {}
 void cuda_profile_mark() {}
+void cuda_profile_reset() {}
 
 bool device_capturing() {
   return false;

@@ -83,6 +83,15 @@ void cuda_profile_mark() {
   }
 }
 
+void cuda_profile_reset() {
+  if (OpProfile* p = op_profile()) {
+    DSEEK_CUDA_CHECK(cudaDeviceSynchronize(), "cuda_profile_reset");
+    std::lock_guard<std::mutex> g(p->mu);
+    p->rows.clear();
+    p->last = OpProfile::clock::now();
+  }
+}
+
 bool cuda_built() {
   return true;
 }
