@@ -261,7 +261,12 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   } else if (whole) {
     Tensor k, v;
     decompress(k, v, lat, w, c);
-    Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, dt, dev) : Tensor();
+    // With bf16 products on the GPU (bf16 training) the attention's products are bf16 too, and the kept
+    // probabilities half the size; as for inference, only where tensor cores pay (few keys: exact f32).
+    const bool bf16_attn = dev == Device::CUDA && dt == DType::F32 && w.kv_b_proj.dtype() == DType::BF16 &&
+                           !w.kv_b_proj.block_scale() && max_keys >= kTensorCoreMinKeys;
+    Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, bf16_attn ? DType::BF16 : dt, dev)
+                         : Tensor();
     {
       prof::Scope scope(prof::kAttnCoreFwd);
       ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),

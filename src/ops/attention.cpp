@@ -114,6 +114,12 @@ void check_varlen(const char* op, const Tensor& q, const Tensor& k, const Tensor
   for (size_t i = 0; i + 1 < cu.size(); ++i)
     DSEEK_CHECK(cu[i + 1] >= cu[i], op, ": cu_seqlens must not decrease");
 }
+void check_varlen_probs(const char* op, const Tensor& probs, const Tensor& q) {
+  DSEEK_CHECK(probs.dtype() == q.dtype() || probs.dtype() == DType::F32 ||
+                  (q.device() == Device::CUDA && q.dtype() == DType::F32 && probs.dtype() == DType::BF16),
+              op, ": probs must be f32 or have q's dtype (or be bf16 with f32 q on CUDA), not ",
+              dtype_name(probs.dtype()));
+}
 }  // namespace
 
 void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -121,8 +127,10 @@ void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tenso
   check_varlen("attention_fwd_varlen", q, k, v, cu);
   check_shape("attention_fwd_varlen", "out", out, {q.size(0), q.size(1), v.size(2)});
   DSEEK_CHECK(out.dtype() == q.dtype(), "attention_fwd_varlen: mixed dtypes");
-  if (probs.defined())
+  if (probs.defined()) {
     check_shape("attention_fwd_varlen", "probs", probs, {varlen_probs_size(cu, q.size(1))});
+    check_varlen_probs("attention_fwd_varlen", probs, q);
+  }
   check_same_device("attention_fwd_varlen", {&out, &probs, &q, &k, &v});
   switch (q.device()) {
     case Device::CPU:
@@ -139,6 +147,7 @@ void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, c
                           const std::vector<int64_t>& cu, double scale, Stream) {
   check_varlen("attention_bwd_varlen", q, k, v, cu);
   check_shape("attention_bwd_varlen", "probs", probs, {varlen_probs_size(cu, q.size(1))});
+  check_varlen_probs("attention_bwd_varlen", probs, q);
   check_shape("attention_bwd_varlen", "dout", dout, {q.size(0), q.size(1), v.size(2)});
   check_shape("attention_bwd_varlen", "dq", dq, q.shape());
   check_shape("attention_bwd_varlen", "dk", dk, k.shape());

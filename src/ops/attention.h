@@ -28,7 +28,9 @@ void attention_bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, const Te
 
 // Many causal sequences in one call (each from position 0), as FlashAttention's "varlen": sequence i
 // is rows [cu_seqlens[i], cu_seqlens[i + 1]) of q [N, H, Dq], k [N, H, Dq], v [N, H, Dv], out [N, H, Dv].
-// probs (for the backward) holds every sequence's [H, L_i, L_i] one after another: Σ H·L_i² values.
+// probs (for the backward) holds every sequence's [H, L_i, L_i] one after another: Σ H·L_i² values, f32
+// or in q's dtype, or bf16 with an f32 q on CUDA: then every product takes bf16 operands on the tensor cores
+// (f32 accumulation, f32 softmax, probabilities rounded to bf16; bf16 training).
 int64_t varlen_probs_size(const std::vector<int64_t>& cu_seqlens, int64_t heads);
 // Where each sequence's probabilities start in that buffer ([B + 1], the last one its size).
 std::vector<int64_t> varlen_probs_offsets(const std::vector<int64_t>& cu_seqlens, int64_t heads);

@@ -14,7 +14,11 @@ CrossEntropyResult lm_head_cross_entropy(Tensor dh, Tensor dw, const Tensor& h, 
   check_ndim("lm_head_cross_entropy", "w", w, 2);
   DSEEK_CHECK(w.size(1) == h.size(1), "lm_head_cross_entropy: w ", w.str(), " and h ", h.str(),
               " differ in width");
-  DSEEK_CHECK(w.dtype() == h.dtype(), "lm_head_cross_entropy: w must have the activation dtype");
+  DSEEK_CHECK(w.dtype() == h.dtype() ||
+                  (h.device() == Device::CUDA && h.dtype() == DType::F32 && w.dtype() == DType::BF16),
+              "lm_head_cross_entropy: w must have the activation dtype (or be bf16 with f32 h on CUDA), not ",
+              dtype_name(w.dtype()));
+  if (dw.defined()) check_dtype("lm_head_cross_entropy", "dw", dw, {h.dtype()});
   check_shape("lm_head_cross_entropy", "targets", targets, {h.size(0)});
   check_dtype("lm_head_cross_entropy", "targets", targets, {DType::I64});
   // Every target −1 or a token (read back from the GPU for the check); the count of real ones.

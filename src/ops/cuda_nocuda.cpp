@@ -52,6 +52,14 @@ void copy_cols(Tensor, int64_t, const Tensor&, int64_t, int64_t) {
 void moe_permute(Tensor, const Tensor&, const MoePlan&) {
   none("moe_permute");
 }
+bool grouped_linear_wgrad(const std::vector<Tensor>&, const Tensor&, const Tensor&, const MoePlan&) {
+  none("grouped_linear_wgrad");
+  return false;
+}
+bool grouped_linear_dgrad(Tensor, const Tensor&, const std::vector<Tensor>&, const MoePlan&) {
+  none("grouped_linear_dgrad");
+  return false;
+}
 void grouped_linear(Tensor, const Tensor&, const std::vector<Tensor>&, const MoePlan&) {
   none("grouped_linear");
 }
@@ -98,6 +106,9 @@ void adamw_step_many(const std::vector<Tensor*>&, const std::vector<const Tensor
                      const std::vector<Tensor*>&, const std::vector<Tensor*>&, const std::vector<double>&,
                      const AdamWParams&) {
   none("adamw_step");
+}
+void cast_many(const std::vector<Tensor*>&, const std::vector<const Tensor*>&) {
+  none("cast_many");
 }
 double sum_squares(const Tensor&) {
   none("sum_squares");

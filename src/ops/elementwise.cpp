@@ -76,4 +76,20 @@ void copy_cols_many(const std::vector<ColBlock>& blocks, Stream s) {
   }
 }
 
+void cast_many(const std::vector<Tensor*>& dst, const std::vector<const Tensor*>& src) {
+  DSEEK_CHECK(dst.size() == src.size(), "cast_many: ", dst.size(), " destinations for ", src.size(),
+              " sources");
+  if (dst.empty()) return;
+  const Device d = src[0]->device();
+  for (size_t i = 0; i < dst.size(); ++i) {
+    DSEEK_CHECK(dst[i]->numel() == src[i]->numel(), "cast_many: ", dst[i]->str(), " from ", src[i]->str());
+    DSEEK_CHECK(src[i]->dtype() == DType::F32 && dst[i]->dtype() == DType::BF16 && !dst[i]->block_scale(),
+                "cast_many: f32 sources into bf16 destinations, not ", src[i]->str(), " into ",
+                dst[i]->str());
+    DSEEK_CHECK(src[i]->device() == d && dst[i]->device() == d, "cast_many: tensors on different devices");
+  }
+  if (d == Device::CUDA) return cuda::cast_many(dst, src);
+  for (size_t i = 0; i < dst.size(); ++i) dst[i]->copy_from(*src[i]);
+}
+
 }  // namespace dseek::ops

@@ -28,4 +28,9 @@ struct ColBlock {
 // rows does them all (the MLA head splits and gathers are a dozen narrow copies each).
 void copy_cols_many(const std::vector<ColBlock>& blocks, Stream s = {});
 
+// dst[i] = src[i] converted (f32 → bf16, round to nearest even) for many tensors of one device with equal
+// element counts pairwise: one launch on the GPU (bf16 training rewrites its thousands of weight copies
+// after every optimizer step, train/compute_copy.h).
+void cast_many(const std::vector<Tensor*>& dst, const std::vector<const Tensor*>& src);
+
 }  // namespace dseek::ops

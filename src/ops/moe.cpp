@@ -59,6 +59,34 @@ void check_weights(const char* op, const std::vector<Tensor>& w, const MoePlan& 
     }
   }
 }
+
+// x as the CUDA products with expert weights w take it: cast to bf16 once for all experts when the
+// weights are bf16 (each per-expert product would otherwise cast its slice).
+Tensor product_operand(const Tensor& x, const std::vector<Tensor>& w) {
+  return x.dtype() == DType::F32 && w.at(0).dtype() == DType::BF16 && !w.at(0).block_scale()
+             ? x.to(DType::BF16)
+             : x;
+}
+
+// The CUDA backward of a grouped product: one cuBLASLt product pair per expert with rows (dx rows written,
+// dw[e] accumulated), dy cast to the weights' dtype once; xo from product_operand.
+void grouped_bwd_cuda(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& xo,
+                      const std::vector<Tensor>& w, const MoePlan& p) {
+  const Tensor dyo = dy.dtype() == xo.dtype() ? dy : dy.to(xo.dtype());
+  // bf16 experts: every expert's dx in one grouped launch and every dw in another; the per-expert loop
+  // below does what they leave.
+  if (dx.defined() && dyo.dtype() == DType::BF16 && cuda::grouped_linear_dgrad(dx, dyo, w, p)) dx = Tensor();
+  bool want_dw = !dw.empty();
+  if (want_dw && dyo.dtype() == DType::BF16 && cuda::grouped_linear_wgrad(dw, dyo, xo, p)) want_dw = false;
+  if (!dx.defined() && !want_dw) return;
+  for (int64_t e = 0; e < p.experts; ++e) {
+    const int64_t r0 = p.offsets[size_t(e)], n = p.rows(e);
+    if (n == 0) continue;
+    // rows [r0, r0 + n) of dx, dyo, xo: expert e's tokens
+    cuda::linear_bwd(dx.defined() ? dx.slice(r0, n) : Tensor(), want_dw ? dw[size_t(e)] : Tensor(),
+                     dyo.slice(r0, n), xo.slice(r0, n), w[size_t(e)]);
+  }
+}
 }  // namespace
 
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p, Stream) {
@@ -130,14 +158,8 @@ void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& 
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear_bwd(dx, dw, dy, x, w, p);
-    case Device::CUDA:  // one product's backward per expert with rows (cuBLASLt)
-      for (int64_t e = 0; e < p.experts; ++e) {
-        const int64_t r0 = p.offsets[size_t(e)], n = p.rows(e);
-        if (n == 0) continue;
-        linear_bwd(dx.defined() ? dx.slice(r0, n) : Tensor(), dw.empty() ? Tensor() : dw[size_t(e)],
-                   dy.slice(r0, n), x.slice(r0, n), w[size_t(e)]);
-      }
-      return;
+    case Device::CUDA:
+      return grouped_bwd_cuda(dx, dw, dy, product_operand(x, w), w, p);
     default:
       fail("grouped_linear_bwd: no implementation for ", device_name(x.device()));
   }
@@ -156,8 +178,13 @@ void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std:
   DSEEK_CHECK(out_a.dtype() == x.dtype() && out_b.dtype() == x.dtype(),
               "grouped_linear_pair: out dtype differs from x");
   if (x.device() == Device::CPU) return cpu::grouped_linear_pair(out_a, out_b, x, wa, wb, p);
-  grouped_linear(out_a, x, wa, p, s);
-  grouped_linear(out_b, x, wb, p, s);
+  (void)s;
+  DSEEK_CHECK(x.device() == Device::CUDA, "grouped_linear_pair: no implementation for ",
+              device_name(x.device()));
+  // Both products take one bf16 cast of x (more than 8 rows: the small-batch GEMVs read f32).
+  const Tensor xo = x.size(0) > 8 ? product_operand(x, wa) : x;
+  cuda::grouped_linear(out_a, xo, wa, p);
+  cuda::grouped_linear(out_b, xo, wb, p);
 }
 
 void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const std::vector<Tensor>& dwb,
@@ -184,10 +211,11 @@ void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const st
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear_pair_bwd(dx, dwa, dwb, dya, dyb, x, wa, wb, p);
-    case Device::CUDA: {  // the two products' backward, then dx = dx_a + dx_b
-      grouped_linear_bwd(dx, dwa, dya, x, wa, p, s);
+    case Device::CUDA: {  // the two products' backward (x cast once for both), then dx = dx_a + dx_b
+      const Tensor xo = product_operand(x, wa);
+      grouped_bwd_cuda(dx, dwa, dya, xo, wa, p);
       Tensor dxb = dx.defined() ? Tensor::empty(dx.shape(), dx.dtype(), dx.device()) : Tensor();
-      grouped_linear_bwd(dxb, dwb, dyb, x, wb, p, s);
+      grouped_bwd_cuda(dxb, dwb, dyb, xo, wb, p);
       if (dx.defined()) axpy_(dx, dxb, 1.0);
       return;
     }

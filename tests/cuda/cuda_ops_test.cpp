@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 
 #include "core/device.h"
 #include "cuda_test_util.h"
@@ -560,6 +561,33 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     for (int64_t e = 0; e < E; ++e)
       expect_close("grouped_linear_bwd dw[" + std::to_string(e) + "]", gdwd[size_t(e)], dwd[size_t(e)],
                    DType::F32);
+    // bf16 expert weights (bf16 training): dx through the transposed weights and the grouped kernel, dw
+    // per expert with bf16 operands, against the CPU's f32 backward with the same (rounded) weights.
+    std::vector<Tensor> wr, bw, dwr, gdwr;
+    for (int64_t e = 0; e < E; ++e) {
+      bw.push_back(gpu(wd[size_t(e)]).to(DType::BF16));
+      wr.push_back(bw.back().to(Device::CPU).to(DType::F32));
+      dwr.push_back(randn({D, F}, 0.1));
+      gdwr.push_back(gpu(dwr.back()));
+    }
+    Tensor rx = Tensor::empty({M, F}, DType::F32), grx = poisoned({M, F}, DType::F32);
+    ops::grouped_linear_bwd(rx, dwr, dyd, hin, wr, plan);
+    ops::grouped_linear_bwd(grx, gdwr, gpu(dyd), gpu(hin), bw, plan);
+    expect_close("grouped_linear_bwd dx (bf16 experts)", grx, rx, DType::BF16);
+    for (int64_t e = 0; e < E; ++e)
+      expect_close("grouped_linear_bwd dw[" + std::to_string(e) + "] (bf16 experts)", gdwr[size_t(e)],
+                   dwr[size_t(e)], DType::BF16);
+    std::vector<Tensor> bwa, bwb, rwa, rwb;
+    for (int64_t e = 0; e < E; ++e) {
+      bwa.push_back(gwa[size_t(e)].to(DType::BF16));
+      bwb.push_back(gwb[size_t(e)].to(DType::BF16));
+      rwa.push_back(bwa.back().to(Device::CPU).to(DType::F32));
+      rwb.push_back(bwb.back().to(Device::CPU).to(DType::F32));
+    }
+    Tensor px = Tensor::empty({M, D}, DType::F32), gpx = poisoned({M, D}, DType::F32);
+    ops::grouped_linear_pair_bwd(px, {}, {}, dya, dyb, xp, rwa, rwb, plan);
+    ops::grouped_linear_pair_bwd(gpx, {}, {}, gpu(dya), gpu(dyb), gpu(xp), bwa, bwb, plan);
+    expect_close("grouped_linear_pair_bwd dx (bf16 experts)", gpx, px, DType::BF16);
   }
   // Router backward and the balance loss, from the forward's choice and scores.
   for (ScoringFunc sf : {ScoringFunc::Sigmoid, ScoringFunc::Softmax})
@@ -628,6 +656,31 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     expect_close("attention_bwd_varlen dq", gvdq, vdq, DType::F32);
     expect_close("attention_bwd_varlen dk", gvdk, vdk, DType::F32);
     expect_close("attention_bwd_varlen dv", gvdv, vdv, DType::F32);
+  }
+  // bf16 training's attention: probabilities kept in bf16 and every product with bf16 operands, against
+  // the CPU's f32 forward and backward (the odd lengths above, and tensor-core-sized sequences).
+  for (const auto& [cu, H, Dq, Dv] :
+       {std::tuple{std::vector<int64_t>{0, 7, 7, 40, 41}, int64_t(3), int64_t(20), int64_t(12)},
+        std::tuple{std::vector<int64_t>{0, 128, 256}, int64_t(4), int64_t(96), int64_t(64)}}) {
+    const int64_t Nr = cu.back();
+    Tensor q = randn({Nr, H, Dq}), k = randn({Nr, H, Dq}), v = randn({Nr, H, Dv}), d = randn({Nr, H, Dv});
+    Tensor o = Tensor::empty({Nr, H, Dv}, DType::F32),
+           p = Tensor::empty({ops::varlen_probs_size(cu, H)}, DType::F32);
+    ops::attention_fwd_varlen(o, p, q, k, v, cu, 0.2);
+    Tensor dq = Tensor::empty({Nr, H, Dq}, DType::F32), dk = Tensor::empty({Nr, H, Dq}, DType::F32),
+           dv = Tensor::empty({Nr, H, Dv}, DType::F32);
+    ops::attention_bwd_varlen(dq, dk, dv, d, q, k, v, p, cu, 0.2);
+    Tensor go = poisoned(o.shape(), DType::F32), gp = Tensor::empty({p.numel()}, DType::BF16, Device::CUDA);
+    ops::attention_fwd_varlen(go, gp, gpu(q), gpu(k), gpu(v), cu, 0.2);
+    const std::string tag = " (bf16 probs, " + std::to_string(Nr) + " rows)";
+    expect_close("attention_fwd_varlen out" + tag, go, o, DType::BF16);
+    expect_close("attention_fwd_varlen probs" + tag, gp.to(Device::CPU).to(DType::F32), p, DType::BF16);
+    Tensor gdq = poisoned(dq.shape(), DType::F32), gdk = poisoned(dk.shape(), DType::F32),
+           gdv = poisoned(dv.shape(), DType::F32);
+    ops::attention_bwd_varlen(gdq, gdk, gdv, gpu(d), gpu(q), gpu(k), gpu(v), gp, cu, 0.2);
+    expect_close("attention_bwd_varlen dq" + tag, gdq, dq, DType::BF16);
+    expect_close("attention_bwd_varlen dk" + tag, gdk, dk, DType::BF16);
+    expect_close("attention_bwd_varlen dv" + tag, gdv, dv, DType::BF16);
   }
 }
 

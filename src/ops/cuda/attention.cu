@@ -119,9 +119,12 @@ namespace {
 
 // grid (T, H): row (h, t) of [H, T, S] scores (row stride S) becomes the causal softmax over keys
 // 0 ..= q_pos0 + t, zeros after.
-__global__ void causal_softmax_rows_kernel(float* P, int64_t T, int64_t S, int64_t q_pos0) {
+// Written to dst (the same [H, T, S] layout; P itself when O is float, a bf16 copy otherwise).
+template <typename O>
+__global__ void causal_softmax_rows_kernel(float* P, O* dst, int64_t T, int64_t S, int64_t q_pos0) {
   const int64_t t = blockIdx.x, h = blockIdx.y, nvis = std::min<int64_t>(S, q_pos0 + t + 1);
   float* row = P + (h * T + t) * S;
+  O* out = dst + (h * T + t) * S;
   float mx = -INFINITY;
   for (int64_t s = threadIdx.x; s < nvis; s += blockDim.x) mx = fmaxf(mx, row[s]);
   mx = block_max(mx);
@@ -132,7 +135,7 @@ __global__ void causal_softmax_rows_kernel(float* P, int64_t T, int64_t S, int64
     sum += e;
   }
   sum = block_sum(sum);
-  for (int64_t s = threadIdx.x; s < S; s += blockDim.x) row[s] = s < nvis ? row[s] / sum : 0.0f;
+  for (int64_t s = threadIdx.x; s < S; s += blockDim.x) out[s] = st<O>(s < nvis ? row[s] / sum : 0.0f);
 }
 
 // The training forward of one sequence (f32, probabilities kept): scores per head through cuBLASLt
@@ -141,10 +144,25 @@ void attention_fwd_gemm(float* out, float* probs, const float* q, const float* k
                         int64_t S, int64_t H, int64_t Dq, int64_t Dv, double scale, int64_t q_pos0) {
   // probs[h, t, s] = scale · q[t, h] · k[s, h]   ([T, Dq] · [Dq, S] per head)
   matmul_strided_batched(probs, T * S, S, {q, Dq, H * Dq, 1}, {k, Dq, 1, H * Dq}, T, S, Dq, H, float(scale));
-  causal_softmax_rows_kernel<<<dim3(unsigned(T), unsigned(H)), 256>>>(probs, T, S, q_pos0);
+  causal_softmax_rows_kernel<float><<<dim3(unsigned(T), unsigned(H)), 256>>>(probs, probs, T, S, q_pos0);
   DSEEK_CUDA_LAUNCH_CHECK("attention_fwd (softmax)");
   // out[t, h] = Σ_s probs[h, t, s] · v[s, h]   ([T, S] · [S, Dv] per head)
   matmul_strided_batched(out, Dv, H * Dv, {probs, T * S, S, 1}, {v, Dv, H * Dv, 1}, T, Dv, S, H, 1.0f);
+}
+
+// The same with bf16 operands on the tensor cores (bf16 training, probs kept in bf16): q, k, v are bf16
+// copies, the scores go to the f32 scratch `scores` [H, T, S], the softmax is f32 and rounds the
+// probabilities to bf16 as it writes them (the operand of probs · v and of the backward).
+void attention_fwd_gemm_bf16(float* out, bf16* probs, float* scores, const bf16* q, const bf16* k,
+                             const bf16* v, int64_t T, int64_t S, int64_t H, int64_t Dq, int64_t Dv,
+                             double scale, int64_t q_pos0) {
+  // scores[h, t, s] = scale · q[t, h] · k[s, h]   ([T, Dq] · [Dq, S] per head)
+  matmul_strided_batched_bf16(scores, T * S, S, {q, Dq, H * Dq, 1}, {k, Dq, 1, H * Dq}, T, S, Dq, H,
+                              float(scale));
+  causal_softmax_rows_kernel<bf16><<<dim3(unsigned(T), unsigned(H)), 256>>>(scores, probs, T, S, q_pos0);
+  DSEEK_CUDA_LAUNCH_CHECK("attention_fwd (softmax)");
+  // out[t, h] = Σ_s probs[h, t, s] · v[s, h]   ([T, S] · [S, Dv] per head)
+  matmul_strided_batched_bf16(out, Dv, H * Dv, {probs, T * S, S, 1}, {v, Dv, H * Dv, 1}, T, Dv, S, H, 1.0f);
 }
 
 }  // namespace
@@ -175,6 +193,24 @@ void attention_fwd_varlen(Tensor out, Tensor probs, const Tensor& q, const Tenso
   const int64_t N = q.size(0), H = q.size(1), Dq = q.size(2), Dv = v.size(2), B = int64_t(cu.size()) - 1;
   if (N == 0) return;
   const std::vector<int64_t> poff = varlen_probs_offsets(cu, H);
+  if (q.dtype() == DType::F32 && probs.defined() && probs.dtype() == DType::BF16) {  // bf16 training forward
+    const Tensor qb = q.to(DType::BF16), kb = k.to(DType::BF16), vb = v.to(DType::BF16);
+    int64_t Lmax = 0;
+    for (int64_t b = 0; b < B; ++b) Lmax = std::max(Lmax, cu[size_t(b) + 1] - cu[size_t(b)]);
+    Tensor scores = Tensor::empty({H * Lmax * Lmax}, DType::F32, Device::CUDA);  // one sequence's [H, L, L]
+    auto* pb = static_cast<bf16*>(probs.raw());
+    const auto* qp = static_cast<const bf16*>(qb.raw());
+    const auto* kp = static_cast<const bf16*>(kb.raw());
+    const auto* vp = static_cast<const bf16*>(vb.raw());
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t r0 = cu[size_t(b)], L = cu[size_t(b) + 1] - r0;
+      if (L == 0) continue;
+      attention_fwd_gemm_bf16(out.data<float>() + r0 * H * Dv, pb + poff[size_t(b)], scores.data<float>(),
+                              qp + r0 * H * Dq, kp + r0 * H * Dq, vp + r0 * H * Dv, L, L, H, Dq, Dv, scale,
+                              0);
+    }
+    return;
+  }
   if (q.dtype() == DType::F32 && probs.defined() && probs.dtype() == DType::F32) {  // the training forward
     for (int64_t b = 0; b < B; ++b) {
       const int64_t r0 = cu[size_t(b)], L = cu[size_t(b) + 1] - r0;

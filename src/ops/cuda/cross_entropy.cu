@@ -49,8 +49,9 @@ __global__ void __launch_bounds__(kThreads)
 double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
                                  const Tensor& targets, double scale) {
   const int64_t N = h.size(0), V = w.size(0);
-  DSEEK_CHECK(h.dtype() == DType::F32 && w.dtype() == DType::F32, "lm_head_cross_entropy (CUDA): f32, not ",
-              dtype_name(h.dtype()));
+  DSEEK_CHECK(h.dtype() == DType::F32 && (w.dtype() == DType::F32 || w.dtype() == DType::BF16),
+              "lm_head_cross_entropy (CUDA): f32 h with f32 or bf16 w, not ", dtype_name(h.dtype()), " / ",
+              dtype_name(w.dtype()));
   if (N == 0) return 0.0;
   const bool grad = dh.defined();
   const int64_t chunk = std::clamp<int64_t>((int64_t(256) << 20) / (4 * std::max<int64_t>(V, 1)), 1, N);

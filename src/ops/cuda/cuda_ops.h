@@ -24,6 +24,13 @@ struct StridedF32 {
 };
 void matmul_strided_batched(float* C, int64_t sCb, int64_t sCr, StridedF32 A, StridedF32 B, int64_t M,
                             int64_t N, int64_t K, int64_t batch, float alpha);
+// The same with bf16 A and B (tensor cores), f32 C and accumulation.
+struct StridedBf16 {
+  const void* p;  // bf16 elements
+  int64_t sb, sr, sc;
+};
+void matmul_strided_batched_bf16(float* C, int64_t sCb, int64_t sCr, StridedBf16 A, StridedBf16 B, int64_t M,
+                                 int64_t N, int64_t K, int64_t batch, float alpha);
 void rmsnorm_fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& w, double eps);
 void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const Tensor& w, double eps);
 void rope_fwd(Tensor x, const Tensor& positions, const Tensor& inv_freq, int64_t col,
@@ -41,6 +48,15 @@ void axpy_(Tensor x, const Tensor& y, double alpha);
 void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width);
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan);
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
+// dx[rows of e] = dy[rows of e] · w[e] for every expert with rows, in two launches (the experts' bf16
+// weights transposed into scratch, then the grouped kernel): dy bf16 [M, O], w[e] bf16 [O, I], dx f32 [M, I].
+// Returns false (nothing done) when the operands do not suit the grouped kernel.
+bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& plan);
+// dw[e] += dy[rows of e]ᵀ · x[rows of e] for every expert with rows, in one launch (grouped_wgrad.cu): dy
+// bf16 [M, O], x bf16 [M, I] (O, I multiples of 8), dw[e] f32 [O, I]. Returns false (nothing done) when the
+// operands do not suit the kernel.
+bool grouped_linear_wgrad(const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& x,
+                          const MoePlan& plan);
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& plan);
 bool moe_experts_grouped_applies(const Tensor& x, const std::vector<Tensor>& gate);
 void moe_experts_grouped(Tensor out, const Tensor& x, const Tensor& topk_idx, const Tensor& topk_w,
@@ -64,6 +80,7 @@ void adamw_step(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Adam
 double sum_squares(const Tensor& t);
 // backward.cu: the multi-tensor forms (one launch each; checked arguments).
 std::vector<double> sum_squares_many(const std::vector<const Tensor*>& ts);
+void cast_many(const std::vector<Tensor*>& dst, const std::vector<const Tensor*>& src);
 void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
                      const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
                      const std::vector<double>& decay, const AdamWParams& p);

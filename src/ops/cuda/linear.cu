@@ -32,6 +32,7 @@ struct Lt {
   // (transposes, dtypes, m, n, k, lda, ldb, ldc, beta ≠ 0)
   using Key = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>;
   std::map<Key, Plan> plans;
+  std::map<Key, cublasLtMatmulAlgo_t> bucket_algos;  // by shape rounded up (lt_matmul)
   Lt() {
     DSEEK_CUBLAS_CHECK(cublasLtCreate(&handle), "cublasLtCreate");
     DSEEK_CUDA_CHECK(cudaMalloc(&workspace, workspace_bytes), "cuBLASLt workspace");
@@ -89,13 +90,6 @@ Plan describe(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64
   return p;
 }
 
-Plan make_plan(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
-               int64_t ldc, DType ab, DType c_type) {
-  Plan p = describe(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, c_type);
-  p.algo = best_algo(p.op, p.la, p.lb, p.lc, "linear", m, n, k);
-  return p;
-}
-
 // C[m, n] (col-major, ld m) = op(A) · op(B): A is [k, m] when trans_a else [m, k]; B is [n, k] when
 // trans_b else [k, n] (col-major shapes, leading dims given).
 void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
@@ -110,7 +104,36 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     if (it != L.plans.end()) plan = &it->second;
   }
   if (!plan) {
-    Plan p = make_plan(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, c_type);
+    // A new shape: its descriptors, and the algorithm of its bucket (dimensions rounded up to a multiple of
+    // kBucket) when cuBLASLt accepts it for this exact shape, else a fresh heuristic. Expert products see
+    // a new row count nearly every call (the tokens each expert gets), and the heuristic costs more host
+    // time (~100 µs) than such a product takes on the GPU.
+    constexpr int64_t kBucket = 128;
+    auto up = [](int64_t v) { return (v + kBucket - 1) / kBucket * kBucket; };
+    const Lt::Key bkey{std::get<0>(key), std::get<1>(key), up(m),   up(n),           up(k),
+                       up(lda),          up(ldb),          up(ldc), std::get<8>(key)};
+    Plan p = describe(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, c_type);
+    bool have = false;
+    {
+      std::lock_guard<std::mutex> g(L.mu);
+      auto it = L.bucket_algos.find(bkey);
+      if (it != L.bucket_algos.end()) {
+        p.algo = it->second;
+        have = true;
+      }
+    }
+    if (have) {
+      cublasLtMatmulHeuristicResult_t check{};
+      have = cublasLtMatmulAlgoCheck(L.handle, p.op, p.la, p.lb, p.lc, p.lc, &p.algo, &check) ==
+                 CUBLAS_STATUS_SUCCESS &&
+             check.workspaceSize <= L.workspace_bytes;
+    }
+    if (!have) {
+      p.algo = best_algo(p.op, p.la, p.lb, p.lc, "linear", m, n, k);
+      DSEEK_CUDA_LAUNCH_CHECK("cublasLt plan (heuristic)");  // its own row in DSEEK_CUDA_PROFILE's table
+      std::lock_guard<std::mutex> g(L.mu);
+      L.bucket_algos.emplace(bkey, p.algo);
+    }
     std::lock_guard<std::mutex> g(L.mu);
     plan = &L.plans.emplace(key, p).first->second;  // std::map nodes stay put
   }
@@ -122,18 +145,18 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
   DSEEK_CUDA_LAUNCH_CHECK("cublasLt matmul");
 }
 
-// Strided batched f32 products (the training attention's per-head products): one cached plan per shape,
-// batch and strides. C (col-major [m, n], ld ldc, batch stride sc) = alpha · op(A) · op(B), A/B as in
-// lt_matmul with batch strides sa/sb.
-void lt_matmul_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* A,
-                       int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float* C,
-                       int64_t ldc, int64_t sc, int64_t batch, float alpha) {
+// Strided batched products with f32 or bf16 operands and f32 C (the training attention's per-head products):
+// one cached plan per shape, batch and strides. C (col-major [m, n], ld ldc, batch stride sc) = alpha · op(A)
+// · op(B), A/B as in lt_matmul with batch strides sa/sb.
+void lt_matmul_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* A,
+                       int64_t lda, int64_t sa, const void* B, int64_t ldb, int64_t sb, float* C, int64_t ldc,
+                       int64_t sc, int64_t batch, float alpha, DType ab) {
   using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int64_t>;
   static std::mutex mu;
   static std::map<Key, Plan> plans;
   Lt& L = lt();
-  const Key key{int(trans_a) * 2 + int(trans_b), m, n, k, lda, ldb, ldc, sa, sb, sc, batch};
+  const Key key{int(trans_a) * 2 + int(trans_b) + 4 * int(ab), m, n, k, lda, ldb, ldc, sa, sb, sc, batch};
   const Plan* plan = nullptr;
   {
     std::lock_guard<std::mutex> g(mu);
@@ -141,7 +164,7 @@ void lt_matmul_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
     if (it != plans.end()) plan = &it->second;
   }
   if (!plan) {
-    Plan p = describe(trans_a, trans_b, m, n, k, lda, ldb, ldc, DType::F32, DType::F32);
+    Plan p = describe(trans_a, trans_b, m, n, k, lda, ldb, ldc, ab, DType::F32);
     const int32_t count = int32_t(batch);
     for (auto [layout, stride] : {std::pair{p.la, sa}, std::pair{p.lb, sb}, std::pair{p.lc, sc}}) {
       cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count);
@@ -172,7 +195,17 @@ void matmul_strided_batched(float* C, int64_t sCb, int64_t sCr, StridedF32 A, St
               "matmul_strided_batched: an operand with ", "no unit stride");
   const bool tb = B.sc != 1, ta = A.sc != 1;  // cuBLAS operand 1 is B's, operand 2 is A's
   lt_matmul_batched(tb, ta, N, M, K, B.p, tb ? B.sc : B.sr, B.sb, A.p, ta ? A.sc : A.sr, A.sb, C, sCr, sCb,
-                    batch, alpha);
+                    batch, alpha, DType::F32);
+}
+
+void matmul_strided_batched_bf16(float* C, int64_t sCb, int64_t sCr, StridedBf16 A, StridedBf16 B, int64_t M,
+                                 int64_t N, int64_t K, int64_t batch, float alpha) {
+  if (M == 0 || N == 0 || batch == 0) return;
+  DSEEK_CHECK((B.sc == 1 || B.sr == 1) && (A.sc == 1 || A.sr == 1),
+              "matmul_strided_batched_bf16: an operand with no unit stride");
+  const bool tb = B.sc != 1, ta = A.sc != 1;  // as in matmul_strided_batched
+  lt_matmul_batched(tb, ta, N, M, K, B.p, tb ? B.sc : B.sr, B.sb, A.p, ta ? A.sc : A.sr, A.sb, C, sCr, sCb,
+                    batch, alpha, DType::BF16);
 }
 
 namespace {
@@ -239,10 +272,13 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w) {
 // takes dy and x rounded to bf16 (f32 accumulation), as mixed-precision training does.
 void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
   const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
+  // x and dy: f32, or already in the bf16 weights' dtype (a caller that cast them once for many products)
   DSEEK_CHECK(
-      x.dtype() == DType::F32 && !w.block_scale() && (w.dtype() == DType::F32 || w.dtype() == DType::BF16),
-      "linear_bwd (CUDA): f32 activations with f32 or bf16 weights, not ", dtype_name(x.dtype()), " / ",
-      dtype_name(w.dtype()));
+      !w.block_scale() && (w.dtype() == DType::F32 || w.dtype() == DType::BF16) &&
+          (x.dtype() == DType::F32 || x.dtype() == w.dtype()) && dy.dtype() == x.dtype() &&
+          (!dx.defined() || dx.dtype() == DType::F32) && (!dw.defined() || dw.dtype() == DType::F32),
+      "linear_bwd (CUDA): f32 (or the weights' dtype) x and dy with f32 or bf16 weights, f32 dx and dw; not ",
+      dtype_name(x.dtype()), " / ", dtype_name(w.dtype()));
   if (N == 0) return;
   const DType op = w.dtype();
   const Tensor dyo = dy.dtype() == op ? dy : dy.to(op);

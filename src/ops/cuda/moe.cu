@@ -26,7 +26,44 @@ __global__ void unpermute_kernel(T* out, const T* yp, const T* w, const int64_t*
   }
 }
 
+// grid (ceil(I / 32), ceil(O / 32), E), block (32, 8): out[e] [I, O] = w[e]ᵀ for w[e] [O, I] (bf16), through
+// a padded 32×32 shared tile (coalesced reads and writes).
+__global__ void transpose_many_kernel(bf16* out, const bf16* const* w, int64_t O, int64_t I) {
+  __shared__ bf16 tile[32][33];
+  const bf16* src = w[blockIdx.z];
+  bf16* dst = out + int64_t(blockIdx.z) * I * O;
+  const int64_t i0 = int64_t(blockIdx.x) * 32, o0 = int64_t(blockIdx.y) * 32;
+  for (int r = threadIdx.y; r < 32; r += 8) {  // rows o0 + r of w[e], columns i0 + threadIdx.x
+    const int64_t o = o0 + r, i = i0 + threadIdx.x;
+    if (o < O && i < I) tile[r][threadIdx.x] = src[o * I + i];
+  }
+  __syncthreads();
+  for (int r = threadIdx.y; r < 32; r += 8) {  // rows i0 + r of out[e], columns o0 + threadIdx.x
+    const int64_t i = i0 + r, o = o0 + threadIdx.x;
+    if (i < I && o < O) dst[i * O + o] = tile[threadIdx.x][r];
+  }
+}
+
 }  // namespace
+
+bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& p) {
+  const int64_t E = int64_t(w.size()), M = dy.size(0), O = dy.size(1), I = dx.size(1);
+  if (E == 0 || M == 0) return E != 0;
+  for (const Tensor& t : w)
+    if (t.dtype() != DType::BF16 || t.block_scale()) return false;
+  Tensor wt = Tensor::empty({E, I, O}, DType::BF16, Device::CUDA);  // wt: [E, I, O], w[e]ᵀ
+  std::vector<Tensor> wts;
+  for (int64_t e = 0; e < E; ++e) wts.push_back(wt.slice(e, 1).view({I, O}));
+  if (!grouped_gemm_applies(dx, dy, wts)) return false;
+  std::vector<int64_t> ptrs;
+  for (const Tensor& t : w) ptrs.push_back(int64_t(reinterpret_cast<uintptr_t>(t.raw())));
+  const Tensor table = upload_i64(ptrs);
+  transpose_many_kernel<<<dim3(unsigned((I + 31) / 32), unsigned((O + 31) / 32), unsigned(E)), dim3(32, 8)>>>(
+      static_cast<bf16*>(wt.raw()), reinterpret_cast<const bf16* const*>(table.raw()), O, I);
+  DSEEK_CUDA_LAUNCH_CHECK("grouped_linear_dgrad (transpose)");
+  grouped_gemm(dx, dy, wts, p.offsets, 1);
+  return true;
+}
 
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
   const int64_t M = p.tokens * p.top_k, D = x.size(1);

@@ -160,6 +160,37 @@ __global__ void softmax_bwd_rows_kernel(float* dP, const float* P, int64_t T, in
   for (int64_t s = threadIdx.x; s < Se; s += blockDim.x) dP[o + s] = P[o + s] * (dP[o + s] - r);
 }
 
+// The same from bf16 probs, writing dS in bf16 (the operand of the dq/dk products) to dS.
+__global__ void softmax_bwd_rows_bf16_kernel(bf16* dS, const float* dP, const bf16* P, int64_t T, int64_t S,
+                                             int64_t Se) {
+  const int64_t t = blockIdx.x, h = blockIdx.y, o = (h * T + t) * S;
+  float part = 0.0f;
+  for (int64_t s = threadIdx.x; s < Se; s += blockDim.x) part += dP[o + s] * __bfloat162float(P[o + s]);
+  const float r = block_sum(part);
+  for (int64_t s = threadIdx.x; s < S; s += blockDim.x)
+    dS[o + s] = __float2bfloat16_rn(s < Se ? __bfloat162float(P[o + s]) * (dP[o + s] - r) : 0.0f);
+}
+
+// One sequence's attention backward with bf16 operands (bf16 training): dout, q, k, v bf16 copies, probs
+// bf16 [H, T, T] as the forward kept them; dP goes to the f32 scratch dp, dS to the bf16 scratch ds (both
+// [H, T, T]); dq, dk, dv f32. Causal from position 0 (the varlen training form).
+void attention_bwd_one_bf16(float* dq, float* dk, float* dv, const bf16* dout, const bf16* q, const bf16* k,
+                            const bf16* v, const bf16* probs, float* dp, bf16* ds, int64_t T, int64_t H,
+                            int64_t Dq, int64_t Dv, double scale) {
+  // dv[s, h] = Σ_t P[h, t, s] · dout[t, h]   (per head h: [T, T]ᵀ · [T, Dv])
+  matmul_strided_batched_bf16(dv, Dv, H * Dv, {probs, T * T, 1, T}, {dout, Dv, H * Dv, 1}, T, Dv, T, H, 1.0f);
+  // dP[h, t, s] = dout[t, h] · v[s, h]       ([T, Dv] · [Dv, T])
+  matmul_strided_batched_bf16(dp, T * T, T, {dout, Dv, H * Dv, 1}, {v, Dv, 1, H * Dv}, T, T, Dv, H, 1.0f);
+  softmax_bwd_rows_bf16_kernel<<<dim3(unsigned(T), unsigned(H)), 256>>>(ds, dp, probs, T, T, T);
+  DSEEK_CUDA_LAUNCH_CHECK("attention_bwd (softmax)");
+  // dq[t, h] = scale · Σ_s dS[h, t, s] · k[s, h]   ([T, T] · [T, Dq])
+  matmul_strided_batched_bf16(dq, Dq, H * Dq, {ds, T * T, T, 1}, {k, Dq, H * Dq, 1}, T, Dq, T, H,
+                              float(scale));
+  // dk[s, h] = scale · Σ_t dS[h, t, s] · q[t, h]   ([T, T]ᵀ · [T, Dq])
+  matmul_strided_batched_bf16(dk, Dq, H * Dq, {ds, T * T, 1, T}, {q, Dq, H * Dq, 1}, T, Dq, T, H,
+                              float(scale));
+}
+
 // One sequence's attention backward (attention.h attention_bwd) from probs [H, T, S] (row stride S).
 // Keys ≥ Se = q_pos0 + T are never seen: their dk/dv rows are zero.
 void attention_bwd_one(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
@@ -299,6 +330,25 @@ void attention_bwd_varlen(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, c
               dtype_name(q.dtype()));
   const int64_t H = q.size(1), Dq = q.size(2), Dv = v.size(2);
   const std::vector<int64_t> poff = varlen_probs_offsets(cu, H);
+  if (probs.dtype() == DType::BF16) {  // bf16 training: bf16 operands, f32 gradients
+    const Tensor ob = dout.to(DType::BF16), qb = q.to(DType::BF16), kb = k.to(DType::BF16),
+                 vb = v.to(DType::BF16);
+    int64_t Lmax = 0;
+    for (size_t b = 0; b + 1 < cu.size(); ++b) Lmax = std::max(Lmax, cu[b + 1] - cu[b]);
+    // dp, ds: one sequence's [H, L, L] scratch, f32 and bf16
+    Tensor dp = Tensor::empty({H * Lmax * Lmax}, DType::F32, Device::CUDA),
+           ds = Tensor::empty({H * Lmax * Lmax}, DType::BF16, Device::CUDA);
+    auto bp = [](const Tensor& t) { return static_cast<const bf16*>(t.raw()); };
+    for (size_t b = 0; b + 1 < cu.size(); ++b) {
+      const int64_t r0 = cu[b], L = cu[b + 1] - cu[b];
+      if (L == 0) continue;
+      attention_bwd_one_bf16(dq.data<float>() + r0 * H * Dq, dk.data<float>() + r0 * H * Dq,
+                             dv.data<float>() + r0 * H * Dv, bp(ob) + r0 * H * Dv, bp(qb) + r0 * H * Dq,
+                             bp(kb) + r0 * H * Dq, bp(vb) + r0 * H * Dv, bp(probs) + poff[b],
+                             dp.data<float>(), static_cast<bf16*>(ds.raw()), L, H, Dq, Dv, scale);
+    }
+    return;
+  }
   for (size_t b = 0; b + 1 < cu.size(); ++b) {
     const int64_t r0 = cu[b], L = cu[b + 1] - cu[b];
     if (L == 0) continue;
