@@ -3,10 +3,12 @@
 // scripts/bench-train-cpu runs both on the same CPU threads and prints the ratio.
 //
 //   train_cpu_bench [--config PATH | --preset demo] [--batch B] [--seq T] [--steps N] [--mtp-lambda X]
-//                   [--threads N] [--vocab V] [--device cpu|cuda]
-// With --device cuda the same step runs on the GPU (f32, issue 6; scripts/bench-train-gpu), timed with a
-// device synchronisation at the end of each step, and the peak device memory is printed.
-//   DSEEK_PROFILE=1 also prints the mean time per step of each phase (src/core/profile.h).
+//                   [--threads N] [--vocab V] [--device cpu|cuda] [--dtype f32|bf16]
+// With --device cuda the same step runs on the GPU (issue 6; scripts/bench-train-gpu), timed with a
+// device synchronisation at the end of each step, and the peak device memory is printed; --dtype bf16
+// computes with bf16 copies of the f32 master weights (train/compute_copy.h), as `dseek train --dtype bf16`.
+//   DSEEK_PROFILE=1 also prints the mean time per step of each phase (src/core/profile.h);
+//   DSEEK_CUDA_PROFILE=1 the synchronized per-op times of the timed steps (src/core/device.h).
 #include <omp.h>
 
 #include "core/blas_env.h"
@@ -21,6 +23,7 @@
 #include "core/parallel.h"
 #include "core/profile.h"
 #include "model/model.h"
+#include "train/compute_copy.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 
@@ -35,7 +38,7 @@ int main(int argc, char** argv) {
   std::string config, preset = "demo";
   int64_t B = 8, T = 256, steps = 10, vocab = 1024;
   double mtp_lambda = 0.0;
-  std::string device = "cpu";
+  std::string device = "cpu", dtype = "f32";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--config")
@@ -54,6 +57,8 @@ int main(int argc, char** argv) {
       vocab = std::stoll(v);
     else if (k == "--device")
       device = v;
+    else if (k == "--dtype")
+      dtype = v;
     else if (k == "--threads")
       omp_set_num_threads(std::stoi(v));
     else {
@@ -69,6 +74,8 @@ int main(int argc, char** argv) {
     DSEEK_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda");
     const Device dev = device == "cuda" ? Device::CUDA : Device::CPU;
     if (dev == Device::CUDA) m.to(Device::CUDA, DType::F32);
+    DSEEK_CHECK(dtype == "f32" || dtype == "bf16", "--dtype must be f32 or bf16");
+    train::ComputeCopy compute(m, dtype == "bf16" ? DType::BF16 : DType::F32);
     train::AdamW opt(m.w, cfg, {});
     Weights g = zero_grads(m.w, cfg, DType::F32, dev);
     std::vector<Tensor*> grad_tensors;  // zeroed before each step, one tensor per thread at a time
@@ -82,14 +89,18 @@ int main(int argc, char** argv) {
         ids.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
         tg.data<int64_t>()[i] = int64_t(rng() % uint32_t(cfg.vocab_size));
       }
-      if (s == 2) prof::reset();  // phase totals count the timed steps only
+      if (s == 2) {  // phase totals (and DSEEK_CUDA_PROFILE's per-op times) count the timed steps only
+        prof::reset();
+        cuda_profile_reset();
+      }
       auto t0 = clk::now();
 #pragma omp parallel for schedule(dynamic, 1) if (dev == Device::CPU)
       for (size_t i = 0; i < grad_tensors.size(); ++i) grad_tensors[i]->fill(0);
       auto t1 = clk::now();
-      m.forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
+      compute.model().forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
       auto t2 = clk::now();
       opt.step(g, 1e-4);
+      compute.refresh();
       if (dev == Device::CUDA) device_synchronize();
       auto t3 = clk::now();
       if (s >= 2) {
@@ -107,10 +118,10 @@ int main(int argc, char** argv) {
     const double med = median(times);
     ParamCounts pc = count_params(cfg);
     std::printf(
-        "dseek train step: %s, %.2f M params, batch %lld x %lld, %d threads, MTP %s: median %.3f s/step, "
+        "dseek train step: %s, %.2f M params, %s, batch %lld x %lld, %d threads, MTP %s: median %.3f s/step, "
         "%.0f tokens/s\n",
-        config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, (long long)B, (long long)T,
-        num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
+        config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, dtype.c_str(), (long long)B,
+        (long long)T, num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
     if (prof::enabled()) {  // DSEEK_PROFILE=1: mean time per step of each phase of forward+backward
       std::printf("phases (mean per step):\n");
       prof::report(stdout, double(steps));

@@ -110,6 +110,8 @@ Runner add_train(CLI::App& app) {
   opt("--seed", c.seed, "seed", "Seed for initialisation and data order");
   opt("--device", c.device, "device",
       "Where the training step runs: cpu or cuda (f32 master weights on either)");
+  opt("--dtype", c.dtype, "dtype",
+      "Compute dtype of the products: f32, or bf16 (cuda: bf16 operands, f32 accumulation and masters)");
   opt("--sample-prompt", c.sample_prompt, "sample_prompt", "Prompt for the sample printed at the end");
   opt("--sample-tokens", c.sample_tokens, "sample_tokens", "Tokens in that sample (0: none)");
   keyed->push_back(

@@ -15,6 +15,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "train/compute_copy.h"
 #include "train/data.h"
 #include "train/plot.h"
 
@@ -55,6 +56,7 @@ json TrainConfig::to_json() const {
           {"seed", seed},
           {"recompute", recompute},
           {"device", device},
+          {"dtype", dtype},
           {"sample_prompt", sample_prompt},
           {"sample_tokens", sample_tokens}};
 }
@@ -106,6 +108,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& what) {
   c.seed = m["seed"];
   c.recompute = m["recompute"];
   c.device = m["device"];
+  c.dtype = m["dtype"];
   c.sample_prompt = m["sample_prompt"];
   c.sample_tokens = m["sample_tokens"];
   c.schedule.total_steps = c.steps;
@@ -123,6 +126,9 @@ void TrainConfig::validate() const {
   DSEEK_CHECK(mtp_lambda >= 0 && bias_update_speed >= 0,
               "mtp_lambda and bias_update_speed must not be negative");
   DSEEK_CHECK(device == "cpu" || device == "cuda", "device must be cpu or cuda (got \"", device, "\")");
+  DSEEK_CHECK(dtype == "f32" || dtype == "bf16", "dtype must be f32 or bf16 (got \"", dtype, "\")");
+  DSEEK_CHECK(dtype == "f32" || device == "cuda",
+              "dtype bf16 trains on the GPU (--device cuda); the CPU trains in f32");
   schedule.validate();
   optim.validate();
 }
@@ -390,6 +396,8 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
   const double alpha = cfg.balance_alpha >= 0 ? cfg.balance_alpha : (mc.seq_aux ? mc.aux_loss_alpha : 0.0);
   const bool bias_update = cfg.bias_update_speed > 0 && mc.has_bias_correction() && mc.n_routed_experts > 0;
 
+  // what the step computes with: the model itself (f32), or bf16 copies of its matrices (compute_copy.h)
+  ComputeCopy compute(model, cfg.dtype == "bf16" ? DType::BF16 : DType::F32);
   AdamW opt(model.w, mc, cfg.optim);
   if (!resume_dir.empty()) opt.load((fs::path(resume_dir) / "optimizer.safetensors").string());
   Weights grads = zero_grads(model.w, mc, DType::F32, dev);
@@ -453,7 +461,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
     for (int64_t b = 0; b < cfg.eval_batches; ++b) {
       Tensor ids, tg;
       val.next(ids, tg);
-      total += model.forward_backward(ids, tg, {}, nullptr).main_loss;
+      total += compute.model().forward_backward(ids, tg, {}, nullptr).main_loss;
       ++n;
     }
     return total / double(n);
@@ -476,7 +484,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
     for (int64_t a = 0; a < cfg.grad_accum; ++a) {
       Tensor ids, tg;
       train.next(ids, tg);
-      TrainResult r = model.forward_backward(ids, tg, topt, &grads);
+      TrainResult r = compute.model().forward_backward(ids, tg, topt, &grads);
       loss += r.loss / double(cfg.grad_accum);
       main_loss += r.main_loss / double(cfg.grad_accum);
       bal += r.balance_loss / double(cfg.grad_accum);
@@ -490,6 +498,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
     }
     DSEEK_CHECK(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", step + 1);
     StepStats st = opt.step(grads, lr);
+    compute.refresh();
     // Auxiliary-loss-free balancing: b_i += γ · sign(mean load − load_i), outside the gradient.
     json load_stats = json::array();
     for (size_t l = 0; l < load.size(); ++l) {

@@ -31,7 +31,8 @@ struct TrainConfig {
   int64_t eval_every = 100, eval_batches = 8, save_every = 100, keep_last = 2, log_every = 10;
   uint64_t seed = 0;
   bool recompute = false;
-  std::string device = "cpu";  // where the step runs: "cpu" or "cuda" (f32; checkpoints are the same)
+  std::string device = "cpu";  // where the step runs: "cpu" or "cuda" (checkpoints are the same)
+  std::string dtype = "f32";   // compute dtype of the products: "f32", or "bf16" (cuda; f32 masters)
   std::string sample_prompt;   // text (with a tokenizer) for the sample printed at the end
   int64_t sample_tokens = 64;
 

@@ -10,8 +10,10 @@
 
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "model/model.h"
 #include "ops/adamw.h"
 #include "test_util.h"
+#include "train/compute_copy.h"
 #include "train/data.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
@@ -268,6 +270,31 @@ TEST(Trainer, BadConfigIsRefused) {
   TrainConfig c;
   EXPECT_THROW(c.validate(), Error);  // no model, no data
   EXPECT_THROW(preset_model_config("huge", 100, 0, 1), Error);
+  c.model = "demo";
+  c.data = "d";
+  c.validate();
+  c.dtype = "f16";
+  EXPECT_THROW(c.validate(), Error);
+  c.dtype = "bf16";  // bf16 compute copies are a GPU feature; on the CPU: a clear refusal
+  try {
+    c.validate();
+    ADD_FAILURE() << "dtype bf16 on the cpu was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--device cuda"), std::string::npos) << e.what();
+  }
+  c.device = "cuda";
+  c.validate();
+}
+
+// ComputeCopy: f32 is the master itself; bf16 needs the master on the GPU.
+TEST(Trainer, ComputeCopyF32IsTheMasterAndBf16NeedsTheGpu) {
+  ModelConfig mc = ModelConfig::from_json(preset_model_config("tiny", 64, 0, 1), "tiny");
+  Model m = Model::from_weights(mc, init_weights(mc, DType::F32, 1, true));
+  ComputeCopy f32(m, DType::F32);
+  EXPECT_EQ(&f32.model(), &m);
+  f32.refresh();
+  EXPECT_THROW(ComputeCopy(m, DType::BF16), Error);
+  EXPECT_THROW(ComputeCopy(m, DType::F16), Error);
 }
 
 }  // namespace

@@ -1,0 +1,40 @@
+// compute_copy.cpp — see compute_copy.h.
+#include "train/compute_copy.h"
+
+#include <memory>
+
+#include "ops/elementwise.h"
+
+namespace dseek::train {
+
+ComputeCopy::ComputeCopy(Model& master, DType dtype) : master_(master), dtype_(dtype) {
+  DSEEK_CHECK(dtype == DType::F32 || dtype == DType::BF16, "training compute dtype must be f32 or bf16, not ",
+              dtype_name(dtype));
+  if (dtype == DType::F32) return;
+  DSEEK_CHECK(master.device() == Device::CUDA,
+              "bf16 training runs on the GPU (--device cuda); the CPU trains in f32");
+  copy_ = std::make_unique<Model>(master);  // shares every tensor's storage with the master …
+  copy_->to(master.device(), dtype);        // … until to() gives matrices and embeddings bf16 copies
+  auto mt = param_table(master.w, master.cfg, master.w.has_mtp);
+  auto ct = param_table(copy_->w, copy_->cfg, copy_->w.has_mtp);
+  DSEEK_CHECK(mt.size() == ct.size(), "ComputeCopy: parameter tables differ");
+  for (size_t i = 0; i < mt.size(); ++i) {
+    if (!mt[i].tensor->defined()) continue;
+    DSEEK_CHECK(mt[i].tensor->dtype() == DType::F32, "ComputeCopy: master ", mt[i].name, " is ",
+                dtype_name(mt[i].tensor->dtype()), ", not f32");
+    if (ct[i].tensor->raw() != mt[i].tensor->raw()) pairs_.emplace_back(ct[i].tensor, mt[i].tensor);
+  }
+}
+
+void ComputeCopy::refresh() {
+  if (pairs_.empty()) return;
+  std::vector<Tensor*> dst;
+  std::vector<const Tensor*> src;
+  for (auto& [c, m] : pairs_) {
+    dst.push_back(c);
+    src.push_back(m);
+  }
+  ops::cast_many(dst, src);  // one launch for all of them, round to nearest even
+}
+
+}  // namespace dseek::train
