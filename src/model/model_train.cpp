@@ -46,6 +46,10 @@ struct Stack {  // positions (on the model's device) and chunks for B sequences 
 };
 
 void add_load(std::vector<int64_t>& load, const RouterTrace& r, int64_t E) {
+  if (int64_t(r.load.size()) == E) {  // counted from the layer's host-side plan
+    load = r.load;
+    return;
+  }
   load.assign(size_t(E), 0);
   const Tensor idx = r.topk_idx.to(Device::CPU);
   for (int64_t i = 0; i < idx.numel(); ++i) load[size_t(idx.data<int32_t>()[i])]++;

@@ -125,7 +125,7 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
     // the device from idx (no host-side plan, no sync), the shared expert folded into their launches.
     Tensor idx = Tensor::empty({N, K}, DType::I32, dev), gw = Tensor::empty({N, K}, DType::F32, dev);
     ops::router_decode(idx, gw, x, w.gate, bias, rp);
-    if (trace) *trace = {idx, gw, 0.0};
+    if (trace) *trace = {idx, gw, 0.0, {}};
     ops::moe_experts_small(out, x, idx, gw, mats.gate, mats.up, mats.down, shared);
     return;
   }
@@ -139,7 +139,7 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   ops::router_fwd(idx, gw, scores, logits, bias, rp);
   const double bal =
       balance ? ops::router_balance_loss(Tensor(), scores, idx, opt.seq_len, opt.balance_alpha, rp) : 0;
-  if (trace) *trace = {idx, gw, bal};
+  if (trace) *trace = {idx, gw, bal, {}};
 
   Tensor routed = Tensor::empty({N, D}, dt, dev);  // routed: [N, D] Σ_k w_k · expert(x)
   // Inference on the GPU with a large batch (a prefill): the plan built on the device, so the routing is
@@ -162,6 +162,8 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   // Routed experts: permute tokens by expert, one grouped product per projection, un-permute with the
   // gate weights. xp, yp: [M, D]; g, u, h: [M, F].
   ops::MoePlan plan = ops::MoePlan::build(idx.to(Device::CPU), E);
+  if (trace)  // the expert loads from the plan's host offsets (no second copy of idx to the host)
+    for (int64_t e = 0; e < E; ++e) trace->load.push_back(plan.rows(e));
   Tensor xp = Tensor::empty({M, D}, dt, dev), g = Tensor::empty({M, F}, dt, dev),
          u = Tensor::empty({M, F}, dt, dev);
   ops::moe_permute(xp, x, plan);
@@ -184,7 +186,7 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   if (saved) {
     saved->x = x;
     saved->scores = scores;
-    saved->route = {idx, gw, bal};
+    saved->route = {idx, gw, bal, {}};
     saved->xp = xp;
     saved->g = g;
     saved->u = u;

@@ -24,9 +24,10 @@ void mlp_bwd(Tensor dx, MlpWeights& g, const Tensor& dy, const MlpWeights& w, co
 
 // What the router chose (for tests, statistics and the backward).
 struct RouterTrace {
-  Tensor topk_idx;          // [N, K] I32, ascending
-  Tensor topk_w;            // [N, K] gate weights
-  double balance_loss = 0;  // the sequence-wise balance loss (when MoeOptions asks for it)
+  Tensor topk_idx;            // [N, K] I32, ascending
+  Tensor topk_w;              // [N, K] gate weights
+  double balance_loss = 0;    // the sequence-wise balance loss (when MoeOptions asks for it)
+  std::vector<int64_t> load;  // [E] tokens per expert when the layer grouped them on the host, else empty
 };
 
 struct MoeSaved {

@@ -52,6 +52,9 @@ void copy_cols(Tensor, int64_t, const Tensor&, int64_t, int64_t) {
 void moe_permute(Tensor, const Tensor&, const MoePlan&) {
   none("moe_permute");
 }
+void router_bias_update(Tensor, const std::vector<int64_t>&, double, double) {
+  none("router_bias_update");
+}
 bool grouped_linear_wgrad(const std::vector<Tensor>&, const Tensor&, const Tensor&, const MoePlan&) {
   none("grouped_linear_wgrad");
   return false;

@@ -65,6 +65,28 @@ void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, c
   }
 }
 
+void router_bias_update(Tensor bias, const std::vector<int64_t>& load, double gamma, Stream) {
+  DSEEK_CHECK(bias.numel() == int64_t(load.size()) && bias.dtype() == DType::F32 && !load.empty(),
+              "router_bias_update: ", bias.str(), " for ", load.size(), " experts");
+  double mean = 0;
+  for (int64_t x : load) mean += double(x);
+  mean /= double(load.size());
+  switch (bias.device()) {
+    case Device::CPU: {
+      float* b = bias.data<float>();
+      for (size_t e = 0; e < load.size(); ++e) {
+        const double d = mean - double(load[e]);
+        b[e] += float(gamma * double((d > 0) - (d < 0)));
+      }
+      return;
+    }
+    case Device::CUDA:
+      return cuda::router_bias_update(bias, load, mean, gamma);
+    default:
+      fail("router_bias_update: no implementation for ", device_name(bias.device()));
+  }
+}
+
 double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
                            double alpha, const RouterParams& p, Stream) {
   check_ndim("router_balance_loss", "scores", scores, 2);

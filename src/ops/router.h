@@ -5,6 +5,8 @@
 // routed_scaling_factor. Dropped groups are excluded outright (DeepSeek's −inf, not HF's 0.0).
 #pragma once
 
+#include <vector>
+
 #include "core/stream.h"
 #include "core/tensor.h"
 #include "io/model_config.h"
@@ -45,5 +47,10 @@ void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, c
 // Returns L; when dlogits is defined, adds ∂L/∂logits into it (f_i is a constant).
 double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& topk_idx, int64_t seq_len,
                            double alpha, const RouterParams& p, Stream s = {});
+
+// The auxiliary-loss-free balancing step (spec/model.md §4.4): bias[e] += γ · sign(mean load − load[e]),
+// bias f32 [E] on its device (updated there: only the E counts travel, no copy back), load the host's
+// token counts per expert.
+void router_bias_update(Tensor bias, const std::vector<int64_t>& load, double gamma, Stream s = {});
 
 }  // namespace dseek::ops

@@ -15,6 +15,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "ops/router.h"
 #include "train/compute_copy.h"
 #include "train/data.h"
 #include "train/plot.h"
@@ -330,19 +331,7 @@ void write_curve(const std::string& log_path, const std::string& svg_path) {
 }  // namespace
 
 void update_router_bias(Tensor& bias, const std::vector<int64_t>& load, double gamma) {
-  DSEEK_CHECK(bias.numel() == int64_t(load.size()) && bias.dtype() == DType::F32, "bias update: ", bias.str(),
-              " for ", load.size(), " experts");
-  double mean = 0;
-  for (int64_t x : load) mean += double(x);
-  mean /= double(load.size());
-  // The E values travel to the host and back when the bias lives on the GPU (the loads are host counts).
-  Tensor host = bias.to(Device::CPU);
-  float* b = host.data<float>();
-  for (size_t e = 0; e < load.size(); ++e) {
-    const double d = mean - double(load[e]);
-    b[e] += float(gamma * double((d > 0) - (d < 0)));
-  }
-  if (bias.device() != Device::CPU) bias.copy_from(host);
+  ops::router_bias_update(bias, load, gamma);  // on the bias's device
 }
 
 TrainSummary run_training(TrainConfig cfg, const std::string& resume,

@@ -238,6 +238,18 @@ TEST_F(Cuda, Router) {
     expect_close("router weights", gw, w, DType::F32);
     expect_close("router scores", gs, sc, DType::F32);
   }
+  // The load-balancing bias update on the device: the CPU's bits, over / under / at the mean load.
+  for (const int64_t E : {int64_t(8), int64_t(300)}) {
+    std::vector<int64_t> load(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) load[size_t(e)] = int64_t(rng() % 7) * 3;
+    load[0] = 0;
+    Tensor b = randn({E}, 0.3), gb = b.to(Device::CUDA);
+    for (int rep = 0; rep < 3; ++rep) {
+      ops::router_bias_update(b, load, 1e-3);
+      ops::router_bias_update(gb, load, 1e-3);
+    }
+    EXPECT_EQ(test::diff(gb.to(Device::CPU), b).max_abs, 0.0) << "router_bias_update E=" << E;
+  }
 }
 
 TEST_F(Cuda, Attention) {

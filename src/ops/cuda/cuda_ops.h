@@ -51,6 +51,7 @@ void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, c
 // dx[rows of e] = dy[rows of e] · w[e] for every expert with rows, in two launches (the experts' bf16
 // weights transposed into scratch, then the grouped kernel): dy bf16 [M, O], w[e] bf16 [O, I], dx f32 [M, I].
 // Returns false (nothing done) when the operands do not suit the grouped kernel.
+void router_bias_update(Tensor bias, const std::vector<int64_t>& load, double mean, double gamma);
 bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& plan);
 // dw[e] += dy[rows of e]ᵀ · x[rows of e] for every expert with rows, in one launch (grouped_wgrad.cu): dy
 // bf16 [M, O], x bf16 [M, I] (O, I multiples of 8), dw[e] f32 [O, I]. Returns false (nothing done) when the

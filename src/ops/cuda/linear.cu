@@ -56,6 +56,16 @@ cudaDataType_t cuda_type(DType d) {
   }
 }
 
+// Cached exact-shape plans at most (expert products add one per row count they meet).
+constexpr size_t kMaxPlans = 8192;
+
+void destroy(Plan& p) {
+  cublasLtMatrixLayoutDestroy(p.la);
+  cublasLtMatrixLayoutDestroy(p.lb);
+  cublasLtMatrixLayoutDestroy(p.lc);
+  cublasLtMatmulDescDestroy(p.op);
+}
+
 // The heuristic's first algorithm for these descriptors within the workspace (`what`, m, n, k name the
 // product in the error when there is none).
 cublasLtMatmulAlgo_t best_algo(cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
@@ -135,6 +145,10 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
       L.bucket_algos.emplace(bkey, p.algo);
     }
     std::lock_guard<std::mutex> g(L.mu);
+    if (L.plans.size() >= kMaxPlans) {  // a long run meets every row count: start the cache over
+      for (auto& [k, old] : L.plans) destroy(old);
+      L.plans.clear();
+    }
     plan = &L.plans.emplace(key, p).first->second;  // std::map nodes stay put
   }
   const float alpha = 1.0f;

@@ -197,6 +197,15 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
   }
 }
 
+// bias[e] += γ · sign(mean − load[e]) — the CPU's arithmetic (the step in double, rounded to f32, then
+// an f32 add), so both give the same bits.
+__global__ void bias_update_kernel(float* bias, const int64_t* load, int64_t E, double mean, double gamma) {
+  const int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (e >= E) return;
+  const double d = mean - double(load[e]);
+  bias[e] = __fadd_rn(bias[e], float(gamma * double((d > 0) - (d < 0))));
+}
+
 }  // namespace
 
 void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& logits, const Tensor& bias,
@@ -224,6 +233,14 @@ void router_fwd(Tensor topk_idx, Tensor topk_w, Tensor scores, const Tensor& log
                                                bias.defined() ? bias.data<float>() : nullptr, N, int(E), p);
   });
   DSEEK_CUDA_LAUNCH_CHECK("router_fwd");
+}
+
+void router_bias_update(Tensor bias, const std::vector<int64_t>& load, double mean, double gamma) {
+  const int64_t E = int64_t(load.size());
+  const Tensor dl = upload_i64(load);  // the counts go up; the bias never comes down
+  bias_update_kernel<<<unsigned((E + 255) / 256), 256>>>(bias.data<float>(), dl.data<int64_t>(), E, mean,
+                                                         gamma);
+  DSEEK_CUDA_LAUNCH_CHECK("router_bias_update");
 }
 
 }  // namespace dseek::ops::cuda
