@@ -59,7 +59,7 @@ bool grouped_linear_wgrad(const std::vector<Tensor>&, const Tensor&, const Tenso
   none("grouped_linear_wgrad");
   return false;
 }
-bool grouped_linear_dgrad(Tensor, const Tensor&, const std::vector<Tensor>&, const MoePlan&) {
+bool grouped_linear_dgrad(Tensor, const Tensor&, const std::vector<Tensor>&, const MoePlan&, int64_t) {
   none("grouped_linear_dgrad");
   return false;
 }

@@ -17,6 +17,7 @@
 #include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
+#include "ops/cuda/cuda_ops.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/flash_attention.h"
@@ -586,6 +587,14 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     ops::grouped_linear_bwd(rx, dwr, dyd, hin, wr, plan);
     ops::grouped_linear_bwd(grx, gdwr, gpu(dyd), gpu(hin), bw, plan);
     expect_close("grouped_linear_bwd dx (bf16 experts)", grx, rx, DType::BF16);
+    {  // the same dx with the transposed weights through a scratch of 3 experts (chunks 3, 3, 2): the same
+       // bits
+      Tensor chunked = poisoned({M, F}, DType::F32);
+      ASSERT_TRUE(
+          ops::cuda::grouped_linear_dgrad(chunked, gpu(dyd).to(DType::BF16), bw, plan, 3 * D * F * 2));
+      EXPECT_EQ(test::diff(chunked.to(Device::CPU), grx.to(Device::CPU)).max_abs, 0.0)
+          << "grouped_linear_dgrad in chunks of experts";
+    }
     for (int64_t e = 0; e < E; ++e)
       expect_close("grouped_linear_bwd dw[" + std::to_string(e) + "] (bf16 experts)", gdwr[size_t(e)],
                    dwr[size_t(e)], DType::BF16);

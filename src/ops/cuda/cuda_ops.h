@@ -48,11 +48,13 @@ void axpy_(Tensor x, const Tensor& y, double alpha);
 void copy_cols(Tensor dst, int64_t dcol, const Tensor& src, int64_t scol, int64_t width);
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan);
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan);
-// dx[rows of e] = dy[rows of e] · w[e] for every expert with rows, in two launches (the experts' bf16
-// weights transposed into scratch, then the grouped kernel): dy bf16 [M, O], w[e] bf16 [O, I], dx f32 [M, I].
-// Returns false (nothing done) when the operands do not suit the grouped kernel.
+// bias[e] += gamma · sign(mean − load[e]) on the device (ops::router_bias_update).
 void router_bias_update(Tensor bias, const std::vector<int64_t>& load, double mean, double gamma);
-bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& plan);
+// dx[rows of e] = dy[rows of e] · w[e] for every expert with rows, in two launches per chunk of experts
+// (their bf16 weights transposed into at most scratch_bytes of scratch, then the grouped kernel): dy bf16 [M,
+// O], w[e] bf16 [O, I], dx f32 [M, I]. Returns false (nothing done) when the operands do not suit the kernel.
+bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& plan,
+                          int64_t scratch_bytes = int64_t(1) << 30);
 // dw[e] += dy[rows of e]ᵀ · x[rows of e] for every expert with rows, in one launch (grouped_wgrad.cu): dy
 // bf16 [M, O], x bf16 [M, I] (O, I multiples of 8), dw[e] f32 [O, I]. Returns false (nothing done) when the
 // operands do not suit the kernel.

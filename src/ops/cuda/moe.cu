@@ -1,5 +1,8 @@
 // moe.cu — token permutation by expert, grouped expert products (one cuBLASLt product per expert with
 // rows) and the weighted un-permutation, on the GPU (spec/model.md §4).
+#include <algorithm>
+#include <vector>
+
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
@@ -46,22 +49,34 @@ __global__ void transpose_many_kernel(bf16* out, const bf16* const* w, int64_t O
 
 }  // namespace
 
-bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& p) {
+bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& p,
+                          int64_t scratch_bytes) {
   const int64_t E = int64_t(w.size()), M = dy.size(0), O = dy.size(1), I = dx.size(1);
   if (E == 0 || M == 0) return E != 0;
   for (const Tensor& t : w)
     if (t.dtype() != DType::BF16 || t.block_scale()) return false;
-  Tensor wt = Tensor::empty({E, I, O}, DType::BF16, Device::CUDA);  // wt: [E, I, O], w[e]ᵀ
+  // The transposed weights go through a scratch of at most scratch_bytes (at least one expert): chunks of
+  // experts, each transposed and then multiplied (the stream orders a chunk's reuse after the last product).
+  const int64_t chunk = std::clamp<int64_t>(scratch_bytes / std::max<int64_t>(I * O * 2, 1), 1, E);
+  Tensor wt = Tensor::empty({chunk, I, O}, DType::BF16, Device::CUDA);  // wt: [chunk, I, O], w[e]ᵀ
   std::vector<Tensor> wts;
-  for (int64_t e = 0; e < E; ++e) wts.push_back(wt.slice(e, 1).view({I, O}));
+  for (int64_t e = 0; e < chunk; ++e) wts.push_back(wt.slice(e, 1).view({I, O}));
   if (!grouped_gemm_applies(dx, dy, wts)) return false;
-  std::vector<int64_t> ptrs;
-  for (const Tensor& t : w) ptrs.push_back(int64_t(reinterpret_cast<uintptr_t>(t.raw())));
-  const Tensor table = upload_i64(ptrs);
-  transpose_many_kernel<<<dim3(unsigned((I + 31) / 32), unsigned((O + 31) / 32), unsigned(E)), dim3(32, 8)>>>(
-      static_cast<bf16*>(wt.raw()), reinterpret_cast<const bf16* const*>(table.raw()), O, I);
-  DSEEK_CUDA_LAUNCH_CHECK("grouped_linear_dgrad (transpose)");
-  grouped_gemm(dx, dy, wts, p.offsets, 1);
+  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
+    const int64_t n = std::min(chunk, E - e0);
+    if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;  // no rows in these experts
+    std::vector<int64_t> ptrs;
+    for (int64_t e = e0; e < e0 + n; ++e)
+      ptrs.push_back(int64_t(reinterpret_cast<uintptr_t>(w[size_t(e)].raw())));
+    const Tensor table = upload_i64(ptrs);
+    transpose_many_kernel<<<dim3(unsigned((I + 31) / 32), unsigned((O + 31) / 32), unsigned(n)),
+                            dim3(32, 8)>>>(static_cast<bf16*>(wt.raw()),
+                                           reinterpret_cast<const bf16* const*>(table.raw()), O, I);
+    DSEEK_CUDA_LAUNCH_CHECK("grouped_linear_dgrad (transpose)");
+    // experts e0 .. e0 + n − 1: their row ranges in dx / dy (absolute rows)
+    const std::vector<int64_t> offs(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1);
+    grouped_gemm(dx, dy, std::vector<Tensor>(wts.begin(), wts.begin() + n), offs, 1);
+  }
   return true;
 }
 
