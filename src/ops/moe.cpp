@@ -60,16 +60,9 @@ void check_weights(const char* op, const std::vector<Tensor>& w, const MoePlan& 
   }
 }
 
-// x as the CUDA products with expert weights w take it: cast to bf16 once for all experts when the
-// weights are bf16 (each per-expert product would otherwise cast its slice).
-Tensor product_operand(const Tensor& x, const std::vector<Tensor>& w) {
-  return x.dtype() == DType::F32 && w.at(0).dtype() == DType::BF16 && !w.at(0).block_scale()
-             ? x.to(DType::BF16)
-             : x;
-}
-
-// The CUDA backward of a grouped product: one cuBLASLt product pair per expert with rows (dx rows written,
-// dw[e] accumulated), dy cast to the weights' dtype once; xo from product_operand.
+// The CUDA backward of a grouped product (dx rows written, dw[e] accumulated): with bf16 experts one grouped
+// launch each for dx and dw, else a cuBLASLt product pair per expert with rows; dy cast to xo's dtype once
+// (xo from product_input).
 void grouped_bwd_cuda(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& xo,
                       const std::vector<Tensor>& w, const MoePlan& p) {
   const Tensor dyo = dy.dtype() == xo.dtype() ? dy : dy.to(xo.dtype());
@@ -159,7 +152,7 @@ void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& 
     case Device::CPU:
       return cpu::grouped_linear_bwd(dx, dw, dy, x, w, p);
     case Device::CUDA:
-      return grouped_bwd_cuda(dx, dw, dy, product_operand(x, w), w, p);
+      return grouped_bwd_cuda(dx, dw, dy, product_input(x, {&w.at(0)}), w, p);
     default:
       fail("grouped_linear_bwd: no implementation for ", device_name(x.device()));
   }
@@ -182,7 +175,7 @@ void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std:
   DSEEK_CHECK(x.device() == Device::CUDA, "grouped_linear_pair: no implementation for ",
               device_name(x.device()));
   // Both products take one bf16 cast of x (more than 8 rows: the small-batch GEMVs read f32).
-  const Tensor xo = x.size(0) > 8 ? product_operand(x, wa) : x;
+  const Tensor xo = product_input(x, {&wa.at(0)});
   cuda::grouped_linear(out_a, xo, wa, p);
   cuda::grouped_linear(out_b, xo, wb, p);
 }
@@ -212,7 +205,7 @@ void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const st
     case Device::CPU:
       return cpu::grouped_linear_pair_bwd(dx, dwa, dwb, dya, dyb, x, wa, wb, p);
     case Device::CUDA: {  // the two products' backward (x cast once for both), then dx = dx_a + dx_b
-      const Tensor xo = product_operand(x, wa);
+      const Tensor xo = product_input(x, {&wa.at(0)});
       grouped_bwd_cuda(dx, dwa, dya, xo, wa, p);
       Tensor dxb = dx.defined() ? Tensor::empty(dx.shape(), dx.dtype(), dx.device()) : Tensor();
       grouped_bwd_cuda(dxb, dwb, dyb, xo, wb, p);

@@ -22,19 +22,15 @@ ComputeCopy::ComputeCopy(Model& master, DType dtype) : master_(master), dtype_(d
     if (!mt[i].tensor->defined()) continue;
     DSEEK_CHECK(mt[i].tensor->dtype() == DType::F32, "ComputeCopy: master ", mt[i].name, " is ",
                 dtype_name(mt[i].tensor->dtype()), ", not f32");
-    if (ct[i].tensor->raw() != mt[i].tensor->raw()) pairs_.emplace_back(ct[i].tensor, mt[i].tensor);
+    if (ct[i].tensor->raw() != mt[i].tensor->raw()) {
+      copies_.push_back(ct[i].tensor);
+      masters_.push_back(mt[i].tensor);
+    }
   }
 }
 
 void ComputeCopy::refresh() {
-  if (pairs_.empty()) return;
-  std::vector<Tensor*> dst;
-  std::vector<const Tensor*> src;
-  for (auto& [c, m] : pairs_) {
-    dst.push_back(c);
-    src.push_back(m);
-  }
-  ops::cast_many(dst, src);  // one launch for all of them, round to nearest even
+  ops::cast_many(copies_, masters_);  // one launch for all of them, round to nearest even (none for f32)
 }
 
 }  // namespace dseek::train

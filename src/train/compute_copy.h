@@ -27,7 +27,8 @@ class ComputeCopy {
   Model& master_;
   DType dtype_;
   std::unique_ptr<Model> copy_;
-  std::vector<std::pair<Tensor*, Tensor*>> pairs_;  // (bf16 copy, f32 master) of each converted tensor
+  std::vector<Tensor*> copies_;         // the bf16 copies …
+  std::vector<const Tensor*> masters_;  // … of these f32 masters, pairwise
 };
 
 }  // namespace dseek::train

@@ -51,6 +51,13 @@ Tensor i32(const std::vector<int32_t>& v, const Shape& s) {
   std::copy(v.begin(), v.end(), t.data<int32_t>());
   return t;
 }
+// RoPE inverse frequencies θ^(−2i/R), i < R/2, θ = 10000: [R/2] f32.
+Tensor rope_inv_freq(int64_t R) {
+  Tensor inv = Tensor::empty({R / 2}, DType::F32);
+  for (int64_t i = 0; i < R / 2; ++i)
+    inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / double(R)));
+  return inv;
+}
 
 struct Case {
   int64_t H, C, R;
@@ -143,10 +150,8 @@ TEST_F(CudaDecode, AbsorptionsMatchCpu) {
         expect_close("mla_absorb_q" + tag, qa, qa_ref, dt);
         expect_close("mla_absorb_o" + tag, o, o_ref, dt);
         if (s.R % 2 == 0 && s.R > 0) {  // the q rope inside the absorption
-          Tensor pos = Tensor::empty({s.N}, DType::I64), inv = Tensor::empty({s.R / 2}, DType::F32);
+          Tensor pos = Tensor::empty({s.N}, DType::I64), inv = rope_inv_freq(s.R);
           for (int64_t n = 0; n < s.N; ++n) pos.data<int64_t>()[n] = 7 + 301 * n;
-          for (int64_t i = 0; i < s.R / 2; ++i)
-            inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / double(s.R)));
           const ops::RopeAt at{.positions = pos, .inv_freq = inv, .attention_factor = 1.2};
           const ops::RopeAt atg{
               .positions = pos.to(Device::CUDA), .inv_freq = inv.to(Device::CUDA), .attention_factor = 1.2};
@@ -336,14 +341,12 @@ TEST_F(CudaDecode, FusedDecodeOpsMatchCpu) {
       Tensor cq = c.Q ? randn({c.N, c.Q}, 8).to(dt).to(DType::F32) : Tensor(),
              kv = randn({c.N, W}, 9).to(dt).to(DType::F32), wq = c.Q ? randn({c.Q}, 10) : Tensor(),
              wkv = randn({c.C}, 11), pool = randn({4, 64, W}, 12).to(dt).to(DType::F32);
-      Tensor pos = Tensor::empty({c.N}, DType::I64), inv = Tensor::empty({c.R / 2}, DType::F32);
+      Tensor pos = Tensor::empty({c.N}, DType::I64), inv = rope_inv_freq(c.R);
       std::vector<int32_t> sl;
       for (int64_t n = 0; n < c.N; ++n) {
         pos.data<int64_t>()[n] = 1 + 997 * n;
         sl.push_back(int32_t(255 - 37 * n));
       }
-      for (int64_t i = 0; i < c.R / 2; ++i)
-        inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / double(c.R)));
       const Tensor slots = i32(sl, {c.N});
       Tensor gpool = pool.to(dt).to(Device::CUDA),
              cqn = c.Q ? Tensor::empty({c.N, c.Q}, DType::F32) : Tensor(),
@@ -524,14 +527,12 @@ TEST_F(CudaDecode, NormedInputProductsMatchCpu) {
     Tensor cq = randn({c.N, c.Q}, 31), kv = randn({c.N, W}, 32), wq = randn({c.Q}, 33),
            wkv = randn({c.C}, 34), pool = randn({4, 64, W}, 35),
            qb = randn({c.O, c.Q}, 36, 0.05).to(DType::BF16);
-    Tensor pos = Tensor::empty({c.N}, DType::I64), inv = Tensor::empty({c.R / 2}, DType::F32);
+    Tensor pos = Tensor::empty({c.N}, DType::I64), inv = rope_inv_freq(c.R);
     std::vector<int32_t> sl;
     for (int64_t n = 0; n < c.N; ++n) {
       pos.data<int64_t>()[n] = 3 + 611 * n;
       sl.push_back(int32_t(200 - 29 * n));
     }
-    for (int64_t i = 0; i < c.R / 2; ++i)
-      inv.data<float>()[i] = float(std::pow(10000.0, -2.0 * double(i) / double(c.R)));
     const Tensor slots = i32(sl, {c.N});
     Tensor gpool = pool.to(Device::CUDA);
     Tensor q = Tensor::empty({c.N, c.O}, DType::F32), gq = poisoned({c.N, c.O}, DType::F32);

@@ -647,7 +647,7 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     expect_close("embedding_bwd", gdt, dt, DType::F32);
     EXPECT_EQ(test::diff(gdt.to(Device::CPU), dt).max_abs, 0.0) << "embedding_bwd is the CPU's sum order";
   }
-  {  // Attention backward from saved probabilities: one sequence after 5 cached rows, and varlen.
+  {  // Attention backward from saved probabilities: one sequence after 5 cached rows.
     const int64_t T = 19, P0 = 5, S = 30, H = 3, Dq = 20, Dv = 12;
     Tensor q = randn({T, H, Dq}), k = randn({S, H, Dq}), v = randn({S, H, Dv}), dout = randn({T, H, Dv});
     Tensor out = Tensor::empty({T, H, Dv}, DType::F32), probs = Tensor::empty({H, T, S}, DType::F32);
@@ -662,24 +662,10 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     expect_close("attention_bwd dq", gdq, dq, DType::F32);
     expect_close("attention_bwd dk", gdk, dk, DType::F32);
     expect_close("attention_bwd dv", gdv, dv, DType::F32);
-    const std::vector<int64_t> cu{0, 7, 7, 40, 41};
-    const int64_t Nr = cu.back();
-    Tensor vq = randn({Nr, H, Dq}), vk = randn({Nr, H, Dq}), vv = randn({Nr, H, Dv}), vd = randn({Nr, H, Dv});
-    Tensor vo = Tensor::empty({Nr, H, Dv}, DType::F32),
-           vp = Tensor::empty({ops::varlen_probs_size(cu, H)}, DType::F32);
-    ops::attention_fwd_varlen(vo, vp, vq, vk, vv, cu, 0.2);
-    Tensor vdq = Tensor::empty({Nr, H, Dq}, DType::F32), vdk = Tensor::empty({Nr, H, Dq}, DType::F32),
-           vdv = Tensor::empty({Nr, H, Dv}, DType::F32);
-    ops::attention_bwd_varlen(vdq, vdk, vdv, vd, vq, vk, vv, vp, cu, 0.2);
-    Tensor gvdq = poisoned(vdq.shape(), DType::F32), gvdk = poisoned(vdk.shape(), DType::F32),
-           gvdv = poisoned(vdv.shape(), DType::F32);
-    ops::attention_bwd_varlen(gvdq, gvdk, gvdv, gpu(vd), gpu(vq), gpu(vk), gpu(vv), gpu(vp), cu, 0.2);
-    expect_close("attention_bwd_varlen dq", gvdq, vdq, DType::F32);
-    expect_close("attention_bwd_varlen dk", gvdk, vdk, DType::F32);
-    expect_close("attention_bwd_varlen dv", gvdv, vdv, DType::F32);
   }
-  // bf16 training's attention: probabilities kept in bf16 and every product with bf16 operands, against
-  // the CPU's f32 forward and backward (the odd lengths above, and tensor-core-sized sequences).
+  // Varlen attention backward (odd lengths with an empty sequence, and tensor-core-sized sequences) from
+  // the CPU's saved probabilities in f32; then bf16 training's form — probabilities kept in bf16, every
+  // product with bf16 operands — against the CPU's f32 forward and backward.
   for (const auto& [cu, H, Dq, Dv] :
        {std::tuple{std::vector<int64_t>{0, 7, 7, 40, 41}, int64_t(3), int64_t(20), int64_t(12)},
         std::tuple{std::vector<int64_t>{0, 128, 256}, int64_t(4), int64_t(96), int64_t(64)}}) {
@@ -691,6 +677,14 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     Tensor dq = Tensor::empty({Nr, H, Dq}, DType::F32), dk = Tensor::empty({Nr, H, Dq}, DType::F32),
            dv = Tensor::empty({Nr, H, Dv}, DType::F32);
     ops::attention_bwd_varlen(dq, dk, dv, d, q, k, v, p, cu, 0.2);
+    {
+      Tensor fdq = poisoned(dq.shape(), DType::F32), fdk = poisoned(dk.shape(), DType::F32),
+             fdv = poisoned(dv.shape(), DType::F32);
+      ops::attention_bwd_varlen(fdq, fdk, fdv, gpu(d), gpu(q), gpu(k), gpu(v), gpu(p), cu, 0.2);
+      expect_close("attention_bwd_varlen dq", fdq, dq, DType::F32);
+      expect_close("attention_bwd_varlen dk", fdk, dk, DType::F32);
+      expect_close("attention_bwd_varlen dv", fdv, dv, DType::F32);
+    }
     Tensor go = poisoned(o.shape(), DType::F32), gp = Tensor::empty({p.numel()}, DType::BF16, Device::CUDA);
     ops::attention_fwd_varlen(go, gp, gpu(q), gpu(k), gpu(v), cu, 0.2);
     const std::string tag = " (bf16 probs, " + std::to_string(Nr) + " rows)";

@@ -100,13 +100,10 @@ __global__ void adamw_many_kernel(float* const* w, const float* const* g, M* con
 
 constexpr int kSumBlocks = 1024, kSumThreads = 256;
 
-// part[b] = Σ x² over block b's grid-stride share, f64 (the block's threads summed by a fixed tree).
-__global__ void sum_squares_kernel(double* part, const float* x, int64_t n) {
+// part[blockIdx.x] = the block's kSumThreads values acc summed by a fixed tree (the same order in both
+// sum-of-squares kernels below).
+__device__ void store_tree_sum(double* part, double acc) {
   __shared__ double s[kSumThreads];
-  double acc = 0;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    acc += double(x[i]) * double(x[i]);
   s[threadIdx.x] = acc;
   __syncthreads();
   for (int o = kSumThreads / 2; o > 0; o >>= 1) {
@@ -116,21 +113,23 @@ __global__ void sum_squares_kernel(double* part, const float* x, int64_t n) {
   if (threadIdx.x == 0) part[blockIdx.x] = s[0];
 }
 
-// part[c] = Σ x² over chunk c (f64; the block's threads summed by a fixed tree).
+// part[b] = Σ x² over block b's grid-stride share, f64.
+__global__ void sum_squares_kernel(double* part, const float* x, int64_t n) {
+  double acc = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    acc += double(x[i]) * double(x[i]);
+  store_tree_sum(part, acc);
+}
+
+// part[c] = Σ x² over chunk c, f64.
 __global__ void sum_squares_many_kernel(double* part, const float* const* x, const int64_t* len,
                                         const int32_t* tensor, const int64_t* begin) {
-  __shared__ double s[kSumThreads];
   const int32_t t = tensor[blockIdx.x];
   const int64_t b = begin[blockIdx.x], e = min(b + kChunk, len[t]);
   double acc = 0;
   for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) acc += double(x[t][i]) * double(x[t][i]);
-  s[threadIdx.x] = acc;
-  __syncthreads();
-  for (int o = kSumThreads / 2; o > 0; o >>= 1) {
-    if (int(threadIdx.x) < o) s[threadIdx.x] += s[threadIdx.x + o];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) part[blockIdx.x] = s[0];
+  store_tree_sum(part, acc);
 }
 
 // dst[t][i] = bf16(src[t][i]) over chunk c (cast_many).

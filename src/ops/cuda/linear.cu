@@ -100,6 +100,15 @@ Plan describe(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64
   return p;
 }
 
+// D = C = alpha · op(A) · op(B) + beta · C with a cached plan, on the calling thread's stream.
+void run_plan(const Plan& plan, float alpha, const void* A, const void* B, float beta, void* C,
+              const char* what) {
+  Lt& L = lt();
+  DSEEK_CUBLAS_CHECK(cublasLtMatmul(L.handle, plan.op, &alpha, A, plan.la, B, plan.lb, &beta, C, plan.lc, C,
+                                    plan.lc, &plan.algo, L.workspace, L.workspace_bytes, cudaStreamPerThread),
+                     what);
+}
+
 // C[m, n] (col-major, ld m) = op(A) · op(B): A is [k, m] when trans_a else [m, k]; B is [n, k] when
 // trans_b else [k, n] (col-major shapes, leading dims given).
 void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
@@ -151,11 +160,7 @@ void lt_matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     }
     plan = &L.plans.emplace(key, p).first->second;  // std::map nodes stay put
   }
-  const float alpha = 1.0f;
-  DSEEK_CUBLAS_CHECK(
-      cublasLtMatmul(L.handle, plan->op, &alpha, A, plan->la, B, plan->lb, &beta, C, plan->lc, C, plan->lc,
-                     &plan->algo, L.workspace, L.workspace_bytes, cudaStreamPerThread),
-      "linear: cublasLtMatmul");
+  run_plan(*plan, 1.0f, A, B, beta, C, "linear: cublasLtMatmul");
   DSEEK_CUDA_LAUNCH_CHECK("cublasLt matmul");
 }
 
@@ -169,7 +174,6 @@ void lt_matmul_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
                          int64_t>;
   static std::mutex mu;
   static std::map<Key, Plan> plans;
-  Lt& L = lt();
   const Key key{int(trans_a) * 2 + int(trans_b) + 4 * int(ab), m, n, k, lda, ldb, ldc, sa, sb, sc, batch};
   const Plan* plan = nullptr;
   {
@@ -189,37 +193,35 @@ void lt_matmul_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
     std::lock_guard<std::mutex> g(mu);
     plan = &plans.emplace(key, p).first->second;
   }
-  const float beta = 0.0f;
-  DSEEK_CUBLAS_CHECK(
-      cublasLtMatmul(L.handle, plan->op, &alpha, A, plan->la, B, plan->lb, &beta, C, plan->lc, C, plan->lc,
-                     &plan->algo, L.workspace, L.workspace_bytes, cudaStreamPerThread),
-      "batched matmul: cublasLtMatmul");
+  run_plan(*plan, alpha, A, B, 0.0f, C, "batched matmul: cublasLtMatmul");
   DSEEK_CUDA_LAUNCH_CHECK("cublasLt batched matmul");
 }
 
 }  // namespace
 
-void matmul_strided_batched(float* C, int64_t sCb, int64_t sCr, StridedF32 A, StridedF32 B, int64_t M,
-                            int64_t N, int64_t K, int64_t batch, float alpha) {
+namespace {
+// Row-major C [M, N] (unit column stride) is column-major Cᵀ [N, M] with ld sCr: Cᵀ = Bᵀ · Aᵀ, where Bᵀ is
+// B's storage as is when B is row-major (sc = 1), or B transposed when B is column-major (sr = 1), and the
+// same for Aᵀ. S: StridedF32 or StridedBf16, ab its dtype.
+template <typename S>
+void strided_batched(float* C, int64_t sCb, int64_t sCr, S A, S B, int64_t M, int64_t N, int64_t K,
+                     int64_t batch, float alpha, DType ab, const char* op) {
   if (M == 0 || N == 0 || batch == 0) return;
-  // Row-major C [M, N] (unit column stride) is column-major Cᵀ [N, M] with ld sCr: Cᵀ = Bᵀ · Aᵀ, where
-  // Bᵀ is B's storage as is when B is row-major (sc = 1), or B transposed when B is column-major (sr = 1),
-  // and the same for Aᵀ.
-  DSEEK_CHECK((B.sc == 1 || B.sr == 1) && (A.sc == 1 || A.sr == 1),
-              "matmul_strided_batched: an operand with ", "no unit stride");
+  DSEEK_CHECK((B.sc == 1 || B.sr == 1) && (A.sc == 1 || A.sr == 1), op, ": an operand with no unit stride");
   const bool tb = B.sc != 1, ta = A.sc != 1;  // cuBLAS operand 1 is B's, operand 2 is A's
   lt_matmul_batched(tb, ta, N, M, K, B.p, tb ? B.sc : B.sr, B.sb, A.p, ta ? A.sc : A.sr, A.sb, C, sCr, sCb,
-                    batch, alpha, DType::F32);
+                    batch, alpha, ab);
+}
+}  // namespace
+
+void matmul_strided_batched(float* C, int64_t sCb, int64_t sCr, StridedF32 A, StridedF32 B, int64_t M,
+                            int64_t N, int64_t K, int64_t batch, float alpha) {
+  strided_batched(C, sCb, sCr, A, B, M, N, K, batch, alpha, DType::F32, "matmul_strided_batched");
 }
 
 void matmul_strided_batched_bf16(float* C, int64_t sCb, int64_t sCr, StridedBf16 A, StridedBf16 B, int64_t M,
                                  int64_t N, int64_t K, int64_t batch, float alpha) {
-  if (M == 0 || N == 0 || batch == 0) return;
-  DSEEK_CHECK((B.sc == 1 || B.sr == 1) && (A.sc == 1 || A.sr == 1),
-              "matmul_strided_batched_bf16: an operand with no unit stride");
-  const bool tb = B.sc != 1, ta = A.sc != 1;  // as in matmul_strided_batched
-  lt_matmul_batched(tb, ta, N, M, K, B.p, tb ? B.sc : B.sr, B.sb, A.p, ta ? A.sc : A.sr, A.sb, C, sCr, sCb,
-                    batch, alpha, DType::BF16);
+  strided_batched(C, sCb, sCr, A, B, M, N, K, batch, alpha, DType::BF16, "matmul_strided_batched_bf16");
 }
 
 namespace {
