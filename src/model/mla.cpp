@@ -109,9 +109,10 @@ constexpr int64_t kTensorCoreMinKeys = 256;
 
 // The flash kernel's inputs from latent rows src [S, C + R]: kv [S, H, dn + dv] = kv_b_proj(c_kv) (per
 // head [k_nope | v]) and the rope keys kpe [S, R]; fp16 when the attention takes fp16 operands on the GPU
-// (half the bytes the kernel streams, copied straight into shared memory).
+// (half the bytes the kernel streams, copied straight into shared memory), bf16 for the training kernels
+// (`bf16`: src f32 and kv_b_proj bf16, on the GPU).
 void flash_inputs(Tensor& kv, Tensor& kpe, const Tensor& src, const MlaWeights& w, const ModelConfig& c,
-                  bool fp16) {
+                  bool fp16, bool bf16 = false) {
   const Dims d(c);
   const int64_t S = src.size(0);
   const Device dev = src.device();
@@ -120,6 +121,12 @@ void flash_inputs(Tensor& kv, Tensor& kpe, const Tensor& src, const MlaWeights& 
   ops::copy_cols(ckvn, 0, src, 0, d.C);
   Tensor pe = Tensor::empty({S, d.R}, src.dtype(), dev);  // pe: [S, R] the roped k_pe columns
   ops::copy_cols(pe, 0, src, d.C, d.R);
+  if (bf16) {  // the product writes bf16 straight away (f32 accumulation)
+    kpe = pe.to(DType::BF16);
+    kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, DType::BF16, dev);
+    ops::linear(kv, ckvn.to(DType::BF16), w.kv_b_proj);
+    return;
+  }
   kpe = half ? pe.to(DType::F16) : pe;
   if (half && src.dtype() == DType::F32 && w.kv_b_proj.dtype() == DType::BF16 && !w.kv_b_proj.block_scale()) {
     // The product itself in fp16 (bf16 weights convert exactly within fp16's range; the normed latents
@@ -252,33 +259,49 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   // On the GPU the flash kernel writes o in bf16 when o_proj takes bf16 (no cast before that product).
   const bool o_bf16 = fp16_ops && !saved && dev == Device::CUDA && dt == DType::F32 && N > 8 &&
                       w.o_proj.dtype() == DType::BF16 && !w.o_proj.block_scale();
+  // Training with bf16 products on the GPU: the attention's products are bf16 too, flash-style (nothing
+  // of size [H, T, T] kept) for the head dims the kernels are built for, else with the probabilities kept
+  // in bf16; as for inference, only where tensor cores pay (few keys: exact f32).
+  const bool bf16_attn = saved && dev == Device::CUDA && dt == DType::F32 &&
+                         w.kv_b_proj.dtype() == DType::BF16 && !w.kv_b_proj.block_scale() &&
+                         max_keys >= kTensorCoreMinKeys;
+  const bool flash_train = bf16_attn && ops::mla_flash_train_dims(d.dn, d.R, d.dv);
   if (whole && !saved) {
     Tensor kv, kpe;
     flash_inputs(kv, kpe, lat, w, c, fp16_ops);
     if (o_bf16) o = Tensor::empty({N, d.H * d.dv}, DType::BF16, dev);
     ops::mla_flash_fwd(o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), kv.view({N, d.H, d.dn + d.dv}), kpe,
                        cu, cu, c.softmax_scale(), fp16_ops);
+  } else if (whole && flash_train) {
+    Tensor kv, kpe;
+    flash_inputs(kv, kpe, lat, w, c, false, true);
+    q = q.to(DType::BF16);  // the operand the backward reads again; the f32 q is not kept
+    Tensor lse = Tensor::empty({d.H, N}, DType::F32, dev);  // lse: [H, N]
+    {
+      prof::Scope scope(prof::kAttnCoreFwd);
+      ops::mla_flash_train_fwd(o.view({N, d.H, d.dv}), lse, q.view({N, d.H, d.dq}),
+                               kv.view({N, d.H, d.dn + d.dv}), kpe, cu, c.softmax_scale());
+    }
+    saved->cu = cu;
+    saved->lse = lse;
+    if (!saved->recompute) {
+      saved->kv = kv;
+      saved->kpe = kpe;
+    }
   } else if (whole) {
     Tensor k, v;
     decompress(k, v, lat, w, c);
-    // With bf16 products on the GPU (bf16 training) the attention's products are bf16 too, and the kept
-    // probabilities half the size; as for inference, only where tensor cores pay (few keys: exact f32).
-    const bool bf16_attn = dev == Device::CUDA && dt == DType::F32 && w.kv_b_proj.dtype() == DType::BF16 &&
-                           !w.kv_b_proj.block_scale() && max_keys >= kTensorCoreMinKeys;
-    Tensor probs = saved ? Tensor::empty({ops::varlen_probs_size(cu, d.H)}, bf16_attn ? DType::BF16 : dt, dev)
-                         : Tensor();
+    Tensor probs = Tensor::empty({ops::varlen_probs_size(cu, d.H)}, bf16_attn ? DType::BF16 : dt, dev);
     {
       prof::Scope scope(prof::kAttnCoreFwd);
       ops::attention_fwd_varlen(o.view({N, d.H, d.dv}), probs, q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
                                 v.view({N, d.H, d.dv}), cu, c.softmax_scale());
     }
-    if (saved) {
-      saved->cu = cu;
-      saved->probs = probs;
-      if (!saved->recompute) {
-        saved->k = k;
-        saved->v = v;
-      }
+    saved->cu = cu;
+    saved->probs = probs;
+    if (!saved->recompute) {
+      saved->k = k;
+      saved->v = v;
     }
   }
   // Chunks against caches: write their latent rows, then the absorbed form (decode) right away, and the
@@ -362,44 +385,59 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   const int64_t N = s.x.size(0);
   const DType dt = s.x.dtype();
   const Device dev = s.x.device();
-  Tensor q = s.q, lat = s.lat, k = s.k, v = s.v, cqn = s.cqn;
+  const bool flash = s.lse.defined();
+  Tensor q = s.q, lat = s.lat, k = s.k, v = s.v, kv = s.kv, kpe = s.kpe, cqn = s.cqn;
   if (s.recompute) {  // rebuild the norms' outputs and the up-projections from the saved input
     MlaSaved tmp;
     project(q, lat, &tmp, s.x, w, c, rope, positions);
     cqn = tmp.cqn;
-    decompress(k, v, lat, w, c);
+    if (flash) {
+      q = q.to(DType::BF16);
+      flash_inputs(kv, kpe, lat, w, c, false, true);
+    } else {
+      decompress(k, v, lat, w, c);
+    }
   }
   (void)chunks;
   // out = o · Woᵀ
   Tensor d_o = Tensor::empty({N, d.H * d.dv}, dt, dev);
   ops::linear_bwd(d_o, g.o_proj, dout, s.o, w.o_proj);
-  // attention: dq [N, H, dq], dk [N, H, dq], dv [N, H, dv]
-  Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev), dk = Tensor::empty({N, d.H * d.dq}, dt, dev),
-         dvv = Tensor::empty({N, d.H * d.dv}, dt, dev);
-  {
-    prof::Scope scope(prof::kAttnCoreBwd);
-    ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
-                              d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
-                              v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
-  }
-  // Keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe: gather dkv [N, H, dn + dv] and
-  // dlat [N, C + R] (the k_pe part summed over heads).
+  // Attention: dq [N, H, dq]; keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe, so their
+  // gradients are dkv [N, H, dn + dv] and dpe [N, R] (the k_pe part summed over heads).
+  Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev);
   Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt, dev);
-  Tensor dlat = Tensor::empty({N, d.C + d.R}, dt, dev);  // dlat: [N, C + R] = [dckv | dpe], below
-  Tensor dpe = Tensor::empty({N, d.R}, dt, dev);         // dpe: [N, R] ∂/∂k_pe
+  Tensor dpe = Tensor::empty({N, d.R}, dt, dev);  // dpe: [N, R] ∂/∂k_pe
   Tensor ckvn = Tensor::empty({N, d.C}, dt, dev), dckvn = Tensor::empty({N, d.C}, dt, dev);
-  std::vector<ops::ColBlock> gather{{ckvn, 0, lat, 0, d.C}};  // ckvn: [N, C] the normed latents
-  for (int64_t h = 0; h < d.H; ++h) {                         // dpe = Σ_h dk_h[:, dn:], heads added in order
-    gather.push_back({dkv, h * (d.dn + d.dv), dk, h * d.dq, d.dn});
-    gather.push_back({dkv, h * (d.dn + d.dv) + d.dn, dvv, h * d.dv, d.dv});
-    gather.push_back({dpe, 0, dk, h * d.dq + d.dn, d.R, h > 0});
+  if (flash) {
+    {
+      prof::Scope scope(prof::kAttnCoreBwd);
+      ops::mla_flash_bwd(dq.view({N, d.H, d.dq}), dkv.view({N, d.H, d.dn + d.dv}), dpe,
+                         d_o.view({N, d.H, d.dv}), s.o.view({N, d.H, d.dv}), s.lse, q.view({N, d.H, d.dq}),
+                         kv.view({N, d.H, d.dn + d.dv}), kpe, s.cu, c.softmax_scale());
+    }
+    ops::copy_cols(ckvn, 0, lat, 0, d.C);  // ckvn: [N, C] the normed latents
+  } else {
+    Tensor dk = Tensor::empty({N, d.H * d.dq}, dt, dev), dvv = Tensor::empty({N, d.H * d.dv}, dt, dev);
+    {
+      prof::Scope scope(prof::kAttnCoreBwd);
+      ops::attention_bwd_varlen(dq.view({N, d.H, d.dq}), dk.view({N, d.H, d.dq}), dvv.view({N, d.H, d.dv}),
+                                d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
+                                v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
+    }
+    std::vector<ops::ColBlock> gather{{ckvn, 0, lat, 0, d.C}};  // ckvn: [N, C] the normed latents
+    for (int64_t h = 0; h < d.H; ++h) {  // dpe = Σ_h dk_h[:, dn:], heads added in order
+      gather.push_back({dkv, h * (d.dn + d.dv), dk, h * d.dq, d.dn});
+      gather.push_back({dkv, h * (d.dn + d.dv) + d.dn, dvv, h * d.dv, d.dv});
+      gather.push_back({dpe, 0, dk, h * d.dq + d.dn, d.R, h > 0});
+    }
+    ops::copy_cols_many(gather);
   }
-  ops::copy_cols_many(gather);
   ops::linear_bwd(dckvn, g.kv_b_proj, dkv, ckvn, w.kv_b_proj);
   // dlat = [rmsnorm_bwd(dckvn) | rope_bwd(dpe)]
   Tensor dckv = Tensor::empty({N, d.C}, dt, dev);
   ops::rmsnorm_bwd(dckv, g.kv_a_layernorm, dckvn, s.ckv, w.kv_a_layernorm, s.ckv_rstd);
   ops::rope_bwd(dpe.view({N, 1, d.R}), positions, rope.inv_freq, 0, rope.attention_factor);
+  Tensor dlat = Tensor::empty({N, d.C + d.R}, dt, dev);  // dlat: [N, C + R] = [dckv | dpe]
   ops::copy_cols_many({{dlat, 0, dckv, 0, d.C}, {dlat, d.C, dpe, 0, d.R}});
   ops::linear_bwd(dx, g.kv_a_proj_with_mqa, dlat, s.x, w.kv_a_proj_with_mqa);
   // Queries: undo the rope on the pe columns, then the q projections.

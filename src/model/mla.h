@@ -44,8 +44,11 @@ struct MlaSaved {
   Tensor lat;               // [N, C + R] [rmsnorm(c_kv) | rope(k_pe)] (dropped when recompute)
   Tensor k, v;              // [N, H, dn + R], [N, H, dv]              (dropped when recompute)
   std::vector<int64_t> cu;  // sequence boundaries (rows) of the chunks
-  Tensor probs;             // every chunk's [H, len, len], one after another
-  Tensor o;                 // [N, H·dv] attention output before o_proj
+  Tensor probs;             // every chunk's [H, len, len], one after another (exact attention)
+  // Flash attention (bf16 on the GPU) instead of probs, k and v: the rows' log-sum-exp [H, N] f32, and
+  // the bf16 operands kv [N, H, dn + dv], kpe [N, R] (dropped when recompute); q is then bf16.
+  Tensor lse, kv, kpe;
+  Tensor o;  // [N, H·dv] attention output before o_proj
 };
 
 // out[N, D] = MLA(x) for normed input x[N, D] at `positions` (I64 [N]). Chunks with a cache write

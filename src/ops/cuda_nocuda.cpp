@@ -85,6 +85,17 @@ void mla_flash_fwd(Tensor, const Tensor&, const Tensor&, const Tensor&, const st
                    const std::vector<int64_t>&, double, bool) {
   none("mla_flash_fwd");
 }
+void mla_flash_train_fwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&,
+                         const std::vector<int64_t>&, double) {
+  none("mla_flash_train_fwd");
+}
+void mla_flash_bwd(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                   const Tensor&, const Tensor&, const std::vector<int64_t>&, double) {
+  none("mla_flash_bwd");
+}
+bool mla_flash_train_dims(int64_t, int64_t, int64_t) {
+  return false;  // no GPU kernels in this build
+}
 
 void linear_bwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&) {
   none("linear_bwd");

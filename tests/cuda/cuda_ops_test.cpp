@@ -328,6 +328,51 @@ TEST_F(Cuda, MlaFlashPrefill) {
       }
 }
 
+// The training attention (flash-style forward with the log-sum-exp kept, and the two-pass backward)
+// against its exact CPU twin at bf16-rounded inputs: several whole sequences (lengths off the 64-row
+// tiles, an empty one) at every instantiated head dims; the backward takes the CPU forward's o and lse on
+// both sides, so each pass is checked on its own.
+TEST_F(Cuda, MlaFlashTraining) {
+  std::vector<int64_t> cu{0};
+  for (int64_t L : {1, 69, 200, 64, 0, 300, 130}) cu.push_back(cu.back() + L);
+  const int64_t N = cu.back();
+  for (auto [H, dn, R, dv] : {std::tuple{4, 16, 8, 16}, {16, 64, 32, 64}, {3, 128, 64, 128}}) {
+    const std::string what = "mla_flash_train H=" + std::to_string(H) + " dn=" + std::to_string(dn);
+    const double scale = 1.0 / std::sqrt(double(dn + R));
+    Pair q = upload(randn({N, H, dn + R}), DType::BF16), kv = upload(randn({N, H, dn + dv}), DType::BF16),
+         kpe = upload(randn({N, R}), DType::BF16);
+    Tensor out_ref = Tensor::empty({N, H, dv}, DType::F32), lse_ref = Tensor::empty({H, N}, DType::F32);
+    ops::mla_flash_train_fwd(out_ref, lse_ref, q.cpu, kv.cpu, kpe.cpu, cu, scale);
+    for (DType odt : kTypes) {
+      Tensor out = poisoned({N, H, dv}, odt), lse = poisoned({H, N}, DType::F32);
+      ops::mla_flash_train_fwd(out, lse, q.gpu, kv.gpu, kpe.gpu, cu, scale);
+      expect_close(what + " out", out, out_ref, DType::BF16);
+      const test::Diff dl = test::diff(down(lse), lse_ref);  // from f32 scores of exact bf16 products
+      EXPECT_FALSE(dl.nan) << what;
+      EXPECT_LE(dl.rel, 1e-5) << what << " lse: " << test::str(dl);
+    }
+    const Tensor d_o = randn({N, H, dv});
+    Tensor dq_ref = Tensor::empty({N, H, dn + R}, DType::F32),
+           dkv_ref = Tensor::empty({N, H, dn + dv}, DType::F32), dpe_ref = Tensor::empty({N, R}, DType::F32);
+    ops::mla_flash_bwd(dq_ref, dkv_ref, dpe_ref, d_o, out_ref, lse_ref, q.cpu, kv.cpu, kpe.cpu, cu, scale);
+    Tensor dq = poisoned(dq_ref.shape(), DType::F32), dkv = poisoned(dkv_ref.shape(), DType::F32),
+           dpe = poisoned(dpe_ref.shape(), DType::F32);
+    ops::mla_flash_bwd(dq, dkv, dpe, d_o.to(Device::CUDA), out_ref.to(Device::CUDA), lse_ref.to(Device::CUDA),
+                       q.gpu, kv.gpu, kpe.gpu, cu, scale);
+    expect_close(what + " dq", dq, dq_ref, DType::BF16);
+    expect_close(what + " dkv", dkv, dkv_ref, DType::BF16);
+    expect_close(what + " dkpe", dpe, dpe_ref, DType::BF16);
+    // The same inputs twice give the same bits (no atomics).
+    Tensor dq2 = poisoned(dq_ref.shape(), DType::F32), dkv2 = poisoned(dkv_ref.shape(), DType::F32),
+           dpe2 = poisoned(dpe_ref.shape(), DType::F32);
+    ops::mla_flash_bwd(dq2, dkv2, dpe2, d_o.to(Device::CUDA), out_ref.to(Device::CUDA),
+                       lse_ref.to(Device::CUDA), q.gpu, kv.gpu, kpe.gpu, cu, scale);
+    EXPECT_EQ(test::diff(down(dq2), down(dq)).max_abs, 0.0) << what;
+    EXPECT_EQ(test::diff(down(dkv2), down(dkv)).max_abs, 0.0) << what;
+    EXPECT_EQ(test::diff(down(dpe2), down(dpe)).max_abs, 0.0) << what;
+  }
+}
+
 TEST_F(Cuda, MoePermuteGroupedUnpermute) {
   const int64_t N = 50, K = 6, E = 64, D = 128, F = 64;
   Tensor idx = Tensor::empty({N, K}, DType::I32);

@@ -6,6 +6,7 @@
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
+#include "ops/flash_attention.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
 #include "ops/rmsnorm.h"
@@ -165,6 +166,48 @@ TEST(GradCheck, VarlenAttentionMatchesPerSequenceAndDifferences) {
   expect_grad("varlen dq", q, dq, f, 110);
   expect_grad("varlen dk", k, dk, f, 110);
   expect_grad("varlen dv", v, dv, f, 66);
+}
+
+// The training flash attention's CPU twin (the reference the GPU kernels are held to): its forward
+// equals the prefill attention, its lse is each row's log-sum-exp, and its backward (probabilities
+// rebuilt from lse) matches finite differences for q, kv (k_nope and v) and the shared rope key.
+TEST(GradCheck, MlaFlashTrainingAttention) {
+  std::mt19937 rng(21);
+  const int64_t H = 3, dn = 4, R = 2, dv = 3;
+  const std::vector<int64_t> cu = {0, 5, 5, 12};  // lengths 5, 0, 7
+  const int64_t N = cu.back();
+  const double scale = 0.45;
+  Tensor q = randn({N, H, dn + R}, rng), kv = randn({N, H, dn + dv}, rng), kpe = randn({N, R}, rng),
+         r = randn({N, H, dv}, rng);
+  Tensor out = Tensor::empty({N, H, dv}, DType::F64), lse = Tensor::empty({H, N}, DType::F64),
+         ref = Tensor::empty({N, H, dv}, DType::F64);
+  ops::mla_flash_train_fwd(out, lse, q, kv, kpe, cu, scale);
+  ops::mla_flash_fwd(ref, q, kv, kpe, cu, cu, scale, false);
+  EXPECT_LT(test::diff(out, ref).max_abs, 1e-12);
+  // lse of row 7 (sequence 2's third row), head 1, from its three visible keys
+  double m = -1e300, l = 0;
+  std::vector<double> sc;
+  for (int64_t j = 5; j <= 7; ++j) {
+    double d = 0;
+    for (int64_t c = 0; c < dn; ++c)
+      d += q.data<double>()[(7 * H + 1) * (dn + R) + c] * kv.data<double>()[(j * H + 1) * (dn + dv) + c];
+    for (int64_t c = 0; c < R; ++c)
+      d += q.data<double>()[(7 * H + 1) * (dn + R) + dn + c] * kpe.data<double>()[j * R + c];
+    sc.push_back(scale * d);
+    m = std::max(m, scale * d);
+  }
+  for (double x : sc) l += std::exp(x - m);
+  EXPECT_NEAR(lse.data<double>()[1 * N + 7], m + std::log(l), 1e-12);
+  Tensor dq = Tensor::empty(q.shape(), DType::F64), dkv = Tensor::empty(kv.shape(), DType::F64),
+         dkpe = Tensor::empty(kpe.shape(), DType::F64);
+  ops::mla_flash_bwd(dq, dkv, dkpe, r, out, lse, q, kv, kpe, cu, scale);
+  auto f = [&] {
+    ops::mla_flash_fwd(out, q, kv, kpe, cu, cu, scale, false);
+    return dot(r, out);
+  };
+  expect_grad("flash dq", q, dq, f, 72);
+  expect_grad("flash dkv", kv, dkv, f, 84);
+  expect_grad("flash dkpe", kpe, dkpe, f, 24);
 }
 
 TEST(GradCheck, SwiGlu) {

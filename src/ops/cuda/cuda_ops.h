@@ -71,6 +71,13 @@ void sample_rows(Tensor ids, Tensor fallback, const Tensor& logits, const Tensor
 void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                    const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, double scale,
                    bool fp16_operands);
+// flash_attention.cu (forward with the log-sum-exp), flash_attention_bwd.cu: training attention.
+void mla_flash_train_fwd(Tensor out, Tensor lse, const Tensor& q, const Tensor& kv, const Tensor& kpe,
+                         const std::vector<int64_t>& cu, double scale);
+void mla_flash_bwd(Tensor dq, Tensor dkv, Tensor dkpe, const Tensor& d_o, const Tensor& o, const Tensor& lse,
+                   const Tensor& q, const Tensor& kv, const Tensor& kpe, const std::vector<int64_t>& cu,
+                   double scale);
+bool mla_flash_train_dims(int64_t dn, int64_t R, int64_t dv);
 
 // Training (issue 6), f32 activations: backward.cu, linear.cu (linear_bwd), norm_rope.cu (rope_bwd).
 void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w);

@@ -1,11 +1,13 @@
 // flash_attention.cu — causal MLA prefill attention on the GPU (ops/flash_attention.h; spec/model.md §2.2,
-// §2.6), flash-style: a block takes 128 query rows of one head (64 for the wide V3 head dims), walks the
-// visible keys in tiles of 64 with an online softmax, and never writes the score matrix. Both products run on
-// the tensor cores (mma.sync m16n8k16, fp16 operands, f32 accumulation; ops/flash_attention.h says why not
-// bf16); keys [k_nope | k_pe] and values are read in place from the kv_b_proj output and the rope-key rows
-// (fp16), staged through shared memory with cp.async in two stages; Q, K and V fragments by ldmatrix. Eight
-// warps per block (four for the wide dims), 16 query rows each. Head dims other than the instantiated ones,
-// and f32 operands, take the exact per-row kernel of attention.cu after assembling k and v.
+// §2.6) and the training forward (bf16 operands, each row's log-sum-exp kept for the backward in
+// flash_attention_bwd.cu), flash-style: a block takes 128 query rows of one head (64 for the wide V3 head
+// dims), walks the visible keys in tiles of 64 with an online softmax, and never writes the score matrix.
+// Both products run on the tensor cores (mma.sync m16n8k16, fp16 operands, f32 accumulation;
+// ops/flash_attention.h says why not bf16); keys [k_nope | k_pe] and values are read in place from the
+// kv_b_proj output and the rope-key rows (fp16), staged through shared memory with cp.async in two stages; Q,
+// K and V fragments by ldmatrix. Eight warps per block (four for the wide dims), 16 query rows each. Head
+// dims other than the instantiated ones, and f32 operands, take the exact per-row kernel of attention.cu
+// after assembling k and v.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -16,6 +18,7 @@
 #include "core/device.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/flash_common.cuh"
 #include "ops/cuda/mma.cuh"
 
 namespace dseek::ops::cuda {
@@ -24,19 +27,11 @@ namespace {
 
 constexpr int kBc = 64;  // keys per tile
 
-__host__ __device__ constexpr int round16(int x) {
-  return (x + 15) / 16 * 16;
-}
-
-__device__ __forceinline__ uint32_t pack_half(float lo, float hi) {
-  const __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// One work item: sequence b, query rows [q0, q0 + rows per block) of it.
-struct Tile {
-  int b, q0;
-};
+using flash::pack2;
+using flash::round16;
+using flash::Tile;
+using flash::to_op;
+using flash::with_head_dims;
 
 // Warps per block (16 query rows each) for the head dims: 8 where the fragments fit in 128 registers (two
 // blocks per SM), else 4.
@@ -56,14 +51,16 @@ struct Layout {
   static constexpr size_t bytes = size_t(Q_ELEMS + 2 * (K_ELEMS + V_ELEMS)) * sizeof(half);
 };
 
-// The fp16 path: kv [S, H, DN + DV] and kpe [S, DR] in fp16 (copied to shared memory with cp.async, two
-// stages, so the next tile's loads overlap this tile's products); q and out of the activation type T.
-template <typename T, typename TO, int DN, int DR, int DV>
+// The tensor-core path: kv [S, H, DN + DV] and kpe [S, DR] in the operand type OP (fp16 for inference,
+// bf16 for training; copied to shared memory with cp.async, two stages, so the next tile's loads overlap
+// this tile's products); q and out of the activation types T and TO. lse (when not null) [H, n_rows] gets
+// each row's natural-log sum of exp(scale · score) (training).
+template <typename T, typename TO, typename OP, int DN, int DR, int DV>
 __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV>::WARPS == 8 ? 2 : 1)
-    mla_flash_kernel(TO* __restrict__ out, const T* __restrict__ q, const half* __restrict__ kv,
-                     const half* __restrict__ kpe, const Tile* __restrict__ tiles,
+    mla_flash_kernel(TO* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q,
+                     const OP* __restrict__ kv, const OP* __restrict__ kpe, const Tile* __restrict__ tiles,
                      const int64_t* __restrict__ cu_q, const int64_t* __restrict__ cu_k, int H,
-                     float scale_log2) {
+                     int64_t n_rows, float scale_log2) {
   using Lay = Layout<DN, DR, DV>;
   constexpr int DQ = Lay::DQ, DQP = Lay::DQP, LDQ = Lay::LDQ, LDV = Lay::LDV, BR = Lay::BR,
                 THREADS = Lay::THREADS;
@@ -72,7 +69,7 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   constexpr int NT_O = DV / 8;   // output n-tiles per warp (value dims)
   constexpr int KQ = DQP / 16;   // k-steps of the score product
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  half* Qs = reinterpret_cast<half*>(smem_raw);
+  OP* Qs = reinterpret_cast<OP*>(smem_raw);
   // Stage st: K at Kst(st), V right after it (computed, not indexed, so nothing lands in local memory).
   auto Kst = [&](int st) { return Qs + Lay::Q_ELEMS + st * (Lay::K_ELEMS + Lay::V_ELEMS); };
   auto Vst = [&](int st) { return Kst(st) + Lay::K_ELEMS; };
@@ -82,14 +79,14 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   const int64_t qr0 = cu_q[tile.b], kr0 = cu_k[tile.b];
   const int Lq = int(cu_q[tile.b + 1] - qr0), Lk = int(cu_k[tile.b + 1] - kr0);
   const int off = Lk - Lq;  // position of query row 0
-  const int q0 = tile.q0, nq = min(BR, Lq - q0);
+  const int q0 = tile.r0, nq = min(BR, Lq - q0);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tig = lane & 3;
   const int64_t ldq = int64_t(H) * DQ;
   const int ldkv = H * (DN + DV);
   const int last_visible = off + q0 + nq - 1;  // the last key any row of the block sees
   const int ntiles = last_visible / kBc + 1;
-  const half* kv_h = kv + kr0 * ldkv + h * (DN + DV);  // key row 0 of this sequence, this head
-  const half* pe_0 = kpe + kr0 * DR;
+  const OP* kv_h = kv + kr0 * ldkv + h * (DN + DV);  // key row 0 of this sequence, this head
+  const OP* pe_0 = kpe + kr0 * DR;
 
   // Issues the cp.async copies of key tile t into stage st: per row DN/8 chunks of k_nope, DR/8 of kpe,
   // DV/8 of v, one loop per part so a warp's lanes take the same path (rows past the sequence are
@@ -97,11 +94,11 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   auto load_tile = [&](int t, int st) {
     constexpr int CK = DN / 8, CP = DR / 8, CV = DV / 8;
     const int k0 = t * kBc;
-    const half* kvt = kv_h + int64_t(k0) * ldkv;  // this tile's first key row
-    const half* pet = pe_0 + int64_t(k0) * DR;
-    half* Kd = Kst(st);
-    half* Vd = Vst(st);
-    auto part = [&](auto chunks, half* dst, int ldd, int dcol, const half* src, int lds, int scol) {
+    const OP* kvt = kv_h + int64_t(k0) * ldkv;  // this tile's first key row
+    const OP* pet = pe_0 + int64_t(k0) * DR;
+    OP* Kd = Kst(st);
+    OP* Vd = Vst(st);
+    auto part = [&](auto chunks, OP* dst, int ldd, int dcol, const OP* src, int lds, int scol) {
       constexpr int NC = decltype(chunks)::value;
 #pragma unroll
       for (int j = 0; j < (kBc * NC + THREADS - 1) / THREADS; ++j) {
@@ -119,18 +116,18 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   };
   load_tile(0, 0);
 
-  // Q tile, rounded to fp16 (rows past the sequence and the padding columns are zero); the padding
-  // columns of both K stages are zeroed once (cp.async never writes them).
+  // Q tile, rounded to the operand type (rows past the sequence and the padding columns are zero); the
+  // padding columns of both K stages are zeroed once (cp.async never writes them).
   for (int i = tid; i < BR * DQP; i += THREADS) {
     const int r = i / DQP, c = i % DQP;
     float x = 0.0f;
     if (r < nq && c < DQ) x = ld(q[(qr0 + q0 + r) * ldq + int64_t(h) * DQ + c]);
-    Qs[r * LDQ + c] = __float2half_rn(x);
+    Qs[r * LDQ + c] = to_op<OP>(x);
   }
   if constexpr (DQP > DQ) {
     for (int i = tid; i < 2 * kBc * (DQP - DQ); i += THREADS) {
       const int st = i / (kBc * (DQP - DQ)), j = i % (kBc * (DQP - DQ));
-      Kst(st)[(j / (DQP - DQ)) * LDQ + DQ + j % (DQP - DQ)] = __float2half_rn(0.0f);
+      Kst(st)[(j / (DQP - DQ)) * LDQ + DQ + j % (DQP - DQ)] = to_op<OP>(0.0f);
     }
   }
   __syncthreads();
@@ -158,8 +155,8 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
     }
     __syncthreads();
     if (warp_active && k0 <= warp_last) {
-      const half* K = Kst(st);
-      const half* V = Vst(st);
+      const OP* K = Kst(st);
+      const OP* V = Vst(st);
       // S = Q_w · K_tileᵀ: 16 rows × 64 keys per warp; K's B fragments by ldmatrix, two key n-tiles each.
       float s[NT_S][4];
 #pragma unroll
@@ -170,8 +167,8 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
         for (int n = 0; n < NT_S; n += 2) {
           uint32_t b[4];  // b[0], b[1]: keys n·8 .. + 7; b[2], b[3]: the next 8 keys
           ldsm_x4(b, K + (n * 8 + (lane & 7) + (lane >> 4) * 8) * LDQ + kk * 16 + ((lane >> 3) & 1) * 8);
-          mma16816<half>(s[n], aq[kk], b[0], b[1]);
-          mma16816<half>(s[n + 1], aq[kk], b[2], b[3]);
+          mma16816<OP>(s[n], aq[kk], b[0], b[1]);
+          mma16816<OP>(s[n + 1], aq[kk], b[2], b[3]);
         }
       }
       // Causal mask (only the tiles that reach past a row's position need it) and the online softmax in
@@ -231,15 +228,15 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
       const int mi = lane >> 3, ri = lane & 7;
 #pragma unroll
       for (int j = 0; j < kBc / 16; ++j) {
-        const uint32_t a[4] = {pack_half(s[2 * j][0], s[2 * j][1]), pack_half(s[2 * j][2], s[2 * j][3]),
-                               pack_half(s[2 * j + 1][0], s[2 * j + 1][1]),
-                               pack_half(s[2 * j + 1][2], s[2 * j + 1][3])};
+        const uint32_t a[4] = {pack2<OP>(s[2 * j][0], s[2 * j][1]), pack2<OP>(s[2 * j][2], s[2 * j][3]),
+                               pack2<OP>(s[2 * j + 1][0], s[2 * j + 1][1]),
+                               pack2<OP>(s[2 * j + 1][2], s[2 * j + 1][3])};
 #pragma unroll
         for (int n = 0; n < NT_O; n += 2) {
           uint32_t b[4];  // b[0], b[1]: value n-tile n; b[2], b[3]: n-tile n + 1
           ldsm_x4<true>(b, V + (j * 16 + (mi & 1) * 8 + ri) * LDV + n * 8 + (mi >> 1) * 8);
-          mma16816<half>(o[n], a, b[0], b[1]);
-          mma16816<half>(o[n + 1], a, b[2], b[3]);
+          mma16816<OP>(o[n], a, b[0], b[1]);
+          mma16816<OP>(o[n + 1], a, b[2], b[3]);
         }
       }
     }
@@ -250,6 +247,12 @@ __global__ void __launch_bounds__(Layout<DN, DR, DV>::THREADS, Layout<DN, DR, DV
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
   l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
   l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  // The rows' log-sum-exp for the backward (natural log: m·scale + ln l), written by one thread of the quad.
+  if (lse != nullptr && tig == 0) {
+    constexpr float kLn2 = 0.6931471805599453f;
+    if (row_a < nq) lse[h * n_rows + qr0 + q0 + row_a] = (m_a * scale_log2 + log2f(l_a)) * kLn2;
+    if (row_b < nq) lse[h * n_rows + qr0 + q0 + row_b] = (m_b * scale_log2 + log2f(l_b)) * kLn2;
+  }
   // Normalize and write this thread's two rows.
   const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f, inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
   const int64_t ldo = int64_t(H) * DV;
@@ -291,11 +294,11 @@ __global__ void assemble_kernel(T* k, T* v, const T* kv, const T* kpe, int64_t S
   }
 }
 
-template <typename T, typename TO, int DN, int DR, int DV>
-void launch_flash(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& kpe,
+template <typename T, typename TO, typename OP, int DN, int DR, int DV>
+void launch_flash(Tensor out, Tensor lse, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                   const std::vector<int64_t>& cu_q, const std::vector<int64_t>& cu_k, float scale_log2) {
   using Lay = Layout<DN, DR, DV>;
-  auto kernel = mla_flash_kernel<T, TO, DN, DR, DV>;
+  auto kernel = mla_flash_kernel<T, TO, OP, DN, DR, DV>;
   static const bool set = [&] {  // once per instantiation; only layouts above 48 KiB need the opt-in
     if (Lay::bytes > 48 * 1024)
       DSEEK_CUDA_CHECK(
@@ -311,42 +314,17 @@ void launch_flash(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& k
     for (int64_t q0 = 0; q0 < cu_q[b + 1] - cu_q[b]; q0 += Lay::BR) tiles.push_back({int(b), int(q0)});
   auto keys_seen = [&](const Tile& x) {
     const size_t b = size_t(x.b);
-    return (cu_k[b + 1] - cu_k[b]) - (cu_q[b + 1] - cu_q[b]) + x.q0;
+    return (cu_k[b + 1] - cu_k[b]) - (cu_q[b + 1] - cu_q[b]) + x.r0;
   };
   std::stable_sort(tiles.begin(), tiles.end(),
                    [&](const Tile& x, const Tile& y) { return keys_seen(x) > keys_seen(y); });
-  // One upload: the sequence offsets (queries, keys) and the tiles.
-  std::vector<int64_t> host(cu_q);
-  host.insert(host.end(), cu_k.begin(), cu_k.end());
-  const size_t nt = (tiles.size() * sizeof(Tile) + 7) / 8;
-  host.resize(host.size() + nt);
-  std::memcpy(host.data() + 2 * (B + 1), tiles.data(), tiles.size() * sizeof(Tile));
-  Tensor dev = Tensor::empty({int64_t(host.size())}, DType::I64, Device::CUDA);
-  copy_bytes(dev.raw(), Device::CUDA, host.data(), Device::CPU, host.size() * 8);
-  const int64_t* dcu_q = dev.data<int64_t>();
-  const int64_t* dcu_k = dcu_q + (B + 1);
-  const auto* dtiles = reinterpret_cast<const Tile*>(dcu_k + (B + 1));
+  const flash::TileList dev = flash::upload_tiles(cu_q, cu_k, tiles);  // kept alive until the launch
   const int H = int(q.size(1));
   kernel<<<dim3(unsigned(tiles.size()), unsigned(H)), Lay::THREADS, Lay::bytes>>>(
-      static_cast<TO*>(out.raw()), static_cast<const T*>(q.raw()), static_cast<const half*>(kv.raw()),
-      static_cast<const half*>(kpe.raw()), dtiles, dcu_q, dcu_k, H, scale_log2);
+      static_cast<TO*>(out.raw()), lse.defined() ? lse.data<float>() : nullptr,
+      static_cast<const T*>(q.raw()), static_cast<const OP*>(kv.raw()), static_cast<const OP*>(kpe.raw()),
+      dev.tiles, dev.cu_q, dev.cu_k, H, q.size(0), scale_log2);
   DSEEK_CUDA_LAUNCH_CHECK("mla_flash_fwd");
-}
-
-// Calls fn(integral_constant DN, DR, DV) for the instantiated head dims; false when none matches.
-template <typename Fn>
-bool with_head_dims(int64_t dn, int64_t R, int64_t dv, Fn&& fn) {
-  using std::integral_constant;
-  if (dn == 64 && R == 32 && dv == 64) {  // bench-1b
-    fn(integral_constant<int, 64>{}, integral_constant<int, 32>{}, integral_constant<int, 64>{});
-  } else if (dn == 128 && R == 64 && dv == 128) {  // DeepSeek-V3 / R1 / V2
-    fn(integral_constant<int, 128>{}, integral_constant<int, 64>{}, integral_constant<int, 128>{});
-  } else if (dn == 16 && R == 8 && dv == 16) {  // the test fixtures
-    fn(integral_constant<int, 16>{}, integral_constant<int, 8>{}, integral_constant<int, 16>{});
-  } else {
-    return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -367,8 +345,8 @@ void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& 
         using Tt = decltype(t);
         using To = decltype(to);
         done = with_head_dims(dn, R, dv, [&](auto DN, auto DR, auto DV) {
-          launch_flash<Tt, To, decltype(DN)::value, decltype(DR)::value, decltype(DV)::value>(
-              out, q, kvb, peb, cu_q, cu_k, scale_log2);
+          launch_flash<Tt, To, __half, decltype(DN)::value, decltype(DR)::value, decltype(DV)::value>(
+              out, Tensor(), q, kvb, peb, cu_q, cu_k, scale_log2);
         });
       });
     });
@@ -399,6 +377,28 @@ void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& 
     attention_fwd(out.slice(cu_q[size_t(b)], Lq), Tensor(), q.slice(cu_q[size_t(b)], Lq),
                   k.slice(cu_k[size_t(b)], Lk), v.slice(cu_k[size_t(b)], Lk), scale, Lk - Lq);
   }
+}
+
+void mla_flash_train_fwd(Tensor out, Tensor lse, const Tensor& q, const Tensor& kv, const Tensor& kpe,
+                         const std::vector<int64_t>& cu, double scale) {
+  const int64_t dv = out.size(2), dn = kv.size(2) - dv, R = q.size(2) - dn;
+  if (q.size(0) == 0) return;
+  const float scale_log2 = float(scale * 1.4426950408889634);
+  with_act(q.dtype(), "mla_flash_train_fwd", [&](auto t) {
+    with_act(out.dtype(), "mla_flash_train_fwd", [&](auto to) {
+      using Tt = decltype(t);
+      using To = decltype(to);
+      const bool done = with_head_dims(dn, R, dv, [&](auto DN, auto DR, auto DV) {
+        launch_flash<Tt, To, bf16, decltype(DN)::value, decltype(DR)::value, decltype(DV)::value>(
+            out, lse, q, kv, kpe, cu, cu, scale_log2);
+      });
+      DSEEK_CHECK(done, "mla_flash_train_fwd: no kernel for head dims ", dn, "/", R, "/", dv);
+    });
+  });
+}
+
+bool mla_flash_train_dims(int64_t dn, int64_t R, int64_t dv) {
+  return with_head_dims(dn, R, dv, [](auto, auto, auto) {});
 }
 
 }  // namespace dseek::ops::cuda
