@@ -77,10 +77,7 @@ int main(int argc, char** argv) {
     DSEEK_CHECK(dtype == "f32" || dtype == "bf16", "--dtype must be f32 or bf16");
     train::ComputeCopy compute(m, dtype == "bf16" ? DType::BF16 : DType::F32);
     train::AdamW opt(m.w, cfg, {});
-    Weights g = zero_grads(m.w, cfg, DType::F32, dev);
-    std::vector<Tensor*> grad_tensors;  // zeroed before each step, one tensor per thread at a time
-    for (auto& r : param_table(g, cfg, g.has_mtp))
-      if (r.tensor->defined()) grad_tensors.push_back(r.tensor);
+    Weights g = zero_grads(m.w, cfg, DType::F32, dev);  // zeroed before each step (zero_grads_)
     std::mt19937 rng(1);
     Tensor ids = Tensor::empty({B, T}, DType::I64), tg = Tensor::empty({B, T}, DType::I64);
     std::vector<double> times, t_zero, t_fb, t_opt;  // whole step and its three parts
@@ -94,8 +91,7 @@ int main(int argc, char** argv) {
         cuda_profile_reset();
       }
       auto t0 = clk::now();
-#pragma omp parallel for schedule(dynamic, 1) if (dev == Device::CPU)
-      for (size_t i = 0; i < grad_tensors.size(); ++i) grad_tensors[i]->fill(0);
+      zero_grads_(g, cfg);
       auto t1 = clk::now();
       compute.model().forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
       auto t2 = clk::now();

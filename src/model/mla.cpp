@@ -40,11 +40,12 @@ struct Dims {
 
 // The projections shared by every path: roped queries q [N, H·dq], and the latent rows
 // lat [N, C + R] = [rmsnorm(c_kv) | rope(k_pe)]. The pre-norm latents and their rstd go to `s`.
-void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeights& w, const ModelConfig& c,
-             const Rope& rope, const Tensor& positions) {
+// dt: the activation dtype (x may be the products' bf16 operand already). With `s`, x and the normed q
+// latent are kept as the products took them.
+void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, DType dt, const MlaWeights& w,
+             const ModelConfig& c, const Rope& rope, const Tensor& positions) {
   const Dims d(c);
   const int64_t N = x.size(0);
-  const DType dt = x.dtype();
   const Device dev = x.device();
   q = Tensor::empty({N, d.H * d.dq}, dt, dev);  // q: [N, H, dn + R]
   // The products of x: cast once on the GPU (bf16 weights), not once per product.
@@ -55,11 +56,12 @@ void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeig
     Tensor rstd = s ? Tensor::empty({N}, dt, dev) : Tensor();
     ops::linear(cq, xa, w.q_a_proj);
     ops::rmsnorm_fwd(cqn, rstd, cq, w.q_a_layernorm, c.rms_norm_eps);
-    ops::linear(q, cqn, w.q_b_proj);
+    const Tensor cqa = ops::product_input(cqn, {&w.q_b_proj});
+    ops::linear(q, cqa, w.q_b_proj);
     if (s) {
       s->cq = cq;
       s->cq_rstd = rstd;
-      s->cqn = cqn;
+      s->cqn = cqa;
     }
   } else {
     ops::linear(q, xa, w.q_proj);
@@ -75,6 +77,7 @@ void project(Tensor& q, Tensor& lat, MlaSaved* s, const Tensor& x, const MlaWeig
   ops::rope_fwd(lat.view({N, 1, d.C + d.R}), positions, rope.inv_freq, d.C, rope.attention_factor);
   ops::rope_fwd(q.view({N, d.H, d.dq}), positions, rope.inv_freq, d.dn, rope.attention_factor);
   if (s) {
+    s->x = xa;
     s->ckv = ckv;
     s->ckv_rstd = rstd;
   }
@@ -112,7 +115,7 @@ constexpr int64_t kTensorCoreMinKeys = 256;
 // (half the bytes the kernel streams, copied straight into shared memory), bf16 for the training kernels
 // (`bf16`: src f32 and kv_b_proj bf16, on the GPU).
 void flash_inputs(Tensor& kv, Tensor& kpe, const Tensor& src, const MlaWeights& w, const ModelConfig& c,
-                  bool fp16, bool bf16 = false) {
+                  bool fp16, bool bf16 = false, Tensor* ckvn_op = nullptr) {
   const Dims d(c);
   const int64_t S = src.size(0);
   const Device dev = src.device();
@@ -121,10 +124,12 @@ void flash_inputs(Tensor& kv, Tensor& kpe, const Tensor& src, const MlaWeights& 
   ops::copy_cols(ckvn, 0, src, 0, d.C);
   Tensor pe = Tensor::empty({S, d.R}, src.dtype(), dev);  // pe: [S, R] the roped k_pe columns
   ops::copy_cols(pe, 0, src, d.C, d.R);
-  if (bf16) {  // the product writes bf16 straight away (f32 accumulation)
+  if (bf16) {  // the product writes bf16 straight away (f32 accumulation); ckvn_op: its operand
     kpe = pe.to(DType::BF16);
     kv = Tensor::empty({S, d.H * (d.dn + d.dv)}, DType::BF16, dev);
-    ops::linear(kv, ckvn.to(DType::BF16), w.kv_b_proj);
+    const Tensor op = ckvn.to(DType::BF16);
+    ops::linear(kv, op, w.kv_b_proj);
+    if (ckvn_op) *ckvn_op = op;
     return;
   }
   kpe = half ? pe.to(DType::F16) : pe;
@@ -234,7 +239,7 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   DSEEK_CHECK(!paged || !saved, "mla_fwd: a training forward does not use the paged cache");
   if (paged && paged->decode) return decode_paged(out, x, w, c, rope, positions, *paged, layer);
   Tensor q, lat;
-  project(q, lat, saved, x, w, c, rope, positions);
+  project(q, lat, saved, x, dt, w, c, rope, positions);
   Tensor o = Tensor::empty({N, d.H * d.dv}, dt, dev);  // o: [N, H, dv]
   if (paged) ops::paged_cache_write(paged->cache->pool(layer), lat, paged->slots);
   // Whole sequences without a cache (training, a plain forward, a paged prefill): every row at once —
@@ -273,9 +278,10 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
     ops::mla_flash_fwd(o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), kv.view({N, d.H, d.dn + d.dv}), kpe,
                        cu, cu, c.softmax_scale(), fp16_ops);
   } else if (whole && flash_train) {
-    Tensor kv, kpe;
-    flash_inputs(kv, kpe, lat, w, c, false, true);
+    Tensor kv, kpe, ckvn;
+    flash_inputs(kv, kpe, lat, w, c, false, true, &ckvn);
     q = q.to(DType::BF16);  // the operand the backward reads again; the f32 q is not kept
+    o = Tensor::empty({N, d.H * d.dv}, DType::BF16, dev);   // o_proj's operand, kept for its backward
     Tensor lse = Tensor::empty({d.H, N}, DType::F32, dev);  // lse: [H, N]
     {
       prof::Scope scope(prof::kAttnCoreFwd);
@@ -287,6 +293,7 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
     if (!saved->recompute) {
       saved->kv = kv;
       saved->kpe = kpe;
+      saved->ckvn = ckvn;
     }
   } else if (whole) {
     Tensor k, v;
@@ -368,11 +375,10 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
   }
   ops::linear(out, o, w.o_proj);
   if (saved) {
-    saved->x = x;
     saved->o = o;
     if (!saved->recompute) {
       saved->q = q;
-      saved->lat = lat;
+      if (!flash_train) saved->lat = lat;  // the flash path keeps kv_b's operand ckvn instead
     } else {
       saved->cqn = Tensor();
     }
@@ -382,18 +388,20 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
 void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& c,
              const Rope& rope, const Tensor& positions, const std::vector<SeqChunk>& chunks, MlaSaved& s) {
   const Dims d(c);
-  const int64_t N = s.x.size(0);
-  const DType dt = s.x.dtype();
-  const Device dev = s.x.device();
+  const int64_t N = dout.size(0);
+  const DType dt = dout.dtype();  // the activation dtype (s.x, s.o may be bf16 operands)
+  const Device dev = dout.device();
   const bool flash = s.lse.defined();
-  Tensor q = s.q, lat = s.lat, k = s.k, v = s.v, kv = s.kv, kpe = s.kpe, cqn = s.cqn;
+  Tensor x = s.x, q = s.q, lat = s.lat, k = s.k, v = s.v, kv = s.kv, kpe = s.kpe, cqn = s.cqn,
+         ckvn_op = s.ckvn;
   if (s.recompute) {  // rebuild the norms' outputs and the up-projections from the saved input
     MlaSaved tmp;
-    project(q, lat, &tmp, s.x, w, c, rope, positions);
+    project(q, lat, &tmp, s.x, dt, w, c, rope, positions);
     cqn = tmp.cqn;
+    x = tmp.x;
     if (flash) {
       q = q.to(DType::BF16);
-      flash_inputs(kv, kpe, lat, w, c, false, true);
+      flash_inputs(kv, kpe, lat, w, c, false, true, &ckvn_op);
     } else {
       decompress(k, v, lat, w, c);
     }
@@ -406,8 +414,8 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   // gradients are dkv [N, H, dn + dv] and dpe [N, R] (the k_pe part summed over heads).
   Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev);
   Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt, dev);
-  Tensor dpe = Tensor::empty({N, d.R}, dt, dev);  // dpe: [N, R] ∂/∂k_pe
-  Tensor ckvn = Tensor::empty({N, d.C}, dt, dev), dckvn = Tensor::empty({N, d.C}, dt, dev);
+  Tensor dpe = Tensor::empty({N, d.R}, dt, dev);          // dpe: [N, R] ∂/∂k_pe
+  Tensor ckvn, dckvn = Tensor::empty({N, d.C}, dt, dev);  // ckvn: [N, C] the normed latents (below)
   if (flash) {
     {
       prof::Scope scope(prof::kAttnCoreBwd);
@@ -415,7 +423,7 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
                          d_o.view({N, d.H, d.dv}), s.o.view({N, d.H, d.dv}), s.lse, q.view({N, d.H, d.dq}),
                          kv.view({N, d.H, d.dn + d.dv}), kpe, s.cu, c.softmax_scale());
     }
-    ops::copy_cols(ckvn, 0, lat, 0, d.C);  // ckvn: [N, C] the normed latents
+    ckvn = ckvn_op;  // kv_b's bf16 operand from the forward
   } else {
     Tensor dk = Tensor::empty({N, d.H * d.dq}, dt, dev), dvv = Tensor::empty({N, d.H * d.dv}, dt, dev);
     {
@@ -424,7 +432,8 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
                                 d_o.view({N, d.H, d.dv}), q.view({N, d.H, d.dq}), k.view({N, d.H, d.dq}),
                                 v.view({N, d.H, d.dv}), s.probs, s.cu, c.softmax_scale());
     }
-    std::vector<ops::ColBlock> gather{{ckvn, 0, lat, 0, d.C}};  // ckvn: [N, C] the normed latents
+    ckvn = Tensor::empty({N, d.C}, dt, dev);
+    std::vector<ops::ColBlock> gather{{ckvn, 0, lat, 0, d.C}};
     for (int64_t h = 0; h < d.H; ++h) {  // dpe = Σ_h dk_h[:, dn:], heads added in order
       gather.push_back({dkv, h * (d.dn + d.dv), dk, h * d.dq, d.dn});
       gather.push_back({dkv, h * (d.dn + d.dv) + d.dn, dvv, h * d.dv, d.dv});
@@ -439,7 +448,7 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   ops::rope_bwd(dpe.view({N, 1, d.R}), positions, rope.inv_freq, 0, rope.attention_factor);
   Tensor dlat = Tensor::empty({N, d.C + d.R}, dt, dev);  // dlat: [N, C + R] = [dckv | dpe]
   ops::copy_cols_many({{dlat, 0, dckv, 0, d.C}, {dlat, d.C, dpe, 0, d.R}});
-  ops::linear_bwd(dx, g.kv_a_proj_with_mqa, dlat, s.x, w.kv_a_proj_with_mqa);
+  ops::linear_bwd(dx, g.kv_a_proj_with_mqa, dlat, x, w.kv_a_proj_with_mqa);
   // Queries: undo the rope on the pe columns, then the q projections.
   ops::rope_bwd(dq.view({N, d.H, d.dq}), positions, rope.inv_freq, d.dn, rope.attention_factor);
   Tensor dxq = Tensor::empty({N, d.D}, dt, dev);
@@ -448,9 +457,9 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
            dcq = Tensor::empty({N, c.q_lora_rank}, dt, dev);
     ops::linear_bwd(dcqn, g.q_b_proj, dq, cqn, w.q_b_proj);
     ops::rmsnorm_bwd(dcq, g.q_a_layernorm, dcqn, s.cq, w.q_a_layernorm, s.cq_rstd);
-    ops::linear_bwd(dxq, g.q_a_proj, dcq, s.x, w.q_a_proj);
+    ops::linear_bwd(dxq, g.q_a_proj, dcq, x, w.q_a_proj);
   } else {
-    ops::linear_bwd(dxq, g.q_proj, dq, s.x, w.q_proj);
+    ops::linear_bwd(dxq, g.q_proj, dq, x, w.q_proj);
   }
   ops::add_(dx, dxq);
 }

@@ -36,19 +36,20 @@ enum class AttnPath { Auto, Naive, Absorbed };
 // What the backward reads (training forward: no cache, every chunk starts at position 0).
 struct MlaSaved {
   bool recompute = false;
-  Tensor x;                 // [N, D] the normed layer input
-  Tensor cq, cq_rstd;       // [N, q_lora_rank] pre-norm q latent, [N] its rstd
-  Tensor cqn;               // [N, q_lora_rank] normed q latent        (dropped when recompute)
-  Tensor q;                 // [N, H, dn + R] roped queries            (dropped when recompute)
-  Tensor ckv, ckv_rstd;     // [N, C] pre-norm kv latent, [N] its rstd
-  Tensor lat;               // [N, C + R] [rmsnorm(c_kv) | rope(k_pe)] (dropped when recompute)
-  Tensor k, v;              // [N, H, dn + R], [N, H, dv]              (dropped when recompute)
+  Tensor x;              // [N, D] the normed layer input, as the products took it (bf16 operand on the GPU)
+  Tensor cq, cq_rstd;    // [N, q_lora_rank] pre-norm q latent, [N] its rstd
+  Tensor cqn;            // [N, q_lora_rank] normed q latent, q_b's operand (dropped when recompute)
+  Tensor q;              // [N, H, dn + R] roped queries            (dropped when recompute)
+  Tensor ckv, ckv_rstd;  // [N, C] pre-norm kv latent, [N] its rstd
+  Tensor lat;            // [N, C + R] [rmsnorm(c_kv) | rope(k_pe)] (dropped when recompute)
+  Tensor k, v;           // [N, H, dn + R], [N, H, dv]              (dropped when recompute)
   std::vector<int64_t> cu;  // sequence boundaries (rows) of the chunks
   Tensor probs;             // every chunk's [H, len, len], one after another (exact attention)
   // Flash attention (bf16 on the GPU) instead of probs, k and v: the rows' log-sum-exp [H, N] f32, and
   // the bf16 operands kv [N, H, dn + dv], kpe [N, R] (dropped when recompute); q is then bf16.
   Tensor lse, kv, kpe;
-  Tensor o;  // [N, H·dv] attention output before o_proj
+  Tensor ckvn;  // flash: [N, C] the normed latents as kv_b_proj's bf16 operand (instead of lat)
+  Tensor o;     // [N, H·dv] attention output before o_proj
 };
 
 // out[N, D] = MLA(x) for normed input x[N, D] at `positions` (I64 [N]). Chunks with a cache write

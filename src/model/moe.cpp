@@ -26,18 +26,23 @@ void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) 
   const Tensor xa = ops::product_input(x, {&w.gate_proj, &w.up_proj});  // cast once on the GPU
   ops::linear(g, xa, w.gate_proj);
   ops::linear(u, xa, w.up_proj);
-  Tensor h = saved ? Tensor::empty({N, F}, x.dtype(), x.device()) : g;  // h: [N, F] silu(g)·u
+  // h: [N, F] silu(g)·u, written in bf16 when the products take bf16 operands (the down projection's
+  // operand, kept for its backward)
+  const bool bf16_ops = xa.dtype() != x.dtype() && w.down_proj.dtype() == DType::BF16;
+  Tensor h = Tensor::empty({N, F}, bf16_ops ? DType::BF16 : x.dtype(), x.device());
   ops::swiglu_fwd(h, g, u);
   ops::linear(out, h, w.down_proj);
-  if (saved) *saved = {x, g, u, h};
+  *saved = {xa, g, u, h};  // the product operands (bf16 on the GPU) for the backward's products
 }
 
 void mlp_bwd(Tensor dx, MlpWeights& gr, const Tensor& dy, const MlpWeights& w, const MlpSaved& s) {
-  const int64_t N = s.x.size(0), F = s.g.size(1);
-  const DType dt = s.x.dtype();
-  const Device dev = s.x.device();
-  Tensor dh = Tensor::empty({N, F}, dt, dev), dg = Tensor::empty({N, F}, dt, dev),
-         du = Tensor::empty({N, F}, dt, dev);
+  const int64_t N = s.g.size(0), F = s.g.size(1);
+  const DType dt = s.g.dtype();  // the activation dtype (x and h may be their bf16 operands)
+  const Device dev = s.g.device();
+  // dg, du only feed the gate/up products: in their operand dtype
+  const DType op = s.h.dtype();
+  Tensor dh = Tensor::empty({N, F}, dt, dev), dg = Tensor::empty({N, F}, op, dev),
+         du = Tensor::empty({N, F}, op, dev);
   ops::linear_bwd(dh, gr.down_proj, dy, s.h, w.down_proj);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
   Tensor tmp = Tensor::empty(dx.shape(), dt, dev);
@@ -164,21 +169,23 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   ops::MoePlan plan = ops::MoePlan::build(idx.to(Device::CPU), E);
   if (trace)  // the expert loads from the plan's host offsets (no second copy of idx to the host)
     for (int64_t e = 0; e < E; ++e) trace->load.push_back(plan.rows(e));
-  Tensor xp = Tensor::empty({M, D}, dt, dev), g = Tensor::empty({M, F}, dt, dev),
+  // Large batches on the GPU with bf16 experts: the rows are permuted straight into the experts' bf16
+  // (one operand for both products, and what the backward keeps), and SwiGLU writes the down
+  // projection's bf16 operand; elsewhere gate and up run as one grouped pair over the activations.
+  const bool bf16_ops = dev == Device::CUDA && M > 1024 && x.dtype() == DType::F32 &&
+                        w.experts[0].gate_proj.dtype() == DType::BF16 &&
+                        w.experts[0].down_proj.dtype() == DType::BF16;
+  const DType op = bf16_ops ? DType::BF16 : dt;
+  Tensor xp = Tensor::empty({M, D}, op, dev), g = Tensor::empty({M, F}, dt, dev),
          u = Tensor::empty({M, F}, dt, dev);
   ops::moe_permute(xp, x, plan);
-  // Large batches on the GPU: the permuted rows cast to the experts' bf16 once for both products (the
-  // products would each cast them); elsewhere gate and up run as one grouped pair.
-  const bool cast_once = dev == Device::CUDA && M > 1024 && x.dtype() == DType::F32 &&
-                         w.experts[0].gate_proj.dtype() == DType::BF16;
-  if (cast_once) {
-    const Tensor xpg = xp.to(DType::BF16);
-    ops::grouped_linear(g, xpg, mats.gate, plan);
-    ops::grouped_linear(u, xpg, mats.up, plan);
+  if (bf16_ops) {
+    ops::grouped_linear(g, xp, mats.gate, plan);
+    ops::grouped_linear(u, xp, mats.up, plan);
   } else {
     ops::grouped_linear_pair(g, u, xp, mats.gate, mats.up, plan);
   }
-  Tensor h = saved ? Tensor::empty({M, F}, dt, dev) : g;
+  Tensor h = saved || bf16_ops ? Tensor::empty({M, F}, op, dev) : g;
   ops::swiglu_fwd(h, g, u);
   Tensor yp = Tensor::empty({M, D}, dt, dev);
   ops::grouped_linear(yp, h, mats.down, plan);
@@ -215,10 +222,13 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
     dx.fill(0);
   }
   const ExpertMats mats(w.experts), grads(g.experts);
-  Tensor dyp = Tensor::empty({M, D}, dt, dev), dgw = Tensor::empty({N, K}, dt, dev);
+  // The forward's bf16 operands (xp, h): the gradients that only feed the experts' products are written
+  // in bf16 too (dyp, dg, du), the rest stay in the activation dtype.
+  const DType op = s.xp.dtype();
+  Tensor dyp = Tensor::empty({M, D}, op, dev), dgw = Tensor::empty({N, K}, dt, dev);
   ops::moe_unpermute_bwd(dyp, dgw, dy, s.yp, s.route.topk_w, s.plan);
-  Tensor dh = Tensor::empty({M, F}, dt, dev), dg = Tensor::empty({M, F}, dt, dev),
-         du = Tensor::empty({M, F}, dt, dev);
+  Tensor dh = Tensor::empty({M, F}, dt, dev), dg = Tensor::empty({M, F}, op, dev),
+         du = Tensor::empty({M, F}, op, dev);
   ops::grouped_linear_bwd(dh, grads.down, dyp, s.h, mats.down, s.plan);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
   Tensor dxp = Tensor::empty({M, D}, dt, dev);  // dxp: [M, D] = dg · W_gate + du · W_up per expert

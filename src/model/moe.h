@@ -14,7 +14,9 @@
 namespace dseek {
 
 struct MlpSaved {
-  Tensor x, g, u, h;  // input [N, D]; gate, up, silu(gate)·up [N, F]
+  // input [N, D]; gate, up, silu(gate)·up [N, F]; x and h as the products took them (bf16 operands of
+  // f32 activations on the GPU's bf16 step)
+  Tensor x, g, u, h;
 };
 
 // out[N, D] = down(silu(gate · x) ⊙ (up · x)).

@@ -232,11 +232,40 @@ Weights zero_grads(Weights& w, const ModelConfig& c, DType dt, Device dev) {
   g.has_mtp = w.has_mtp;
   auto wr = param_table(w, c, w.has_mtp);
   auto gr = param_table(g, c, g.has_mtp);
+  if (dev == Device::CPU) {  // separate tensors: the CPU zeroes them in parallel, each thread its own
+    for (size_t i = 0; i < wr.size(); ++i) {
+      if (!wr[i].tensor->defined() || wr[i].kind == ParamKind::Bias) continue;
+      *gr[i].tensor = Tensor::zeros(wr[i].shape, dt, dev);
+    }
+    return g;
+  }
+  // One buffer, each gradient at an offset rounded up to 64 elements (256-byte aligned for f32).
+  constexpr int64_t kAlign = 64;
+  auto rounded = [](int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+  int64_t total = 0;
+  for (size_t i = 0; i < wr.size(); ++i)
+    if (wr[i].tensor->defined() && wr[i].kind != ParamKind::Bias) total += rounded(shape_numel(wr[i].shape));
+  g.storage = Tensor::zeros({std::max<int64_t>(total, 1)}, dt, dev);
+  int64_t off = 0;
   for (size_t i = 0; i < wr.size(); ++i) {
     if (!wr[i].tensor->defined() || wr[i].kind == ParamKind::Bias) continue;
-    *gr[i].tensor = Tensor::zeros(wr[i].shape, dt, dev);
+    const int64_t n = shape_numel(wr[i].shape);
+    *gr[i].tensor = g.storage.slice(off, n).view(wr[i].shape);  // a view of the shared buffer
+    off += rounded(n);
   }
   return g;
+}
+
+void zero_grads_(Weights& g, const ModelConfig& c) {
+  if (g.storage.defined()) {
+    g.storage.fill(0);
+    return;
+  }
+  std::vector<Tensor*> ts;
+  for (auto& r : param_table(g, c, g.has_mtp))
+    if (r.tensor->defined()) ts.push_back(r.tensor);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < ts.size(); ++i) ts[i]->fill(0);
 }
 
 std::vector<io::NamedTensor> named_tensors(Weights& w, const ModelConfig& c, DType dtype) {

@@ -61,6 +61,9 @@ struct Weights {
   std::vector<LayerWeights> layers;
   std::vector<MtpWeights> mtp;
   bool has_mtp = false;  // MTP tensors present (loaded or initialised)
+  // When defined, every tensor above is a view into this one buffer (zero_grads on the GPU), so that
+  // zero_grads_() clears them all with one memset instead of one launch per tensor.
+  Tensor storage;
 
   // Empty tensors laid out for `cfg` (layer vector sizes, MoE flags).
   static Weights skeleton(const ModelConfig& cfg);
@@ -108,6 +111,10 @@ Weights init_weights(const ModelConfig& cfg, DType dtype, uint64_t seed, bool wi
 // Zero gradients shaped like `w` (every parameter it holds except the correction bias), of dtype `dt`,
 // on `dev`.
 Weights zero_grads(Weights& w, const ModelConfig& cfg, DType dt, Device dev = Device::CPU);
+
+// Sets every gradient of `g` (from zero_grads) back to zero: one memset of its storage on the GPU, the
+// tensors in parallel on the CPU.
+void zero_grads_(Weights& g, const ModelConfig& cfg);
 
 // Named tensors for writing (HF names), each converted to `dtype` where its kind allows (norms,
 // router and bias stay f32 unless dtype is f32 anyway).

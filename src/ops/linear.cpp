@@ -83,14 +83,25 @@ void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const T
   check_ndim("linear_bwd", "w", w, 2);
   check_weight_dtype("linear_bwd", x, w);
   check_shape("linear_bwd", "dy", dy, {x.size(0), w.size(0)});
-  DSEEK_CHECK(dy.dtype() == x.dtype(), "linear_bwd: dy dtype differs from x");
+  // On the GPU, x and dy may each be the bf16 operand of f32 activations (kept from the forward, or
+  // written in bf16 by the op before; bf16 weights); the gradients dx and dw are then f32.
+  const bool gpu = x.device() == Device::CUDA;
+  auto operand_ok = [&](const Tensor& t) {
+    return t.dtype() == x.dtype() ||
+           (gpu && (t.dtype() == DType::F32 || (t.dtype() == DType::BF16 && w.dtype() == DType::BF16)));
+  };
+  DSEEK_CHECK(operand_ok(dy), "linear_bwd: dy is ", dtype_name(dy.dtype()), ", x ", dtype_name(x.dtype()));
+  DSEEK_CHECK(!gpu || x.dtype() != DType::BF16 || w.dtype() == DType::BF16,
+              "linear_bwd: a bf16 x takes bf16 weights");
   if (dx.defined()) {
     check_shape("linear_bwd", "dx", dx, x.shape());
-    DSEEK_CHECK(dx.dtype() == x.dtype(), "linear_bwd: dx dtype differs from x");
+    DSEEK_CHECK(dx.dtype() == x.dtype() || (gpu && dx.dtype() == DType::F32),
+                "linear_bwd: dx dtype differs from x");
   }
   if (dw.defined()) {
     check_shape("linear_bwd", "dw", dw, w.shape());
-    DSEEK_CHECK(dw.dtype() == x.dtype(), "linear_bwd: dw must have the activation dtype");
+    DSEEK_CHECK(dw.dtype() == x.dtype() || (gpu && dw.dtype() == DType::F32),
+                "linear_bwd: dw must have the activation dtype");
   }
   check_same_device("linear_bwd", {&dx, &dw, &dy, &x, &w});
   switch (x.device()) {

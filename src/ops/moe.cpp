@@ -63,6 +63,22 @@ void check_weights(const char* op, const std::vector<Tensor>& w, const MoePlan& 
 // The CUDA backward of a grouped product (dx rows written, dw[e] accumulated): with bf16 experts one grouped
 // launch each for dx and dw, else a cuBLASLt product pair per expert with rows; dy cast to xo's dtype once
 // (xo from product_input).
+// On the GPU the inputs of the backward products may already be their bf16 operands (kept from the
+// forward, or written in bf16 by the op before) while the gradients they produce stay f32.
+bool bf16_operands(const Tensor& operand, const Tensor& grad) {
+  return operand.device() == Device::CUDA && operand.dtype() == DType::BF16 && grad.dtype() == DType::F32;
+}
+// dy takes x's dtype, or (GPU) either may be the bf16 operand of f32 activations; dx (when given) is of the
+// activation dtype: x's, or f32 under a bf16 operand x.
+void check_grad_dtypes(const char* op, const Tensor& x, const Tensor& dy, const Tensor& dx) {
+  const bool gpu = x.device() == Device::CUDA;
+  auto act = [&](DType d) { return d == x.dtype() || (gpu && (d == DType::F32 || d == DType::BF16)); };
+  DSEEK_CHECK(act(dy.dtype()), op, ": dy is ", dtype_name(dy.dtype()), ", x ", dtype_name(x.dtype()));
+  if (dx.defined())
+    DSEEK_CHECK(dx.dtype() == x.dtype() || (gpu && dx.dtype() == DType::F32), op, ": dx is ",
+                dtype_name(dx.dtype()), ", x ", dtype_name(x.dtype()));
+}
+
 void grouped_bwd_cuda(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& xo,
                       const std::vector<Tensor>& w, const MoePlan& p) {
   const Tensor dyo = dy.dtype() == xo.dtype() ? dy : dy.to(xo.dtype());
@@ -88,7 +104,9 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p, Stream) {
   DSEEK_CHECK(x.size(0) == p.tokens, "moe_permute: x has ", x.size(0), " rows for a plan of ", p.tokens,
               " tokens");
   check_plan_rows("moe_permute", "xp", xp, p);
-  DSEEK_CHECK(xp.size(1) == x.size(1) && xp.dtype() == x.dtype(), "moe_permute: xp/x mismatch");
+  // On the GPU f32 rows may be permuted straight into bf16 (the experts' operand, no separate cast).
+  const bool bf16_out = x.device() == Device::CUDA && x.dtype() == DType::F32 && xp.dtype() == DType::BF16;
+  DSEEK_CHECK(xp.size(1) == x.size(1) && (xp.dtype() == x.dtype() || bf16_out), "moe_permute: xp/x mismatch");
   switch (x.device()) {
     case Device::CPU:
       return cpu::moe_permute(xp, x, p);
@@ -145,9 +163,11 @@ void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& 
     DSEEK_CHECK(int64_t(dw.size()) == p.experts, "grouped_linear_bwd: dw count");
     for (const Tensor& t : dw) {
       check_shape("grouped_linear_bwd", "dw[e]", t, {O, I});
-      DSEEK_CHECK(t.dtype() == x.dtype(), "grouped_linear_bwd: dw must have the activation dtype");
+      DSEEK_CHECK(t.dtype() == x.dtype() || bf16_operands(x, t),
+                  "grouped_linear_bwd: dw must have the activation dtype");
     }
   }
+  check_grad_dtypes("grouped_linear_bwd", x, dy, dx);
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear_bwd(dx, dw, dy, x, w, p);
@@ -198,9 +218,12 @@ void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const st
     DSEEK_CHECK(int64_t(dw->size()) == p.experts, "grouped_linear_pair_bwd: dw count");
     for (const Tensor& t : *dw) {
       check_shape("grouped_linear_pair_bwd", "dw[e]", t, {O, I});
-      DSEEK_CHECK(t.dtype() == x.dtype(), "grouped_linear_pair_bwd: dw must have the activation dtype");
+      DSEEK_CHECK(t.dtype() == x.dtype() || bf16_operands(x, t),
+                  "grouped_linear_pair_bwd: dw must have the activation dtype");
     }
   }
+  check_grad_dtypes("grouped_linear_pair_bwd", x, dya, dx);
+  check_grad_dtypes("grouped_linear_pair_bwd", x, dyb, Tensor());
   switch (x.device()) {
     case Device::CPU:
       return cpu::grouped_linear_pair_bwd(dx, dwa, dwb, dya, dyb, x, wa, wb, p);
@@ -242,6 +265,12 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
   check_shape("moe_unpermute_bwd", "dout", dout, {p.tokens, yp.size(1)});
   check_shape("moe_unpermute_bwd", "topk_w", topk_w, {p.tokens, p.top_k});
   check_shape("moe_unpermute_bwd", "dtopk_w", dtopk_w, {p.tokens, p.top_k});
+  // dyp may be bf16 on the GPU under f32 rows: only the down projection's bf16 backward reads it.
+  DSEEK_CHECK(dout.dtype() == yp.dtype() && topk_w.dtype() == yp.dtype() && dtopk_w.dtype() == yp.dtype() &&
+                  (dyp.dtype() == yp.dtype() ||
+                   (yp.device() == Device::CUDA && yp.dtype() == DType::F32 && dyp.dtype() == DType::BF16)),
+              "moe_unpermute_bwd: mixed dtypes (dyp ", dtype_name(dyp.dtype()), ", yp ",
+              dtype_name(yp.dtype()), ")");
   switch (yp.device()) {
     case Device::CPU:
       return cpu::moe_unpermute_bwd(dyp, dtopk_w, dout, yp, topk_w, p);

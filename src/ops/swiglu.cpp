@@ -11,7 +11,11 @@ void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up, Stream) {
   check_act("swiglu_fwd", "gate", gate);
   check_shape("swiglu_fwd", "up", up, gate.shape());
   check_shape("swiglu_fwd", "out", out, gate.shape());
-  DSEEK_CHECK(up.dtype() == gate.dtype() && out.dtype() == gate.dtype(), "swiglu_fwd: mixed dtypes");
+  // On the GPU an f32 SwiGLU may write bf16: the operand of the bf16 product that follows (training).
+  const bool bf16_out =
+      gate.device() == Device::CUDA && gate.dtype() == DType::F32 && out.dtype() == DType::BF16;
+  DSEEK_CHECK(up.dtype() == gate.dtype() && (out.dtype() == gate.dtype() || bf16_out),
+              "swiglu_fwd: mixed dtypes");
   check_same_device("swiglu_fwd", {&out, &gate, &up});
   switch (gate.device()) {
     case Device::CPU:
@@ -25,9 +29,13 @@ void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up, Stream) {
 
 void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up, Stream) {
   check_act("swiglu_bwd", "gate", gate);
+  // On the GPU the gradients of f32 inputs may be written in bf16 (they only feed bf16 products).
+  const bool bf16_out = gate.device() == Device::CUDA && gate.dtype() == DType::F32 &&
+                        dgate.dtype() == DType::BF16 && dup.dtype() == DType::BF16;
   for (const Tensor* t : {&up, &dout, const_cast<const Tensor*>(&dgate), const_cast<const Tensor*>(&dup)}) {
     check_shape("swiglu_bwd", "argument", *t, gate.shape());
-    DSEEK_CHECK(t->dtype() == gate.dtype(), "swiglu_bwd: mixed dtypes");
+    DSEEK_CHECK(t->dtype() == gate.dtype() || (bf16_out && (t == &dgate || t == &dup)),
+                "swiglu_bwd: mixed dtypes");
   }
   check_same_device("swiglu_bwd", {&dgate, &dup, &dout, &gate, &up});
   switch (gate.device()) {

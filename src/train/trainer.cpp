@@ -390,11 +390,6 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
   AdamW opt(model.w, mc, cfg.optim);
   if (!resume_dir.empty()) opt.load((fs::path(resume_dir) / "optimizer.safetensors").string());
   Weights grads = zero_grads(model.w, mc, DType::F32, dev);
-  std::vector<Tensor*> gts;
-  for (auto& r : param_table(grads, mc, grads.has_mtp))
-    if (r.tensor->defined()) gts.push_back(r.tensor);
-  bool grads_on_cpu = true;  // then the per-step zeroing runs one tensor per thread at a time
-  for (Tensor* t : gts) grads_on_cpu = grads_on_cpu && t->device() == Device::CPU;
   // Routers whose bias the load-balancing update moves: main MoE layers, then MTP layers (the order of
   // TrainResult::expert_load).
   std::vector<Tensor*> biases;
@@ -465,8 +460,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
   for (int64_t step = start_step; step < cfg.steps; ++step) {
     const auto t0 = clk::now();
     const double lr = cfg.schedule.at(step);
-#pragma omp parallel for schedule(dynamic, 1) if (grads_on_cpu)
-    for (size_t i = 0; i < gts.size(); ++i) gts[i]->fill(0);
+    zero_grads_(grads, mc);
     double loss = 0, main_loss = 0, bal = 0;
     std::vector<double> mtp_l;
     std::vector<std::vector<int64_t>> load;

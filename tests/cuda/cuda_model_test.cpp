@@ -211,6 +211,14 @@ TEST_P(CudaTrain, GradientsMatchTransformers) {
     std::printf("[%s GPU%s] %d gradients, worst ‖Δ‖/‖ref‖ = %.2e (%s), loss %.8f\n", GetParam().c_str(),
                 recompute ? " recompute" : "", checked, worst, worst_name.c_str(), r.loss);
     EXPECT_GT(checked, 50);
+    // The GPU's gradients share one buffer, and one memset clears every one of them.
+    ASSERT_TRUE(g.storage.defined());
+    zero_grads_(g, m.cfg);
+    for (auto& p : param_table(g, m.cfg, false)) {
+      if (!p.tensor->defined()) continue;
+      EXPECT_EQ(test::diff(p.tensor->to(Device::CPU), Tensor::zeros(p.shape, DType::F32)).max_abs, 0.0)
+          << p.name;
+    }
   }
 }
 

@@ -173,6 +173,11 @@ TEST_F(Cuda, RmsNormRopeSwigluAxpyCopy) {
       ops::swiglu_fwd(sref, g.cpu, u.cpu);
       ops::swiglu_fwd(so, g.gpu, u.gpu);
       expect_close("swiglu", so, sref, dt);
+      if (dt == DType::F32) {  // f32 in, the next product's bf16 operand out
+        Tensor sb = poisoned({N, D}, DType::BF16);
+        ops::swiglu_fwd(sb, g.gpu, u.gpu);
+        expect_close("swiglu (bf16 out)", sb, sref, DType::BF16);
+      }
       Tensor a = g.cpu.clone(), ag = g.gpu.clone();
       ops::axpy_(a, u.cpu, -0.7);
       ops::axpy_(ag, u.gpu, -0.7);
@@ -400,6 +405,11 @@ TEST_F(Cuda, MoePermuteGroupedUnpermute) {
     Tensor gxp = poisoned({N * K, D}, dt), gyp = poisoned({N * K, F}, dt), gout = poisoned({N, F}, dt);
     ops::moe_permute(gxp, x.gpu, plan);
     expect_close("moe_permute", gxp, xp, dt);
+    if (dt == DType::F32) {  // f32 rows permuted straight into bf16
+      Tensor bxp = poisoned({N * K, D}, DType::BF16);
+      ops::moe_permute(bxp, x.gpu, plan);
+      EXPECT_EQ(test::diff(down(bxp), down(gxp.to(DType::BF16))).max_abs, 0.0) << "moe_permute (bf16 out)";
+    }
     ops::grouped_linear(gyp, gxp, wg, plan);
     expect_close("grouped_linear", gyp, yp, dt);
     ops::moe_unpermute(gout, gyp, gw.gpu, plan);
@@ -579,6 +589,13 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     ops::moe_unpermute_bwd(gdyp, gdtw, gpu(dout), gpu(yp), gpu(tw), plan);
     ops::moe_permute_bwd(gdx, gpu(dxp), plan);
     expect_close("moe_unpermute_bwd dyp", gdyp, dyp, DType::F32);
+    {  // dyp in bf16 (the down projection's operand), the weights' gradient still f32
+      Tensor bdyp = poisoned({M, D}, DType::BF16), bdtw = poisoned({N, K}, DType::F32);
+      ops::moe_unpermute_bwd(bdyp, bdtw, gpu(dout), gpu(yp), gpu(tw), plan);
+      EXPECT_EQ(test::diff(down(bdyp), down(gdyp.to(DType::BF16))).max_abs, 0.0)
+          << "moe_unpermute_bwd bf16 dyp";
+      expect_close("moe_unpermute_bwd dtopk_w (bf16 dyp)", bdtw, dtw, DType::F32);
+    }
     expect_close("moe_unpermute_bwd dtopk_w", gdtw, dtw, DType::F32);
     expect_close("moe_permute_bwd", gdx, dx, DType::F32);
     // Grouped products' backward: dx written, dw[e] accumulated.
@@ -654,6 +671,27 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     ops::grouped_linear_pair_bwd(px, {}, {}, dya, dyb, xp, rwa, rwb, plan);
     ops::grouped_linear_pair_bwd(gpx, {}, {}, gpu(dya), gpu(dyb), gpu(xp), bwa, bwb, plan);
     expect_close("grouped_linear_pair_bwd dx (bf16 experts)", gpx, px, DType::BF16);
+    {  // x and dy already the bf16 operands (kept from the forward), f32 dx and dw
+      std::vector<Tensor> dwa2, dwb2, gdwa2, gdwb2;
+      for (int64_t e = 0; e < E; ++e) {
+        dwa2.push_back(randn({F, D}, 0.1));
+        dwb2.push_back(randn({F, D}, 0.1));
+        gdwa2.push_back(gpu(dwa2.back()));
+        gdwb2.push_back(gpu(dwb2.back()));
+      }
+      const Tensor bx = gpu(xp).to(DType::BF16), bya = gpu(dya).to(DType::BF16),
+                   byb = gpu(dyb).to(DType::BF16);
+      Tensor qx = Tensor::empty({M, D}, DType::F32), gqx = poisoned({M, D}, DType::F32);
+      ops::grouped_linear_pair_bwd(qx, dwa2, dwb2, down(bya), down(byb), down(bx), rwa, rwb, plan);
+      ops::grouped_linear_pair_bwd(gqx, gdwa2, gdwb2, bya, byb, bx, bwa, bwb, plan);
+      expect_close("grouped_linear_pair_bwd dx (bf16 operands)", gqx, qx, DType::BF16);
+      for (int64_t e = 0; e < E; ++e) {
+        expect_close("grouped_linear_pair_bwd dwa (bf16 operands)", gdwa2[size_t(e)], dwa2[size_t(e)],
+                     DType::BF16);
+        expect_close("grouped_linear_pair_bwd dwb (bf16 operands)", gdwb2[size_t(e)], dwb2[size_t(e)],
+                     DType::BF16);
+      }
+    }
   }
   // Router backward and the balance loss, from the forward's choice and scores.
   for (ScoringFunc sf : {ScoringFunc::Sigmoid, ScoringFunc::Softmax})
@@ -814,6 +852,15 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
       const DType bound = wt == DType::BF16 ? DType::BF16 : DType::F32;
       expect_close("linear_bwd dx " + std::string(dtype_name(wt)), gdx, dx, bound);
       expect_close("linear_bwd dw " + std::string(dtype_name(wt)), gdw, dw, bound);
+      if (wt == DType::BF16) {  // x and dy as bf16 operands (kept from the forward), f32 gradients
+        const Tensor bx = x.to(DType::BF16), bdy = dy.to(DType::BF16);
+        Tensor rdx = Tensor::empty({N, I}, DType::F32), rdw = randn({O, I}, 0.1);
+        Tensor g2 = rdw.to(Device::CUDA), gx2 = poisoned({N, I}, DType::F32);
+        ops::linear_bwd(rdx, rdw, bdy.to(DType::F32), bx.to(DType::F32), w);
+        ops::linear_bwd(gx2, g2, bdy.to(Device::CUDA), bx.to(Device::CUDA), w.to(wt).to(Device::CUDA));
+        expect_close("linear_bwd dx (bf16 operands)", gx2, rdx, DType::BF16);
+        expect_close("linear_bwd dw (bf16 operands)", g2, rdw, DType::BF16);
+      }
     }
   for (auto [N, D] : {std::pair{77, 1024}, {5, 40}}) {
     Tensor x = randn({N, D}), w = randn({D}), dy = randn({N, D});
@@ -835,6 +882,10 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
     ops::swiglu_bwd(gdg, gdu, d.to(Device::CUDA), g.to(Device::CUDA), u.to(Device::CUDA));
     expect_close("swiglu_bwd dgate", gdg, dg, DType::F32);
     expect_close("swiglu_bwd dup", gdu, du, DType::F32);
+    Tensor bdg = poisoned({300, 512}, DType::BF16), bdu = poisoned({300, 512}, DType::BF16);
+    ops::swiglu_bwd(bdg, bdu, d.to(Device::CUDA), g.to(Device::CUDA), u.to(Device::CUDA));
+    expect_close("swiglu_bwd dgate (bf16 out)", bdg, dg, DType::BF16);
+    expect_close("swiglu_bwd dup (bf16 out)", bdu, du, DType::BF16);
   }
   {
     const int64_t N = 33;

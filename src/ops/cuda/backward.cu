@@ -50,13 +50,14 @@ __global__ void rmsnorm_bwd_dw_sum_kernel(float* dw, const float* part, int64_t 
 }
 
 // dg = d·u·σ·(1 + g·(1 − σ)), du = d·g·σ (the CPU's formula).
-__global__ void swiglu_bwd_kernel(float* dg, float* du, const float* dout, const float* g, const float* u,
+template <typename TO>
+__global__ void swiglu_bwd_kernel(TO* dg, TO* du, const float* dout, const float* g, const float* u,
                                   int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float gv = g[i], d = dout[i], sg = 1.0f / (1.0f + expf(-gv));
-    dg[i] = d * u[i] * sg * (1.0f + gv * (1.0f - sg));
-    du[i] = d * (gv * sg);
+    dg[i] = st<TO>(d * u[i] * sg * (1.0f + gv * (1.0f - sg)));
+    du[i] = st<TO>(d * (gv * sg));
   }
 }
 
@@ -207,8 +208,12 @@ void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate
               dtype_name(gate.dtype()));
   const int64_t n = gate.numel();
   if (n == 0) return;
-  swiglu_bwd_kernel<<<blocks_for(n, 256), 256>>>(dgate.data<float>(), dup.data<float>(), dout.data<float>(),
-                                                 gate.data<float>(), up.data<float>(), n);
+  with_act(dgate.dtype(), "swiglu_bwd", [&](auto to) {  // f32, or bf16 operands of the next products
+    using TO = decltype(to);
+    swiglu_bwd_kernel<<<blocks_for(n, 256), 256>>>(static_cast<TO*>(dgate.raw()), static_cast<TO*>(dup.raw()),
+                                                   dout.data<float>(), gate.data<float>(), up.data<float>(),
+                                                   n);
+  });
   DSEEK_CUDA_LAUNCH_CHECK("swiglu_bwd");
 }
 

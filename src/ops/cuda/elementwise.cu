@@ -9,12 +9,12 @@ namespace dseek::ops::cuda {
 
 namespace {
 
-template <typename T>
-__global__ void swiglu_kernel(T* out, const T* g, const T* u, int64_t n) {
+template <typename T, typename TO>
+__global__ void swiglu_kernel(TO* out, const T* g, const T* u, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float a = ld(g[i]);
-    out[i] = st<T>(a / (1.0f + __expf(-a)) * ld(u[i]));
+    out[i] = st<TO>(a / (1.0f + __expf(-a)) * ld(u[i]));
   }
 }
 
@@ -40,9 +40,12 @@ void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up) {
   const int64_t n = gate.numel();
   if (n == 0) return;
   with_act(gate.dtype(), "swiglu_fwd", [&](auto t) {
-    using T = decltype(t);
-    swiglu_kernel<<<blocks_for(n, 256), 256>>>(static_cast<T*>(out.raw()), static_cast<const T*>(gate.raw()),
-                                               static_cast<const T*>(up.raw()), n);
+    with_act(out.dtype(), "swiglu_fwd", [&](auto to) {
+      using T = decltype(t);
+      using TO = decltype(to);
+      swiglu_kernel<<<blocks_for(n, 256), 256>>>(
+          static_cast<TO*>(out.raw()), static_cast<const T*>(gate.raw()), static_cast<const T*>(up.raw()), n);
+    });
   });
   DSEEK_CUDA_LAUNCH_CHECK("swiglu_fwd");
 }

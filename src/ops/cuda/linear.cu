@@ -288,10 +288,12 @@ void matmul_nn(Tensor out, const Tensor& x, const Tensor& w) {
 // takes dy and x rounded to bf16 (f32 accumulation), as mixed-precision training does.
 void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
   const int64_t N = x.size(0), I = x.size(1), O = w.size(0);
-  // x and dy: f32, or already in the bf16 weights' dtype (a caller that cast them once for many products)
+  // x and dy: each f32, or already in the bf16 weights' dtype (an operand cast once, or kept from the
+  // forward)
   DSEEK_CHECK(
       !w.block_scale() && (w.dtype() == DType::F32 || w.dtype() == DType::BF16) &&
-          (x.dtype() == DType::F32 || x.dtype() == w.dtype()) && dy.dtype() == x.dtype() &&
+          (x.dtype() == DType::F32 || x.dtype() == w.dtype()) &&
+          (dy.dtype() == DType::F32 || dy.dtype() == w.dtype()) &&
           (!dx.defined() || dx.dtype() == DType::F32) && (!dw.defined() || dw.dtype() == DType::F32),
       "linear_bwd (CUDA): f32 (or the weights' dtype) x and dy with f32 or bf16 weights, f32 dx and dw; not ",
       dtype_name(x.dtype()), " / ", dtype_name(w.dtype()));

@@ -12,11 +12,11 @@ namespace dseek::ops::cuda {
 
 namespace {
 
-template <typename T>
-__global__ void permute_kernel(T* xp, const T* x, const int64_t* slot, int64_t K, int64_t D) {
+template <typename T, typename TO>
+__global__ void permute_kernel(TO* xp, const T* x, const int64_t* slot, int64_t K, int64_t D) {
   const int64_t r = blockIdx.x;
   const T* src = x + (slot[r] / K) * D;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) xp[r * D + i] = src[i];
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) xp[r * D + i] = st<TO>(ld(src[i]));
 }
 
 template <typename T>
@@ -85,9 +85,12 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
   if (M == 0) return;
   Tensor slot = upload_i64(p.slot);
   with_act(x.dtype(), "moe_permute", [&](auto t) {
-    using T = decltype(t);
-    permute_kernel<<<int(M), 128>>>(static_cast<T*>(xp.raw()), static_cast<const T*>(x.raw()),
-                                    slot.data<int64_t>(), p.top_k, D);
+    with_act(xp.dtype(), "moe_permute", [&](auto to) {  // xp bf16 under f32 x: the experts' operand
+      using T = decltype(t);
+      using TO = decltype(to);
+      permute_kernel<<<int(M), 128>>>(static_cast<TO*>(xp.raw()), static_cast<const T*>(x.raw()),
+                                      slot.data<int64_t>(), p.top_k, D);
+    });
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_permute");
 }

@@ -31,8 +31,8 @@ __global__ void permute_bwd_kernel(T* dx, const T* dxp, const int64_t* row, int6
 
 // grid M (permuted rows r, slot = slot[r], token n = slot / K): dyp[r] = w[slot] · dout[n] and
 // dw[slot] = dout[n] · yp[r].
-template <typename T>
-__global__ void unpermute_bwd_kernel(T* dyp, T* dw, const T* dout, const T* yp, const T* w,
+template <typename T, typename TD>
+__global__ void unpermute_bwd_kernel(TD* dyp, T* dw, const T* dout, const T* yp, const T* w,
                                      const int64_t* slot, int64_t K, int64_t D) {
   const int64_t r = blockIdx.x, s = slot[r], n = s / K;
   const float g = ld(w[s]);
@@ -40,7 +40,7 @@ __global__ void unpermute_bwd_kernel(T* dyp, T* dw, const T* dout, const T* yp, 
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
     const float d = ld(dout[n * D + i]);
     dot += d * ld(yp[r * D + i]);
-    dyp[r * D + i] = st<T>(g * d);
+    dyp[r * D + i] = st<TD>(g * d);
   }
   dot = block_sum(dot);
   if (threadIdx.x == 0) dw[s] = st<T>(dot);
@@ -236,11 +236,14 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
   if (M == 0) return;
   const Tensor slot = upload_i64(p.slot);
   with_act(yp.dtype(), "moe_unpermute_bwd", [&](auto t) {
-    using T = decltype(t);
-    unpermute_bwd_kernel<<<unsigned(M), 256>>>(
-        static_cast<T*>(dyp.raw()), static_cast<T*>(dtopk_w.raw()), static_cast<const T*>(dout.raw()),
-        static_cast<const T*>(yp.raw()), static_cast<const T*>(topk_w.raw()), slot.data<int64_t>(), p.top_k,
-        D);
+    with_act(dyp.dtype(), "moe_unpermute_bwd", [&](auto td) {  // dyp bf16: the down product's operand
+      using T = decltype(t);
+      using TD = decltype(td);
+      unpermute_bwd_kernel<<<unsigned(M), 256>>>(
+          static_cast<TD*>(dyp.raw()), static_cast<T*>(dtopk_w.raw()), static_cast<const T*>(dout.raw()),
+          static_cast<const T*>(yp.raw()), static_cast<const T*>(topk_w.raw()), slot.data<int64_t>(), p.top_k,
+          D);
+    });
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_unpermute_bwd");
 }
