@@ -95,8 +95,7 @@ int main(int argc, char** argv) {
       auto t1 = clk::now();
       compute.model().forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
       auto t2 = clk::now();
-      opt.step(g, 1e-4);
-      compute.refresh();
+      opt.step(g, 1e-4, &compute);  // and the bf16 copies, in the same pass on the GPU
       if (dev == Device::CUDA) device_synchronize();
       auto t3 = clk::now();
       if (s >= 2) {

@@ -176,8 +176,9 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
                         w.experts[0].gate_proj.dtype() == DType::BF16 &&
                         w.experts[0].down_proj.dtype() == DType::BF16;
   const DType op = bf16_ops ? DType::BF16 : dt;
-  Tensor xp = Tensor::empty({M, D}, op, dev), g = Tensor::empty({M, F}, dt, dev),
-         u = Tensor::empty({M, F}, dt, dev);
+  // xp, g, u, h and yp in bf16 then (the experts write and read bf16; what the backward keeps)
+  Tensor xp = Tensor::empty({M, D}, op, dev), g = Tensor::empty({M, F}, op, dev),
+         u = Tensor::empty({M, F}, op, dev);
   ops::moe_permute(xp, x, plan);
   if (bf16_ops) {
     ops::grouped_linear(g, xp, mats.gate, plan);
@@ -187,7 +188,7 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   }
   Tensor h = saved || bf16_ops ? Tensor::empty({M, F}, op, dev) : g;
   ops::swiglu_fwd(h, g, u);
-  Tensor yp = Tensor::empty({M, D}, dt, dev);
+  Tensor yp = Tensor::empty({M, D}, op, dev);
   ops::grouped_linear(yp, h, mats.down, plan);
   ops::moe_unpermute(routed, yp, gw.to(dt), plan);
   if (saved) {

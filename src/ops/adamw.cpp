@@ -45,8 +45,11 @@ std::vector<double> sum_squares_many(const std::vector<const Tensor*>& ts) {
 
 void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
                      const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
-                     const std::vector<double>& decay, const AdamWParams& p) {
+                     const std::vector<double>& decay, const AdamWParams& p,
+                     const std::vector<Tensor*>& copies) {
   const size_t n = params.size();
+  DSEEK_CHECK(copies.empty() || copies.size() == n, "adamw_step_many: ", copies.size(), " copies for ", n,
+              " params");
   DSEEK_CHECK(grads.size() == n && m.size() == n && v.size() == n && decay.size() == n,
               "adamw_step_many: ", n, " params, ", grads.size(), " grads, ", m.size(), " / ", v.size(),
               " moments, ", decay.size(), " decays");
@@ -64,9 +67,15 @@ void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const
     DSEEK_CHECK(
         params[i]->device() == d && grads[i]->device() == d && m[i]->device() == d && v[i]->device() == d,
         "adamw_step_many: tensors on different devices");
+    if (!copies.empty() && copies[i] != nullptr) {
+      DSEEK_CHECK(d == Device::CUDA && copies[i]->device() == d,
+                  "adamw_step_many: bf16 copies on the GPU only");
+      check_dtype("adamw_step_many", "copy", *copies[i], {DType::BF16});
+      check_shape("adamw_step_many", "copy", *copies[i], params[i]->shape());
+    }
   }
   DSEEK_CHECK(p.step >= 1, "adamw_step_many: step must be ≥ 1");
-  if (d == Device::CUDA) return cuda::adamw_step_many(params, grads, m, v, decay, p);
+  if (d == Device::CUDA) return cuda::adamw_step_many(params, grads, m, v, decay, p, copies);
   for (size_t i = 0; i < n; ++i) {
     AdamWParams q = p;
     q.weight_decay = decay[i];

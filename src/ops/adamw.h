@@ -28,8 +28,11 @@ std::vector<double> sum_squares_many(const std::vector<const Tensor*>& ts);
 
 // adamw_step over many tensors of one device with the same hyperparameters except weight decay
 // (decay[i]: tensor i's weight_decay): one launch on the GPU. Every param / grad f32; m, v of one dtype.
+// copies (empty, or one entry per param, each null or a bf16 tensor of its shape; GPU only): rewritten
+// with the updated params rounded to bf16 (the compute copies of bf16 training), in the same pass.
 void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
                      const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
-                     const std::vector<double>& decay, const AdamWParams& p);
+                     const std::vector<double>& decay, const AdamWParams& p,
+                     const std::vector<Tensor*>& copies = {});
 
 }  // namespace dseek::ops

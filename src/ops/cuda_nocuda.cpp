@@ -118,7 +118,7 @@ std::vector<double> sum_squares_many(const std::vector<const Tensor*>&) {
 }
 void adamw_step_many(const std::vector<Tensor*>&, const std::vector<const Tensor*>&,
                      const std::vector<Tensor*>&, const std::vector<Tensor*>&, const std::vector<double>&,
-                     const AdamWParams&) {
+                     const AdamWParams&, const std::vector<Tensor*>&) {
   none("adamw_step");
 }
 void cast_many(const std::vector<Tensor*>&, const std::vector<const Tensor*>&) {

@@ -246,7 +246,10 @@ void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const Moe
   check_act("moe_unpermute", "yp", yp);
   check_shape("moe_unpermute", "out", out, {p.tokens, yp.size(1)});
   check_shape("moe_unpermute", "topk_w", topk_w, {p.tokens, p.top_k});
-  DSEEK_CHECK(out.dtype() == yp.dtype() && topk_w.dtype() == yp.dtype(), "moe_unpermute: mixed dtypes");
+  // On the GPU the experts' outputs may be bf16 under f32 activations (out and the weights f32).
+  const bool bf16_yp = yp.device() == Device::CUDA && yp.dtype() == DType::BF16 && out.dtype() == DType::F32;
+  DSEEK_CHECK((out.dtype() == yp.dtype() || bf16_yp) && topk_w.dtype() == out.dtype(),
+              "moe_unpermute: mixed dtypes");
   switch (yp.device()) {
     case Device::CPU:
       return cpu::moe_unpermute(out, yp, topk_w, p);
@@ -266,9 +269,13 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
   check_shape("moe_unpermute_bwd", "topk_w", topk_w, {p.tokens, p.top_k});
   check_shape("moe_unpermute_bwd", "dtopk_w", dtopk_w, {p.tokens, p.top_k});
   // dyp may be bf16 on the GPU under f32 rows: only the down projection's bf16 backward reads it.
-  DSEEK_CHECK(dout.dtype() == yp.dtype() && topk_w.dtype() == yp.dtype() && dtopk_w.dtype() == yp.dtype() &&
-                  (dyp.dtype() == yp.dtype() ||
-                   (yp.device() == Device::CUDA && yp.dtype() == DType::F32 && dyp.dtype() == DType::BF16)),
+  // On the GPU under f32 activations (dout, the weights and their gradient) yp may be bf16 (kept as the
+  // experts wrote it) and dyp bf16 (only the down projection's bf16 backward reads it).
+  const bool gpu_f32 = yp.device() == Device::CUDA && dout.dtype() == DType::F32;
+  auto ok = [&](const Tensor& t) {
+    return t.dtype() == dout.dtype() || (gpu_f32 && t.dtype() == DType::BF16);
+  };
+  DSEEK_CHECK(topk_w.dtype() == dout.dtype() && dtopk_w.dtype() == dout.dtype() && ok(yp) && ok(dyp),
               "moe_unpermute_bwd: mixed dtypes (dyp ", dtype_name(dyp.dtype()), ", yp ",
               dtype_name(yp.dtype()), ")");
   switch (yp.device()) {

@@ -29,14 +29,17 @@ void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up, Stream) {
 
 void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up, Stream) {
   check_act("swiglu_bwd", "gate", gate);
-  // On the GPU the gradients of f32 inputs may be written in bf16 (they only feed bf16 products).
-  const bool bf16_out = gate.device() == Device::CUDA && gate.dtype() == DType::F32 &&
-                        dgate.dtype() == DType::BF16 && dup.dtype() == DType::BF16;
-  for (const Tensor* t : {&up, &dout, const_cast<const Tensor*>(&dgate), const_cast<const Tensor*>(&dup)}) {
+  // On the GPU, under an f32 dout, gate/up may be the bf16 the experts wrote and the gradients may be
+  // written in bf16 (they only feed bf16 products); elsewhere one dtype throughout.
+  const bool gpu_f32 = gate.device() == Device::CUDA && dout.dtype() == DType::F32;
+  for (const Tensor* t : {&up, &dout, const_cast<const Tensor*>(&dgate), const_cast<const Tensor*>(&dup)})
     check_shape("swiglu_bwd", "argument", *t, gate.shape());
-    DSEEK_CHECK(t->dtype() == gate.dtype() || (bf16_out && (t == &dgate || t == &dup)),
-                "swiglu_bwd: mixed dtypes");
-  }
+  auto act = [](DType d) { return d == DType::F32 || d == DType::BF16; };
+  DSEEK_CHECK(up.dtype() == gate.dtype() && dgate.dtype() == dup.dtype() &&
+                  (gpu_f32 ? act(gate.dtype()) && act(dgate.dtype())
+                           : dout.dtype() == gate.dtype() && dgate.dtype() == gate.dtype()),
+              "swiglu_bwd: mixed dtypes (gate ", dtype_name(gate.dtype()), ", dout ",
+              dtype_name(dout.dtype()), ", dgate ", dtype_name(dgate.dtype()), ")");
   check_same_device("swiglu_bwd", {&dgate, &dup, &dout, &gate, &up});
   switch (gate.device()) {
     case Device::CPU:

@@ -2,6 +2,8 @@
 #include "train/compute_copy.h"
 
 #include <memory>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "ops/elementwise.h"
 
@@ -31,6 +33,29 @@ ComputeCopy::ComputeCopy(Model& master, DType dtype) : master_(master), dtype_(d
 
 void ComputeCopy::refresh() {
   ops::cast_many(copies_, masters_);  // one launch for all of them, round to nearest even (none for f32)
+}
+
+std::vector<Tensor*> ComputeCopy::copies_of(const std::vector<Tensor*>& masters) const {
+  std::unordered_map<const Tensor*, Tensor*> of;
+  for (size_t i = 0; i < masters_.size(); ++i) of[masters_[i]] = copies_[i];
+  std::vector<Tensor*> out;
+  for (Tensor* m : masters) {
+    auto it = of.find(m);
+    out.push_back(it == of.end() ? nullptr : it->second);
+  }
+  return out;
+}
+
+void ComputeCopy::refresh_except(const std::vector<Tensor*>& done) {
+  const std::unordered_set<const Tensor*> skip(done.begin(), done.end());
+  std::vector<Tensor*> c;
+  std::vector<const Tensor*> m;
+  for (size_t i = 0; i < copies_.size(); ++i)
+    if (!skip.count(copies_[i])) {
+      c.push_back(copies_[i]);
+      m.push_back(masters_[i]);
+    }
+  if (!c.empty()) ops::cast_many(c, m);
 }
 
 }  // namespace dseek::train

@@ -22,6 +22,11 @@ class ComputeCopy {
   DType dtype() const { return dtype_; }
   // After the optimizer moved the masters: the bf16 copies from them (no-op for f32).
   void refresh();
+  // The bf16 copy of each of these masters (null where a master has none: shared tensors, or f32), for an
+  // optimizer that writes them as it updates the masters (AdamW::step on the GPU).
+  std::vector<Tensor*> copies_of(const std::vector<Tensor*>& masters) const;
+  // refresh() for the copies not in `done`.
+  void refresh_except(const std::vector<Tensor*>& done);
 
  private:
   Model& master_;

@@ -28,7 +28,7 @@ AdamW::AdamW(Weights& params, const ModelConfig& cfg, const OptimizerConfig& oc)
   }
 }
 
-StepStats AdamW::step(Weights& grads, double lr) {
+StepStats AdamW::step(Weights& grads, double lr, ComputeCopy* compute) {
   auto gr = param_table(grads, cfg_, grads.has_mtp);
   std::vector<Tensor*> g;
   for (auto& r : gr)
@@ -58,6 +58,7 @@ StepStats AdamW::step(Weights& grads, double lr) {
       vs.push_back(&s.v);
       decay.push_back(s.decay ? oc_.weight_decay : 0.0);
     }
+    const std::vector<Tensor*> copies = compute ? compute->copies_of(ps) : std::vector<Tensor*>{};
     ops::adamw_step_many(ps, {g.begin(), g.end()}, ms, vs, decay,
                          {.lr = lr,
                           .beta1 = oc_.beta1,
@@ -65,7 +66,9 @@ StepStats AdamW::step(Weights& grads, double lr) {
                           .eps = oc_.eps,
                           .weight_decay = 0.0,
                           .step = step_,
-                          .grad_scale = st.clip});
+                          .grad_scale = st.clip},
+                         copies);
+    if (compute) compute->refresh_except(copies);  // copies of tensors the optimizer does not move
     return st;
   }
   // On the CPU every tensor is cut into pieces of 2^16 elements and all pieces of all tensors share one
@@ -118,6 +121,7 @@ StepStats AdamW::step(Weights& grads, double lr) {
                      .step = step_,
                      .grad_scale = st.clip});
   }
+  if (compute) compute->refresh();
   return st;
 }
 

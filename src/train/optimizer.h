@@ -8,6 +8,7 @@
 
 #include "model/weights.h"
 #include "ops/adamw.h"
+#include "train/compute_copy.h"
 
 namespace dseek::train {
 
@@ -27,7 +28,9 @@ class AdamW {
  public:
   AdamW(Weights& params, const ModelConfig& cfg, const OptimizerConfig& oc);
   // One update with learning rate lr from grads (same layout as params, f32). Returns the gradient norm.
-  StepStats step(Weights& grads, double lr);
+  // compute (optional): the step's compute copy, brought up to date with the new values (on the GPU in
+  // the same pass as the update).
+  StepStats step(Weights& grads, double lr, ComputeCopy* compute = nullptr);
   int64_t steps_taken() const { return step_; }
   void save(const std::string& path) const;  // atomic
   void load(const std::string& path);        // checks every tensor's presence and shape

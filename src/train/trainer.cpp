@@ -480,8 +480,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
       }
     }
     DSEEK_CHECK(std::isfinite(loss), "training diverged: loss is ", loss, " at step ", step + 1);
-    StepStats st = opt.step(grads, lr);
-    compute.refresh();
+    StepStats st = opt.step(grads, lr, &compute);  // also brings the bf16 compute copies up to date
     // Auxiliary-loss-free balancing: b_i += γ · sign(mean load − load_i), outside the gradient.
     json load_stats = json::array();
     for (size_t l = 0; l < load.size(); ++l) {

@@ -414,6 +414,12 @@ TEST_F(Cuda, MoePermuteGroupedUnpermute) {
     expect_close("grouped_linear", gyp, yp, dt);
     ops::moe_unpermute(gout, gyp, gw.gpu, plan);
     expect_close("moe_unpermute", gout, out, dt);
+    if (dt == DType::F32) {  // the experts' output in bf16 under f32 activations
+      Tensor bout = poisoned({N, F}, DType::F32), rout = Tensor::empty({N, F}, DType::F32);
+      ops::moe_unpermute(rout, yp.to(DType::BF16).to(DType::F32), gw.cpu, plan);
+      ops::moe_unpermute(bout, gyp.to(DType::BF16), gw.gpu, plan);
+      expect_close("moe_unpermute (bf16 yp)", bout, rout, DType::F32);
+    }
   }
 }
 
@@ -595,6 +601,13 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
       EXPECT_EQ(test::diff(down(bdyp), down(gdyp.to(DType::BF16))).max_abs, 0.0)
           << "moe_unpermute_bwd bf16 dyp";
       expect_close("moe_unpermute_bwd dtopk_w (bf16 dyp)", bdtw, dtw, DType::F32);
+      // and yp kept in bf16: dtopk_w against the CPU at the rounded yp
+      Tensor rdyp = Tensor::empty({M, D}, DType::F32), rdtw = Tensor::empty({N, K}, DType::F32);
+      ops::moe_unpermute_bwd(rdyp, rdtw, dout, yp.to(DType::BF16).to(DType::F32), tw, plan);
+      Tensor cdyp = poisoned({M, D}, DType::BF16), cdtw = poisoned({N, K}, DType::F32);
+      ops::moe_unpermute_bwd(cdyp, cdtw, gpu(dout), gpu(yp).to(DType::BF16), gpu(tw), plan);
+      expect_close("moe_unpermute_bwd dtopk_w (bf16 yp)", cdtw, rdtw, DType::F32);
+      expect_close("moe_unpermute_bwd dyp (bf16 yp)", cdyp, rdyp, DType::BF16);
     }
     expect_close("moe_unpermute_bwd dtopk_w", gdtw, dtw, DType::F32);
     expect_close("moe_permute_bwd", gdx, dx, DType::F32);
@@ -886,6 +899,14 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
     ops::swiglu_bwd(bdg, bdu, d.to(Device::CUDA), g.to(Device::CUDA), u.to(Device::CUDA));
     expect_close("swiglu_bwd dgate (bf16 out)", bdg, dg, DType::BF16);
     expect_close("swiglu_bwd dup (bf16 out)", bdu, du, DType::BF16);
+    // gate and up as the experts wrote them (bf16), dout f32: against the CPU at the rounded inputs
+    const Tensor gb = g.to(DType::BF16), ub = u.to(DType::BF16);
+    Tensor rdg = Tensor::empty({300, 512}, DType::F32), rdu = Tensor::empty({300, 512}, DType::F32);
+    ops::swiglu_bwd(rdg, rdu, d, gb.to(DType::F32), ub.to(DType::F32));
+    Tensor cdg = poisoned({300, 512}, DType::BF16), cdu = poisoned({300, 512}, DType::BF16);
+    ops::swiglu_bwd(cdg, cdu, d.to(Device::CUDA), gb.to(Device::CUDA), ub.to(Device::CUDA));
+    expect_close("swiglu_bwd dgate (bf16 in and out)", cdg, rdg, DType::BF16);
+    expect_close("swiglu_bwd dup (bf16 in and out)", cdu, rdu, DType::BF16);
   }
   {
     const int64_t N = 33;
@@ -936,6 +957,19 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
     EXPECT_NEAR(got.loss_sum, want.loss_sum, 1e-6 * want.loss_sum) << "V " << V;
     expect_close("lm_head_cross_entropy dh V=" + std::to_string(V), gdh, dh, DType::F32);
     expect_close("lm_head_cross_entropy dw V=" + std::to_string(V), gdw, dw, DType::F32);
+    // A bf16 head (bf16 training): bf16 products, the gradient rows written in bf16, against the CPU at the
+    // same rounded weights; the loss from f32 logits of exact bf16 products.
+    const Tensor wb = w.to(DType::BF16);
+    Tensor rdh = Tensor::empty({N, D}, DType::F32), rdw = randn({V, D}, 0.01);
+    Tensor bdh = poisoned({N, D}, DType::F32), bdw = rdw.to(Device::CUDA);
+    const auto want_b =
+        ops::lm_head_cross_entropy(rdh, rdw, h.to(DType::BF16).to(DType::F32), wb.to(DType::F32), tg, 0.01);
+    const auto got_b = ops::lm_head_cross_entropy(bdh, bdw, h.to(Device::CUDA), wb.to(Device::CUDA),
+                                                  tg.to(Device::CUDA), 0.01);
+    EXPECT_EQ(got_b.count, want_b.count);
+    EXPECT_NEAR(got_b.loss_sum, want_b.loss_sum, 1e-5 * want_b.loss_sum) << "bf16 head, V " << V;
+    expect_close("lm_head_cross_entropy dh (bf16 head) V=" + std::to_string(V), bdh, rdh, DType::BF16);
+    expect_close("lm_head_cross_entropy dw (bf16 head) V=" + std::to_string(V), bdw, rdw, DType::BF16);
   }
 }
 

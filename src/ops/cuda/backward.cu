@@ -50,13 +50,12 @@ __global__ void rmsnorm_bwd_dw_sum_kernel(float* dw, const float* part, int64_t 
 }
 
 // dg = d·u·σ·(1 + g·(1 − σ)), du = d·g·σ (the CPU's formula).
-template <typename TO>
-__global__ void swiglu_bwd_kernel(TO* dg, TO* du, const float* dout, const float* g, const float* u,
-                                  int64_t n) {
+template <typename TI, typename TO>
+__global__ void swiglu_bwd_kernel(TO* dg, TO* du, const float* dout, const TI* g, const TI* u, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const float gv = g[i], d = dout[i], sg = 1.0f / (1.0f + expf(-gv));
-    dg[i] = st<TO>(d * u[i] * sg * (1.0f + gv * (1.0f - sg)));
+    const float gv = ld(g[i]), d = dout[i], sg = 1.0f / (1.0f + expf(-gv));
+    dg[i] = st<TO>(d * ld(u[i]) * sg * (1.0f + gv * (1.0f - sg)));
     du[i] = st<TO>(d * (gv * sg));
   }
 }
@@ -88,15 +87,20 @@ __global__ void adamw_kernel(float* w, const float* g, M* m, M* v, int64_t n, fl
 // chunks of every tensor in order), so thousands of small tensors cost one launch.
 constexpr int64_t kChunk = int64_t(1) << 18;
 
+// copy[t] (may be null): tensor t's bf16 copy, rewritten with the updated value (the compute copy of
+// bf16 training, in the same pass instead of a second read of the masters).
 template <typename M>
 __global__ void adamw_many_kernel(float* const* w, const float* const* g, M* const* m, M* const* v,
-                                  const float* decay, const int64_t* len, const int32_t* tensor,
-                                  const int64_t* begin, float b1, float b2, float gs, float eps,
-                                  float step_size, float bc2_sqrt) {
+                                  bf16* const* copy, const float* decay, const int64_t* len,
+                                  const int32_t* tensor, const int64_t* begin, float b1, float b2, float gs,
+                                  float eps, float step_size, float bc2_sqrt) {
   const int32_t t = tensor[blockIdx.x];
   const int64_t b = begin[blockIdx.x], e = min(b + kChunk, len[t]);
-  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x)
+  bf16* c = copy[t];
+  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) {
     adamw_elem(w[t], g[t], m[t], v[t], i, b1, b2, gs, eps, step_size, bc2_sqrt, decay[t]);
+    if (c != nullptr) c[i] = __float2bfloat16_rn(w[t][i]);
+  }
 }
 
 constexpr int kSumBlocks = 1024, kSumThreads = 256;
@@ -204,15 +208,18 @@ void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const 
 }
 
 void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
-  DSEEK_CHECK(gate.dtype() == DType::F32, "swiglu_bwd (CUDA): f32 activations, not ",
-              dtype_name(gate.dtype()));
+  DSEEK_CHECK(dout.dtype() == DType::F32, "swiglu_bwd (CUDA): f32 dout, not ", dtype_name(dout.dtype()));
   const int64_t n = gate.numel();
   if (n == 0) return;
-  with_act(dgate.dtype(), "swiglu_bwd", [&](auto to) {  // f32, or bf16 operands of the next products
-    using TO = decltype(to);
-    swiglu_bwd_kernel<<<blocks_for(n, 256), 256>>>(static_cast<TO*>(dgate.raw()), static_cast<TO*>(dup.raw()),
-                                                   dout.data<float>(), gate.data<float>(), up.data<float>(),
-                                                   n);
+  // gate/up: f32, or the bf16 the experts wrote; dgate/dup: f32, or bf16 operands of the next products
+  with_act(gate.dtype(), "swiglu_bwd", [&](auto ti) {
+    with_act(dgate.dtype(), "swiglu_bwd", [&](auto to) {
+      using TI = decltype(ti);
+      using TO = decltype(to);
+      swiglu_bwd_kernel<<<blocks_for(n, 256), 256>>>(
+          static_cast<TO*>(dgate.raw()), static_cast<TO*>(dup.raw()), dout.data<float>(),
+          static_cast<const TI*>(gate.raw()), static_cast<const TI*>(up.raw()), n);
+    });
   });
   DSEEK_CUDA_LAUNCH_CHECK("swiglu_bwd");
 }
@@ -292,11 +299,12 @@ void cast_many(const std::vector<Tensor*>& dst, const std::vector<const Tensor*>
 
 void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
                      const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
-                     const std::vector<double>& decay, const AdamWParams& p) {
+                     const std::vector<double>& decay, const AdamWParams& p,
+                     const std::vector<Tensor*>& copies) {
   std::vector<int64_t> lens;
   std::vector<float*> pw;
   std::vector<const float*> pg;
-  std::vector<void*> pm, pv;
+  std::vector<void*> pm, pv, pc;
   std::vector<float> dec;
   for (size_t i = 0; i < params.size(); ++i) {
     lens.push_back(params[i]->numel());
@@ -304,22 +312,25 @@ void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const
     pg.push_back(grads[i]->data<float>());
     pm.push_back(m[i]->raw());
     pv.push_back(v[i]->raw());
+    pc.push_back(copies.empty() || copies[i] == nullptr ? nullptr : copies[i]->raw());
     dec.push_back(float(1.0 - p.lr * decay[i]));  // as adamw_step derives it
   }
   const Chunks c = make_chunks(lens);
   if (c.count == 0) return;
   const double bc1 = 1.0 - std::pow(p.beta1, double(p.step)), bc2 = 1.0 - std::pow(p.beta2, double(p.step));
   const float step_size = float(p.lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
-  const Tensor tw = pointer_table(pw), tg = pointer_table(pg), tm = pointer_table(pm), tv = pointer_table(pv);
+  const Tensor tw = pointer_table(pw), tg = pointer_table(pg), tm = pointer_table(pm), tv = pointer_table(pv),
+               tc = pointer_table(pc);
   Tensor td = Tensor::empty({int64_t(dec.size())}, DType::F32, Device::CUDA);  // td: [T] decay factors
   copy_bytes(td.raw(), Device::CUDA, dec.data(), Device::CPU, dec.size() * sizeof(float));
   auto run = [&](auto mt) {
     using M = decltype(mt);
     adamw_many_kernel<M><<<unsigned(c.count), 256>>>(
         reinterpret_cast<float* const*>(tw.raw()), reinterpret_cast<const float* const*>(tg.raw()),
-        reinterpret_cast<M* const*>(tm.raw()), reinterpret_cast<M* const*>(tv.raw()), td.data<float>(),
-        c.len.data<int64_t>(), c.tensor.data<int32_t>(), c.begin.data<int64_t>(), float(p.beta1),
-        float(p.beta2), float(p.grad_scale), float(p.eps), step_size, bc2_sqrt);
+        reinterpret_cast<M* const*>(tm.raw()), reinterpret_cast<M* const*>(tv.raw()),
+        reinterpret_cast<bf16* const*>(tc.raw()), td.data<float>(), c.len.data<int64_t>(),
+        c.tensor.data<int32_t>(), c.begin.data<int64_t>(), float(p.beta1), float(p.beta2),
+        float(p.grad_scale), float(p.eps), step_size, bc2_sqrt);
   };
   if (m[0]->dtype() == DType::F32) {
     run(float{});

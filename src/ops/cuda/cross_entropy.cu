@@ -1,8 +1,9 @@
 // cross_entropy.cu — the LM head fused with the cross-entropy loss and its gradient on the GPU (issue 6;
 // ops/cross_entropy.h; DESIGN.md "LM head + fused cross-entropy"): tokens in chunks whose [chunk, V] f32
 // logits stay under 256 MB, so the full [T, V] logits never exist. Per chunk: logits = h · Wᵀ (cuBLASLt),
-// a block per row turns them in place into scale · (softmax − onehot) and writes the row's loss (f64),
-// then dh = dlogits · W and dw += dlogitsᵀ · h (linear's backward). The CPU version is the reference.
+// a block per row writes the row's loss (f64) and scale · (softmax − onehot) (bf16 for bf16 weights, else
+// in place), then dh = dlogits · W and dw += dlogitsᵀ · h (linear's backward). The CPU version is the
+// reference.
 #include <algorithm>
 #include <vector>
 
@@ -16,31 +17,43 @@ namespace {
 
 constexpr int kThreads = 1024;
 
-// Row i of l [n, V]: loss[i] = log Σ e^(l − max) + max − l[t] (t = tgt[i] ≥ 0, else 0); with `grad` the row
-// becomes scale · (softmax − onehot(t)) (zeros for a row without a target).
+// Row i of l [n, V] (f32 logits): loss[i] = log Σ e^(l − max) + max − l[t] (t = tgt[i] ≥ 0, else 0), the
+// maximum and the sum found in one pass (online rescaling); with `grad` the row of g (G = f32: in place over
+// l; bf16: the operand of the head's backward products) becomes scale · (softmax − onehot(t)), zeros for a
+// row without a target.
+template <typename G>
 __global__ void __launch_bounds__(kThreads)
-    ce_rows_kernel(float* l, double* loss, const int64_t* tgt, int64_t V, float scale, bool grad) {
+    ce_rows_kernel(const float* l, G* g, double* loss, const int64_t* tgt, int64_t V, float scale,
+                   bool grad) {
   const int64_t i = blockIdx.x;
-  float* r = l + i * V;
+  const float* r = l + i * V;
+  G* gr = g + i * V;
   const int64_t t = tgt[i];
   if (t < 0) {
     if (grad)
-      for (int64_t v = threadIdx.x; v < V; v += blockDim.x) r[v] = 0.0f;
+      for (int64_t v = threadIdx.x; v < V; v += blockDim.x) gr[v] = st<G>(0.0f);
     if (threadIdx.x == 0) loss[i] = 0.0;
     return;
   }
-  float m = -INFINITY;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, r[v]);
-  m = block_max(m);
-  float z = 0.0f;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z += expf(r[v] - m);
-  z = block_sum(z);
+  float m = -INFINITY, z = 0.0f;  // this thread's running maximum and Σ e^(l − m)
+  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+    const float x = r[v];
+    if (x > m) {
+      z = z * expf(m - x) + 1.0f;
+      m = x;
+    } else {
+      z += expf(x - m);
+    }
+  }
+  const float mb = block_max(m);
+  z = block_sum(m == -INFINITY ? 0.0f : z * expf(m - mb));
+  m = mb;
   const float lt = r[t];
-  __syncthreads();  // every thread has read r[t] before the row is overwritten
   if (threadIdx.x == 0) loss[i] = log(double(z)) + double(m) - double(lt);
   if (grad) {
     const float k = scale / z;
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) r[v] = expf(r[v] - m) * k - (v == t ? scale : 0.0f);
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
+      gr[v] = st<G>(expf(r[v] - m) * k - (v == t ? scale : 0.0f));
   }
 }
 
@@ -56,15 +69,27 @@ double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Te
   const bool grad = dh.defined();
   const int64_t chunk = std::clamp<int64_t>((int64_t(256) << 20) / (4 * std::max<int64_t>(V, 1)), 1, N);
   Tensor logits = Tensor::empty({chunk, V}, DType::F32, Device::CUDA);  // logits: [chunk, V]
+  // With bf16 weights the gradient rows are written in bf16 (the backward products' operand) and h is cast
+  // once for every chunk's products; with f32 weights the rows are turned into the gradient in place.
+  const bool bf16_head = w.dtype() == DType::BF16;
+  Tensor dlogits = grad && bf16_head ? Tensor::empty({chunk, V}, DType::BF16, Device::CUDA) : logits;
+  const Tensor ho = bf16_head && N > 8 ? h.to(DType::BF16) : h;
   Tensor loss = Tensor::empty({N}, DType::F64, Device::CUDA);
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t n = std::min(chunk, N - n0);
-    Tensor lc = logits.slice(0, n), hc = h.slice(n0, n);  // lc: [n, V], hc: [n, D]
+    Tensor lc = logits.slice(0, n), gc = dlogits.slice(0, n), hc = ho.slice(n0, n);  // lc, gc: [n, V]
     linear(lc, hc, w);
-    ce_rows_kernel<<<unsigned(n), kThreads>>>(lc.data<float>(), loss.data<double>() + n0,
-                                              targets.data<int64_t>() + n0, V, float(scale), grad);
+    if (gc.dtype() == DType::BF16) {
+      ce_rows_kernel<bf16><<<unsigned(n), kThreads>>>(lc.data<float>(), static_cast<bf16*>(gc.raw()),
+                                                      loss.data<double>() + n0, targets.data<int64_t>() + n0,
+                                                      V, float(scale), grad);
+    } else {
+      ce_rows_kernel<float><<<unsigned(n), kThreads>>>(lc.data<float>(), lc.data<float>(),
+                                                       loss.data<double>() + n0, targets.data<int64_t>() + n0,
+                                                       V, float(scale), grad);
+    }
     DSEEK_CUDA_LAUNCH_CHECK("lm_head_cross_entropy (rows)");
-    if (grad) linear_bwd(dh.slice(n0, n), dw, lc, hc, w);  // dh = dlogits · W, dw += dlogitsᵀ · h
+    if (grad) linear_bwd(dh.slice(n0, n), dw, gc, hc, w);  // dh = dlogits · W, dw += dlogitsᵀ · h
   }
   // The loss on the host, rows in order (rows without a target hold 0).
   const Tensor hl = loss.to(Device::CPU);

@@ -93,7 +93,8 @@ std::vector<double> sum_squares_many(const std::vector<const Tensor*>& ts);
 void cast_many(const std::vector<Tensor*>& dst, const std::vector<const Tensor*>& src);
 void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const Tensor*>& grads,
                      const std::vector<Tensor*>& m, const std::vector<Tensor*>& v,
-                     const std::vector<double>& decay, const AdamWParams& p);
+                     const std::vector<double>& decay, const AdamWParams& p,
+                     const std::vector<Tensor*>& copies);
 // The LM head + cross-entropy's Σ loss over the rows with a target (the dispatcher counts them).
 double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Tensor& w,
                                  const Tensor& targets, double scale);

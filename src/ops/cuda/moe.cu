@@ -19,8 +19,8 @@ __global__ void permute_kernel(TO* xp, const T* x, const int64_t* slot, int64_t 
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) xp[r * D + i] = st<TO>(ld(src[i]));
 }
 
-template <typename T>
-__global__ void unpermute_kernel(T* out, const T* yp, const T* w, const int64_t* row, int64_t K, int64_t D) {
+template <typename T, typename TY>
+__global__ void unpermute_kernel(T* out, const TY* yp, const T* w, const int64_t* row, int64_t K, int64_t D) {
   const int64_t n = blockIdx.x;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
     float acc = 0;
@@ -115,10 +115,13 @@ void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const Moe
   const int64_t N = p.tokens, D = yp.size(1);
   if (N == 0) return;
   Tensor row = upload_i64(p.row);
-  with_act(yp.dtype(), "moe_unpermute", [&](auto t) {
-    using T = decltype(t);
-    unpermute_kernel<<<int(N), 128>>>(static_cast<T*>(out.raw()), static_cast<const T*>(yp.raw()),
-                                      static_cast<const T*>(topk_w.raw()), row.data<int64_t>(), p.top_k, D);
+  with_act(out.dtype(), "moe_unpermute", [&](auto t) {
+    with_act(yp.dtype(), "moe_unpermute", [&](auto ty) {  // yp bf16 under f32 out: the experts' bf16 output
+      using T = decltype(t);
+      using TY = decltype(ty);
+      unpermute_kernel<<<int(N), 128>>>(static_cast<T*>(out.raw()), static_cast<const TY*>(yp.raw()),
+                                        static_cast<const T*>(topk_w.raw()), row.data<int64_t>(), p.top_k, D);
+    });
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_unpermute");
 }

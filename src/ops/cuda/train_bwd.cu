@@ -31,8 +31,8 @@ __global__ void permute_bwd_kernel(T* dx, const T* dxp, const int64_t* row, int6
 
 // grid M (permuted rows r, slot = slot[r], token n = slot / K): dyp[r] = w[slot] · dout[n] and
 // dw[slot] = dout[n] · yp[r].
-template <typename T, typename TD>
-__global__ void unpermute_bwd_kernel(TD* dyp, T* dw, const T* dout, const T* yp, const T* w,
+template <typename T, typename TY, typename TD>
+__global__ void unpermute_bwd_kernel(TD* dyp, T* dw, const T* dout, const TY* yp, const T* w,
                                      const int64_t* slot, int64_t K, int64_t D) {
   const int64_t r = blockIdx.x, s = slot[r], n = s / K;
   const float g = ld(w[s]);
@@ -235,14 +235,18 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
   const int64_t M = p.tokens * p.top_k, D = yp.size(1);
   if (M == 0) return;
   const Tensor slot = upload_i64(p.slot);
-  with_act(yp.dtype(), "moe_unpermute_bwd", [&](auto t) {
-    with_act(dyp.dtype(), "moe_unpermute_bwd", [&](auto td) {  // dyp bf16: the down product's operand
-      using T = decltype(t);
-      using TD = decltype(td);
-      unpermute_bwd_kernel<<<unsigned(M), 256>>>(
-          static_cast<TD*>(dyp.raw()), static_cast<T*>(dtopk_w.raw()), static_cast<const T*>(dout.raw()),
-          static_cast<const T*>(yp.raw()), static_cast<const T*>(topk_w.raw()), slot.data<int64_t>(), p.top_k,
-          D);
+  // T: dout, the weights and their gradient; TY: yp; TD: dyp (bf16 ones: the experts' operands)
+  with_act(dout.dtype(), "moe_unpermute_bwd", [&](auto t) {
+    with_act(yp.dtype(), "moe_unpermute_bwd", [&](auto ty) {
+      with_act(dyp.dtype(), "moe_unpermute_bwd", [&](auto td) {
+        using T = decltype(t);
+        using TY = decltype(ty);
+        using TD = decltype(td);
+        unpermute_bwd_kernel<<<unsigned(M), 256>>>(
+            static_cast<TD*>(dyp.raw()), static_cast<T*>(dtopk_w.raw()), static_cast<const T*>(dout.raw()),
+            static_cast<const TY*>(yp.raw()), static_cast<const T*>(topk_w.raw()), slot.data<int64_t>(),
+            p.top_k, D);
+      });
     });
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_unpermute_bwd");
