@@ -3,10 +3,11 @@
 // scripts/bench-train-cpu runs both on the same CPU threads and prints the ratio.
 //
 //   train_cpu_bench [--config PATH | --preset demo] [--batch B] [--seq T] [--steps N] [--mtp-lambda X]
-//                   [--threads N] [--vocab V] [--device cpu|cuda] [--dtype f32|bf16]
+//                   [--threads N] [--vocab V] [--device cpu|cuda] [--dtype f32|bf16] [--moments f32|bf16]
 // With --device cuda the same step runs on the GPU (issue 6; scripts/bench-train-gpu), timed with a
 // device synchronisation at the end of each step, and the peak device memory is printed; --dtype bf16
-// computes with bf16 copies of the f32 master weights (train/compute_copy.h), as `dseek train --dtype bf16`.
+// computes with bf16 copies of the f32 master weights (train/compute_copy.h), as `dseek train --dtype bf16`;
+// --moments bf16 keeps AdamW's moments in bf16 (DeepSeek-V3's recipe; `dseek train --moments bf16`).
 //   DSEEK_PROFILE=1 also prints the mean time per step of each phase (src/core/profile.h);
 //   DSEEK_CUDA_PROFILE=1 the synchronized per-op times of the timed steps (src/core/device.h).
 #include <omp.h>
@@ -38,7 +39,7 @@ int main(int argc, char** argv) {
   std::string config, preset = "demo";
   int64_t B = 8, T = 256, steps = 10, vocab = 1024;
   double mtp_lambda = 0.0;
-  std::string device = "cpu", dtype = "f32";
+  std::string device = "cpu", dtype = "f32", moments = "f32";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--config")
@@ -59,6 +60,8 @@ int main(int argc, char** argv) {
       device = v;
     else if (k == "--dtype")
       dtype = v;
+    else if (k == "--moments")
+      moments = v;
     else if (k == "--threads")
       omp_set_num_threads(std::stoi(v));
     else {
@@ -76,7 +79,8 @@ int main(int argc, char** argv) {
     if (dev == Device::CUDA) m.to(Device::CUDA, DType::F32);
     DSEEK_CHECK(dtype == "f32" || dtype == "bf16", "--dtype must be f32 or bf16");
     train::ComputeCopy compute(m, dtype == "bf16" ? DType::BF16 : DType::F32);
-    train::AdamW opt(m.w, cfg, {});
+    DSEEK_CHECK(moments == "f32" || moments == "bf16", "--moments must be f32 or bf16");
+    train::AdamW opt(m.w, cfg, {.moments = moments == "bf16" ? DType::BF16 : DType::F32});
     Weights g = zero_grads(m.w, cfg, DType::F32, dev);  // zeroed before each step (zero_grads_)
     std::mt19937 rng(1);
     Tensor ids = Tensor::empty({B, T}, DType::I64), tg = Tensor::empty({B, T}, DType::I64);
@@ -113,9 +117,10 @@ int main(int argc, char** argv) {
     const double med = median(times);
     ParamCounts pc = count_params(cfg);
     std::printf(
-        "dseek train step: %s, %.2f M params, %s, batch %lld x %lld, %d threads, MTP %s: median %.3f s/step, "
-        "%.0f tokens/s\n",
-        config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, dtype.c_str(), (long long)B,
+        "dseek train step: %s, %.2f M params, %s, %s moments, batch %lld x %lld, %d threads, MTP %s: median "
+        "%.3f s/step, %.0f tokens/s\n",
+        config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, dtype.c_str(), moments.c_str(),
+        (long long)B,
         (long long)T, num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
     if (prof::enabled()) {  // DSEEK_PROFILE=1: mean time per step of each phase of forward+backward
       std::printf("phases (mean per step):\n");

@@ -232,11 +232,20 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
          du = Tensor::empty({M, F}, op, dev);
   ops::grouped_linear_bwd(dh, grads.down, dyp, s.h, mats.down, s.plan);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
-  Tensor dxp = Tensor::empty({M, D}, dt, dev);  // dxp: [M, D] = dg · W_gate + du · W_up per expert
-  ops::grouped_linear_pair_bwd(dxp, grads.gate, grads.up, dg, du, s.xp, mats.gate, mats.up, s.plan);
   Tensor dxr = Tensor::empty({N, D}, dt, dev);
-  ops::moe_permute_bwd(dxr, dxp, s.plan);
-  ops::add_(dx, dxr);
+  if (dev == Device::CUDA) {
+    // dxa, dxb: [M, D] = dg · W_gate, du · W_up per expert; their sum goes through the permutation's
+    // backward straight into dx (one pass, no [M, D] add)
+    Tensor dxa = Tensor::empty({M, D}, dt, dev), dxb = Tensor::empty({M, D}, dt, dev);
+    ops::grouped_linear_bwd(dxa, grads.gate, dg, s.xp, mats.gate, s.plan);
+    ops::grouped_linear_bwd(dxb, grads.up, du, s.xp, mats.up, s.plan);
+    ops::moe_permute_bwd_add(dx, dxa, dxb, s.plan);
+  } else {  // the CPU does both products in one pass over the row pieces
+    Tensor dxp = Tensor::empty({M, D}, dt, dev);  // dxp: [M, D] = dg · W_gate + du · W_up per expert
+    ops::grouped_linear_pair_bwd(dxp, grads.gate, grads.up, dg, du, s.xp, mats.gate, mats.up, s.plan);
+    ops::moe_permute_bwd(dxr, dxp, s.plan);
+    ops::add_(dx, dxr);
+  }
   Tensor dlogits = Tensor::empty({N, E}, dt, dev);  // dlogits: [N, E]
   const auto rp = ops::RouterParams::from(c);
   ops::router_bwd(dlogits, dgw, s.route.topk_idx, s.scores, rp);

@@ -135,6 +135,9 @@ double lm_head_cross_entropy_sum(Tensor, Tensor, const Tensor&, const Tensor&, c
 void moe_permute_bwd(Tensor, const Tensor&, const MoePlan&) {
   none("moe_permute_bwd");
 }
+void moe_permute_bwd_add(Tensor, const Tensor&, const Tensor&, const MoePlan&) {
+  none("moe_permute_bwd_add");
+}
 void moe_unpermute_bwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const MoePlan&) {
   none("moe_unpermute_bwd");
 }

@@ -117,6 +117,28 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p, Stream) {
   }
 }
 
+void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& p, Stream) {
+  check_plan_rows("moe_permute_bwd_add", "dxa", dxa, p);
+  check_act("moe_permute_bwd_add", "dxa", dxa);
+  check_shape("moe_permute_bwd_add", "dxb", dxb, dxa.shape());
+  check_shape("moe_permute_bwd_add", "dx", dx, {p.tokens, dxa.size(1)});
+  DSEEK_CHECK(dx.dtype() == dxa.dtype() && dxb.dtype() == dxa.dtype(), "moe_permute_bwd_add: mixed dtypes");
+  check_same_device("moe_permute_bwd_add", {&dx, &dxa, &dxb});
+  switch (dx.device()) {
+    case Device::CPU: {
+      Tensor sum = dxa.clone(), dxr = Tensor::empty(dx.shape(), dx.dtype());  // sum: [M, D], dxr: [N, D]
+      axpy_(sum, dxb, 1.0);
+      cpu::moe_permute_bwd(dxr, sum, p);
+      axpy_(dx, dxr, 1.0);
+      return;
+    }
+    case Device::CUDA:
+      return cuda::moe_permute_bwd_add(dx, dxa, dxb, p);
+    default:
+      fail("moe_permute_bwd_add: no implementation for ", device_name(dx.device()));
+  }
+}
+
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p, Stream) {
   check_plan_rows("moe_permute_bwd", "dxp", dxp, p);
   check_act("moe_permute_bwd", "dxp", dxp);

@@ -24,6 +24,10 @@ struct MoePlan {
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan, Stream s = {});
 // dx[N, D] (written) = Σ over a token's permuted rows of dxp.
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan, Stream s = {});
+// dx[N, D] += Σ over a token's permuted rows of (dxa + dxb) (the gate and up products' input gradients):
+// the two adds and the permutation's backward in one pass on the GPU (the CPU composes the ops above, in
+// the same order: dxa + dxb per row, the rows of a token in order, then into dx).
+void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& plan, Stream s = {});
 
 // out[rows of e] = x[rows of e] · w[e]ᵀ for each expert e (w[e]: [O, I]).
 void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const MoePlan& plan,

@@ -595,6 +595,14 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     ops::moe_unpermute_bwd(gdyp, gdtw, gpu(dout), gpu(yp), gpu(tw), plan);
     ops::moe_permute_bwd(gdx, gpu(dxp), plan);
     expect_close("moe_unpermute_bwd dyp", gdyp, dyp, DType::F32);
+    {  // the fused form: dx += Σ_k (dxa + dxb)[row], the same bits as the CPU's composition
+      const Tensor dxb = randn({M, D}), dx0 = randn({N, D});
+      Tensor cdx = dx0.clone(), gdx2 = gpu(dx0);
+      ops::moe_permute_bwd_add(cdx, dxp, dxb, plan);
+      ops::moe_permute_bwd_add(gdx2, gpu(dxp), gpu(dxb), plan);
+      EXPECT_EQ(test::diff(down(gdx2), cdx).max_abs, 0.0) << "moe_permute_bwd_add";
+      EXPECT_GT(test::diff(cdx, dx0).max_abs, 0.0) << "moe_permute_bwd_add added nothing";
+    }
     {  // dyp in bf16 (the down projection's operand), the weights' gradient still f32
       Tensor bdyp = poisoned({M, D}, DType::BF16), bdtw = poisoned({N, K}, DType::F32);
       ops::moe_unpermute_bwd(bdyp, bdtw, gpu(dout), gpu(yp), gpu(tw), plan);

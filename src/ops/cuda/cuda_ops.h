@@ -100,6 +100,7 @@ double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Te
                                  const Tensor& targets, double scale);
 // train_bwd.cu: the MoE, router, balance-loss, embedding and attention backward (deterministic order).
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan);
+void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& plan);
 void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
                        const MoePlan& plan);
 void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, const Tensor& scores,

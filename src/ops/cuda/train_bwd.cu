@@ -29,6 +29,22 @@ __global__ void permute_bwd_kernel(T* dx, const T* dxp, const int64_t* row, int6
   }
 }
 
+// grid N: dx[n] += Σ_k (a[row[n·K + k]] + b[row[n·K + k]]), k ascending (the CPU's order: the rows'
+// sums first, then the tokens' sums, then into dx).
+template <typename T>
+__global__ void permute_bwd_add_kernel(T* dx, const T* a, const T* b, const int64_t* row, int64_t K,
+                                       int64_t D) {
+  const int64_t n = blockIdx.x;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t r = row[n * K + k] * D + i;
+      acc += ld(st<T>(ld(a[r]) + ld(b[r])));  // the row's sum in T, as the CPU's axpy leaves it
+    }
+    dx[n * D + i] = st<T>(ld(dx[n * D + i]) + ld(st<T>(acc)));
+  }
+}
+
 // grid M (permuted rows r, slot = slot[r], token n = slot / K): dyp[r] = w[slot] · dout[n] and
 // dw[slot] = dout[n] · yp[r].
 template <typename T, typename TY, typename TD>
@@ -217,6 +233,19 @@ void attention_bwd_one(float* dq, float* dk, float* dv, const float* dout, const
 }
 
 }  // namespace
+
+void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& p) {
+  const int64_t D = dxa.size(1);
+  if (p.tokens == 0) return;
+  const Tensor row = upload_i64(p.row);
+  with_act(dx.dtype(), "moe_permute_bwd_add", [&](auto t) {
+    using T = decltype(t);
+    permute_bwd_add_kernel<<<unsigned(p.tokens), 256>>>(
+        static_cast<T*>(dx.raw()), static_cast<const T*>(dxa.raw()), static_cast<const T*>(dxb.raw()),
+        row.data<int64_t>(), p.top_k, D);
+  });
+  DSEEK_CUDA_LAUNCH_CHECK("moe_permute_bwd_add");
+}
 
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p) {
   const int64_t D = dxp.size(1);
