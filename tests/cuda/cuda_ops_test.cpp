@@ -952,8 +952,8 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
     EXPECT_NEAR(got, want, 1e-12 * want);
   }
   // The LM head fused with cross-entropy: loss, count, dh (written) and dw (accumulated); a real vocabulary
-  // in three chunks of logits (1,200 rows × 129,280), some rows without a target.
-  for (auto [N, D, V] : {std::tuple{70, 64, 1000}, {1200, 32, 129280}}) {
+  // in three chunks of logits (4,300 rows × 129,280: 2,076 + 2,076 + 148), some rows without a target.
+  for (auto [N, D, V] : {std::tuple{70, 64, 1000}, {4300, 32, 129280}}) {
     Tensor h = randn({N, D}), w = randn({V, D}, 0.05), tg = Tensor::empty({N}, DType::I64);
     for (int64_t i = 0; i < N; ++i) tg.data<int64_t>()[i] = i % 7 == 3 ? -1 : (i * 7919) % V;
     Tensor dh = Tensor::empty({N, D}, DType::F32), dw = randn({V, D}, 0.01);

@@ -62,17 +62,22 @@ __global__ void swiglu_bwd_kernel(TO* dg, TO* du, const float* dout, const TI* g
 
 // The CPU's AdamW step of element i, operation by operation with IEEE round-to-nearest and no
 // contraction to FMA.
+// Every element is loaded once and the moments' rounding to M is taken from registers (not read back
+// from memory, which the possible aliasing of the four pointers would otherwise force). Returns the new w.
 template <typename M>
-__device__ __forceinline__ void adamw_elem(float* w, const float* g, M* m, M* v, int64_t i, float b1,
-                                           float b2, float gs, float eps, float step_size, float bc2_sqrt,
-                                           float decay) {
-  const float gi = __fmul_rn(g[i], gs);
-  const float mi = __fadd_rn(__fmul_rn(b1, ld(m[i])), __fmul_rn(__fsub_rn(1.0f, b1), gi));
-  const float vi = __fadd_rn(__fmul_rn(b2, ld(v[i])), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi));
-  m[i] = st<M>(mi);
-  v[i] = st<M>(vi);
-  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(ld(v[i])), bc2_sqrt), eps);
-  w[i] = __fsub_rn(__fmul_rn(w[i], decay), __fdiv_rn(__fmul_rn(step_size, ld(m[i])), denom));
+__device__ __forceinline__ float adamw_elem(float* w, const float* g, M* m, M* v, int64_t i, float b1,
+                                            float b2, float gs, float eps, float step_size, float bc2_sqrt,
+                                            float decay) {
+  const float g0 = g[i], m0 = ld(m[i]), v0 = ld(v[i]), w0 = w[i];
+  const float gi = __fmul_rn(g0, gs);
+  const M ms = st<M>(__fadd_rn(__fmul_rn(b1, m0), __fmul_rn(__fsub_rn(1.0f, b1), gi)));
+  const M vs = st<M>(__fadd_rn(__fmul_rn(b2, v0), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi)));
+  m[i] = ms;
+  v[i] = vs;
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(ld(vs)), bc2_sqrt), eps);
+  const float wn = __fsub_rn(__fmul_rn(w0, decay), __fdiv_rn(__fmul_rn(step_size, ld(ms)), denom));
+  w[i] = wn;
+  return wn;
 }
 
 template <typename M>
@@ -96,10 +101,16 @@ __global__ void adamw_many_kernel(float* const* w, const float* const* g, M* con
                                   float eps, float step_size, float bc2_sqrt) {
   const int32_t t = tensor[blockIdx.x];
   const int64_t b = begin[blockIdx.x], e = min(b + kChunk, len[t]);
+  // the tensor's pointers once, before any store could (as far as the compiler knows) change the tables
+  float* wt = w[t];
+  const float* gt = g[t];
+  M* mt = m[t];
+  M* vt = v[t];
   bf16* c = copy[t];
+  const float dt = decay[t];
   for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) {
-    adamw_elem(w[t], g[t], m[t], v[t], i, b1, b2, gs, eps, step_size, bc2_sqrt, decay[t]);
-    if (c != nullptr) c[i] = __float2bfloat16_rn(w[t][i]);
+    const float wn = adamw_elem(wt, gt, mt, vt, i, b1, b2, gs, eps, step_size, bc2_sqrt, dt);
+    if (c != nullptr) c[i] = __float2bfloat16_rn(wn);
   }
 }
 

@@ -1,6 +1,6 @@
 // cross_entropy.cu — the LM head fused with the cross-entropy loss and its gradient on the GPU (issue 6;
 // ops/cross_entropy.h; DESIGN.md "LM head + fused cross-entropy"): tokens in chunks whose [chunk, V] f32
-// logits stay under 256 MB, so the full [T, V] logits never exist. Per chunk: logits = h · Wᵀ (cuBLASLt),
+// logits stay under 1 GB, so the full [T, V] logits never exist. Per chunk: logits = h · Wᵀ (cuBLASLt),
 // a block per row writes the row's loss (f64) and scale · (softmax − onehot) (bf16 for bf16 weights, else
 // in place), then dh = dlogits · W and dw += dlogitsᵀ · h (linear's backward). The CPU version is the
 // reference.
@@ -67,7 +67,10 @@ double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Te
               dtype_name(w.dtype()));
   if (N == 0) return 0.0;
   const bool grad = dh.defined();
-  const int64_t chunk = std::clamp<int64_t>((int64_t(256) << 20) / (4 * std::max<int64_t>(V, 1)), 1, N);
+  // Chunks of 1 GB of f32 logits (2,076 rows of a 129,280 vocabulary): each chunk's weight gradient reads
+  // and writes all of dw ([V, D] f32), so fewer, larger chunks cut that traffic (32 chunks of 256 MB had
+  // moved 34 GB per step on bench-1b).
+  const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 30) / (4 * std::max<int64_t>(V, 1)), 1, N);
   Tensor logits = Tensor::empty({chunk, V}, DType::F32, Device::CUDA);  // logits: [chunk, V]
   // With bf16 weights the gradient rows are written in bf16 (the backward products' operand) and h is cast
   // once for every chunk's products; with f32 weights the rows are turned into the gradient in place.
