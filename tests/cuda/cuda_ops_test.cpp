@@ -843,9 +843,17 @@ TEST_F(Cuda, MultiTensorOptimizerOpsMatchOneTensorOps) {
       pv.push_back(&v2[i]);
       pg.push_back(&g[i]);
     }
-    ops::adamw_step_many(pw, pg, pm, pv, decay, p);
+    // bf16 copies rewritten in the same pass for every other tensor (the compute copies of bf16 training)
+    std::vector<Tensor> copies;
+    std::vector<Tensor*> pc;
+    for (size_t i = 0; i < sizes.size(); ++i) copies.push_back(poisoned({sizes[i]}, DType::BF16));
+    for (size_t i = 0; i < sizes.size(); ++i) pc.push_back(i % 2 ? &copies[i] : nullptr);
+    ops::adamw_step_many(pw, pg, pm, pv, decay, p, pc);
     for (size_t i = 0; i < sizes.size(); ++i) {
       EXPECT_EQ(test::diff(w2[i].to(Device::CPU), w1[i].to(Device::CPU)).max_abs, 0.0) << "w " << i;
+      if (i % 2) {
+        EXPECT_EQ(test::diff(down(copies[i]), down(w1[i].to(DType::BF16))).max_abs, 0.0) << "copy " << i;
+      }
       EXPECT_EQ(
           test::diff(m2[i].to(Device::CPU).to(DType::F32), m1[i].to(Device::CPU).to(DType::F32)).max_abs, 0.0)
           << "m " << i;

@@ -60,24 +60,62 @@ __global__ void swiglu_bwd_kernel(TO* dg, TO* du, const float* dout, const TI* g
   }
 }
 
-// The CPU's AdamW step of element i, operation by operation with IEEE round-to-nearest and no
-// contraction to FMA.
-// Every element is loaded once and the moments' rounding to M is taken from registers (not read back
-// from memory, which the possible aliasing of the four pointers would otherwise force). Returns the new w.
+// The CPU's AdamW step of one element, operation by operation with IEEE round-to-nearest and no
+// contraction to FMA: from the loaded w0, g0, m0, v0 the new moments (rounded to M, in registers: the four
+// pointers may alias as far as the compiler knows, so nothing is read back from memory) and the new w.
+struct AdamWConsts {
+  float b1, b2, gs, eps, step_size, bc2_sqrt, decay;
+};
+template <typename M>
+__device__ __forceinline__ float adamw_math(float w0, float g0, float m0, float v0, const AdamWConsts& k,
+                                            M& ms, M& vs) {
+  const float gi = __fmul_rn(g0, k.gs);
+  ms = st<M>(__fadd_rn(__fmul_rn(k.b1, m0), __fmul_rn(__fsub_rn(1.0f, k.b1), gi)));
+  vs = st<M>(__fadd_rn(__fmul_rn(k.b2, v0), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, k.b2), gi), gi)));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(ld(vs)), k.bc2_sqrt), k.eps);
+  return __fsub_rn(__fmul_rn(w0, k.decay), __fdiv_rn(__fmul_rn(k.step_size, ld(ms)), denom));
+}
+// Element i in place; returns the new w.
 template <typename M>
 __device__ __forceinline__ float adamw_elem(float* w, const float* g, M* m, M* v, int64_t i, float b1,
                                             float b2, float gs, float eps, float step_size, float bc2_sqrt,
                                             float decay) {
-  const float g0 = g[i], m0 = ld(m[i]), v0 = ld(v[i]), w0 = w[i];
-  const float gi = __fmul_rn(g0, gs);
-  const M ms = st<M>(__fadd_rn(__fmul_rn(b1, m0), __fmul_rn(__fsub_rn(1.0f, b1), gi)));
-  const M vs = st<M>(__fadd_rn(__fmul_rn(b2, v0), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi)));
+  M ms, vs;
+  const float wn = adamw_math(w[i], g[i], ld(m[i]), ld(v[i]),
+                              AdamWConsts{b1, b2, gs, eps, step_size, bc2_sqrt, decay}, ms, vs);
   m[i] = ms;
   v[i] = vs;
-  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(ld(vs)), bc2_sqrt), eps);
-  const float wn = __fsub_rn(__fmul_rn(w0, decay), __fdiv_rn(__fmul_rn(step_size, ld(ms)), denom));
   w[i] = wn;
   return wn;
+}
+
+// Four consecutive elements of an f32 or bf16 array (16 / 8 bytes, aligned) as floats, and back.
+template <typename M>
+__device__ __forceinline__ float4 load4(const M* p) {
+  if constexpr (std::is_same_v<M, float>) {
+    return *reinterpret_cast<const float4*>(p);
+  } else {
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x)),
+                 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+  }
+}
+template <typename M>
+__device__ __forceinline__ void store4(M* p, const M (&x)[4]) {
+  if constexpr (std::is_same_v<M, float>) {
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+  } else {
+    uint2 u;
+    __nv_bfloat162 a, b;
+    a.x = x[0];
+    a.y = x[1];
+    b.x = x[2];
+    b.y = x[3];
+    u.x = *reinterpret_cast<const uint32_t*>(&a);
+    u.y = *reinterpret_cast<const uint32_t*>(&b);
+    *reinterpret_cast<uint2*>(p) = u;
+  }
 }
 
 template <typename M>
@@ -93,12 +131,14 @@ __global__ void adamw_kernel(float* w, const float* g, M* m, M* v, int64_t n, fl
 constexpr int64_t kChunk = int64_t(1) << 18;
 
 // copy[t] (may be null): tensor t's bf16 copy, rewritten with the updated value (the compute copy of
-// bf16 training, in the same pass instead of a second read of the masters).
+// bf16 training, in the same pass instead of a second read of the masters). vec: every pointer is aligned
+// for four elements at a time (16-byte f32, 8-byte bf16 accesses: more bytes in flight per thread); a
+// chunk's first element is a multiple of kChunk, so only its tail is left to the element loop.
 template <typename M>
 __global__ void adamw_many_kernel(float* const* w, const float* const* g, M* const* m, M* const* v,
                                   bf16* const* copy, const float* decay, const int64_t* len,
                                   const int32_t* tensor, const int64_t* begin, float b1, float b2, float gs,
-                                  float eps, float step_size, float bc2_sqrt) {
+                                  float eps, float step_size, float bc2_sqrt, bool vec) {
   const int32_t t = tensor[blockIdx.x];
   const int64_t b = begin[blockIdx.x], e = min(b + kChunk, len[t]);
   // the tensor's pointers once, before any store could (as far as the compiler knows) change the tables
@@ -107,9 +147,37 @@ __global__ void adamw_many_kernel(float* const* w, const float* const* g, M* con
   M* mt = m[t];
   M* vt = v[t];
   bf16* c = copy[t];
-  const float dt = decay[t];
-  for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) {
-    const float wn = adamw_elem(wt, gt, mt, vt, i, b1, b2, gs, eps, step_size, bc2_sqrt, dt);
+  const AdamWConsts k{b1, b2, gs, eps, step_size, bc2_sqrt, decay[t]};
+  int64_t tail = b;
+  if (vec) {
+    const int64_t n4 = (e - b) / 4;
+    for (int64_t j = threadIdx.x; j < n4; j += blockDim.x) {
+      const int64_t i = b + 4 * j;
+      const float4 w4 = *reinterpret_cast<const float4*>(wt + i),
+                   g4 = *reinterpret_cast<const float4*>(gt + i), m4 = load4(mt + i), v4 = load4(vt + i);
+      M ms[4], vs[4];
+      float wn[4];
+      wn[0] = adamw_math(w4.x, g4.x, m4.x, v4.x, k, ms[0], vs[0]);
+      wn[1] = adamw_math(w4.y, g4.y, m4.y, v4.y, k, ms[1], vs[1]);
+      wn[2] = adamw_math(w4.z, g4.z, m4.z, v4.z, k, ms[2], vs[2]);
+      wn[3] = adamw_math(w4.w, g4.w, m4.w, v4.w, k, ms[3], vs[3]);
+      store4(mt + i, ms);
+      store4(vt + i, vs);
+      *reinterpret_cast<float4*>(wt + i) = make_float4(wn[0], wn[1], wn[2], wn[3]);
+      if (c != nullptr) {
+        const bf16 cb[4] = {__float2bfloat16_rn(wn[0]), __float2bfloat16_rn(wn[1]),
+                            __float2bfloat16_rn(wn[2]), __float2bfloat16_rn(wn[3])};
+        store4(c + i, cb);
+      }
+    }
+    tail = b + 4 * n4;
+  }
+  for (int64_t i = tail + threadIdx.x; i < e; i += blockDim.x) {
+    M ms, vs;
+    const float wn = adamw_math(wt[i], gt[i], ld(mt[i]), ld(vt[i]), k, ms, vs);
+    mt[i] = ms;
+    vt[i] = vs;
+    wt[i] = wn;
     if (c != nullptr) c[i] = __float2bfloat16_rn(wn);
   }
 }
@@ -332,6 +400,13 @@ void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const
   const float step_size = float(p.lr / bc1), bc2_sqrt = float(std::sqrt(bc2));
   const Tensor tw = pointer_table(pw), tg = pointer_table(pg), tm = pointer_table(pm), tv = pointer_table(pv),
                tc = pointer_table(pc);
+  // Four elements at a time when every pointer allows it (16-byte f32 arrays, 8-byte bf16 ones).
+  auto aligned = [](const void* q, uintptr_t a) { return (reinterpret_cast<uintptr_t>(q) & (a - 1)) == 0; };
+  const uintptr_t ma = m[0]->dtype() == DType::F32 ? 16 : 8;
+  bool vec = true;
+  for (size_t i = 0; i < params.size(); ++i)
+    vec = vec && aligned(pw[i], 16) && aligned(pg[i], 16) && aligned(pm[i], ma) && aligned(pv[i], ma) &&
+          (pc[i] == nullptr || aligned(pc[i], 8));
   Tensor td = Tensor::empty({int64_t(dec.size())}, DType::F32, Device::CUDA);  // td: [T] decay factors
   copy_bytes(td.raw(), Device::CUDA, dec.data(), Device::CPU, dec.size() * sizeof(float));
   auto run = [&](auto mt) {
@@ -341,7 +416,7 @@ void adamw_step_many(const std::vector<Tensor*>& params, const std::vector<const
         reinterpret_cast<M* const*>(tm.raw()), reinterpret_cast<M* const*>(tv.raw()),
         reinterpret_cast<bf16* const*>(tc.raw()), td.data<float>(), c.len.data<int64_t>(),
         c.tensor.data<int32_t>(), c.begin.data<int64_t>(), float(p.beta1), float(p.beta2),
-        float(p.grad_scale), float(p.eps), step_size, bc2_sqrt);
+        float(p.grad_scale), float(p.eps), step_size, bc2_sqrt, vec);
   };
   if (m[0]->dtype() == DType::F32) {
     run(float{});
