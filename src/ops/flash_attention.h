@@ -32,7 +32,8 @@ void mla_flash_fwd(Tensor out, const Tensor& q, const Tensor& kv, const Tensor& 
 // lse [H, N] (head-major, so a head's rows are contiguous) = log Σ_j exp(scale · q·k_j) over each row's
 // visible keys. CPU: every tensor f32 (lse f32) or every one f64 (lse f64), exact. CUDA: kv and kpe bf16,
 // q bf16 or f32, out f32 or bf16, lse f32; both products take bf16 operands on the tensor cores with f32
-// scores, softmax and accumulation; only the head dims mla_flash_train_dims() accepts.
+// scores, softmax and accumulation (bf16, not the prefill's fp16: the backward's dO and dS, a mean loss's
+// gradients, fall below fp16's range); only the head dims mla_flash_train_dims() accepts.
 void mla_flash_train_fwd(Tensor out, Tensor lse, const Tensor& q, const Tensor& kv, const Tensor& kpe,
                          const std::vector<int64_t>& cu, double scale, Stream s = {});
 

@@ -2,12 +2,12 @@
 // §2.6) and the training forward (bf16 operands, each row's log-sum-exp kept for the backward in
 // flash_attention_bwd.cu), flash-style: a block takes 128 query rows of one head (64 for the wide V3 head
 // dims), walks the visible keys in tiles of 64 with an online softmax, and never writes the score matrix.
-// Both products run on the tensor cores (mma.sync m16n8k16, fp16 operands, f32 accumulation;
-// ops/flash_attention.h says why not bf16); keys [k_nope | k_pe] and values are read in place from the
-// kv_b_proj output and the rope-key rows (fp16), staged through shared memory with cp.async in two stages; Q,
-// K and V fragments by ldmatrix. Eight warps per block (four for the wide dims), 16 query rows each. Head
-// dims other than the instantiated ones, and f32 operands, take the exact per-row kernel of attention.cu
-// after assembling k and v.
+// Both products run on the tensor cores (mma.sync m16n8k16, f32 accumulation; fp16 operands for inference —
+// ops/flash_attention.h says why not bf16 — and bf16 for training); keys [k_nope | k_pe] and values are read
+// in place from the kv_b_proj output and the rope-key rows (in the operand type), staged through shared
+// memory with cp.async in two stages; Q, K and V fragments by ldmatrix. Eight warps per block (four for the
+// wide dims), 16 query rows each. Head dims other than the instantiated ones, and f32 operands, take the
+// exact per-row kernel of attention.cu after assembling k and v.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
