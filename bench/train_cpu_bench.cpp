@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
         cuda_profile_reset();
       }
       auto t0 = clk::now();
-      zero_grads_(g, cfg);
+      zero_grads_(g);
       auto t1 = clk::now();
       compute.model().forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
       auto t2 = clk::now();
@@ -119,9 +119,9 @@ int main(int argc, char** argv) {
     std::printf(
         "dseek train step: %s, %.2f M params, %s, %s moments, batch %lld x %lld, %d threads, MTP %s: median "
         "%.3f s/step, %.0f tokens/s\n",
-        config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, dtype.c_str(), moments.c_str(),
-        (long long)B,
-        (long long)T, num_threads(), mtp_lambda > 0 ? "on" : "off", med, double(B * T) / med);
+        config.empty() ? preset.c_str() : config.c_str(), double(pc.total) / 1e6, dtype.c_str(),
+        moments.c_str(), (long long)B, (long long)T, num_threads(), mtp_lambda > 0 ? "on" : "off", med,
+        double(B * T) / med);
     if (prof::enabled()) {  // DSEEK_PROFILE=1: mean time per step of each phase of forward+backward
       std::printf("phases (mean per step):\n");
       prof::report(stdout, double(steps));

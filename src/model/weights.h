@@ -61,8 +61,8 @@ struct Weights {
   std::vector<LayerWeights> layers;
   std::vector<MtpWeights> mtp;
   bool has_mtp = false;  // MTP tensors present (loaded or initialised)
-  // When defined, every tensor above is a view into this one buffer (zero_grads on the GPU), so that
-  // zero_grads_() clears them all with one memset instead of one launch per tensor.
+  // When defined, every tensor above is a view into this one buffer (zero_grads), so that zero_grads_()
+  // clears them all at once (one memset on the GPU instead of one launch per tensor).
   Tensor storage;
 
   // Empty tensors laid out for `cfg` (layer vector sizes, MoE flags).
@@ -112,9 +112,9 @@ Weights init_weights(const ModelConfig& cfg, DType dtype, uint64_t seed, bool wi
 // on `dev`.
 Weights zero_grads(Weights& w, const ModelConfig& cfg, DType dt, Device dev = Device::CPU);
 
-// Sets every gradient of `g` (from zero_grads) back to zero: one memset of its storage on the GPU, the
-// tensors in parallel on the CPU.
-void zero_grads_(Weights& g, const ModelConfig& cfg);
+// Sets every gradient of `g` (from zero_grads) back to zero: one memset of its buffer on the GPU, pieces of
+// it in parallel on the CPU.
+void zero_grads_(Weights& g);
 
 // Named tensors for writing (HF names), each converted to `dtype` where its kind allows (norms,
 // router and bias stay f32 unless dtype is f32 anyway).

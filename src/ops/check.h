@@ -30,6 +30,12 @@ inline void check_same_device(const char* op, std::initializer_list<const Tensor
       DSEEK_CHECK(t->device() == first->device(), op, ": tensors on different devices");
     }
 }
+// On the GPU an f32 activation may stand beside the bf16 copy a product takes as its operand (written in
+// bf16 by the op before the product, or kept from the forward): f32_side f32 on CUDA, bf16_side bf16.
+inline bool gpu_bf16_operand(const Tensor& f32_side, const Tensor& bf16_side) {
+  return f32_side.device() == Device::CUDA && f32_side.dtype() == DType::F32 &&
+         bf16_side.dtype() == DType::BF16;
+}
 // Activation dtype: f32 or f64 on the CPU; f32 or bf16 on CUDA.
 inline void check_act(const char* op, const char* arg, const Tensor& t) {
   if (t.device() == Device::CUDA) {

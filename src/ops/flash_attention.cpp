@@ -139,6 +139,16 @@ void cpu_flash_bwd(T* dq, T* dkv, T* dkpe, const T* d_o, const T* o, const T* ls
   }
 }
 
+// Calls fn(T{}) with T = double for f64, float otherwise (the CPU training twins' element types).
+template <typename Fn>
+void with_real(DType dt, Fn&& fn) {
+  if (dt == DType::F64) {
+    fn(double{});
+  } else {
+    fn(float{});
+  }
+}
+
 // The checks both training ops share: shapes from q [N, H, dn + R], kv [N, H, dn + dv], kpe [N, R] and
 // dv; whole sequences cu.
 void check_train(const char* op, const Tensor& q, const Tensor& kv, const Tensor& kpe, int64_t dv,
@@ -226,11 +236,11 @@ void mla_flash_train_fwd(Tensor out, Tensor lse, const Tensor& q, const Tensor& 
   switch (q.device()) {
     case Device::CPU:
       DSEEK_CHECK(out.dtype() == q.dtype() && lse.dtype() == q.dtype(), op, ": out and lse take q's dtype");
-      if (q.dtype() == DType::F64)
-        return cpu_flash_train_fwd(out.data<double>(), lse.data<double>(), q.data<double>(),
-                                   kv.data<double>(), kpe.data<double>(), cu, N, H, dn, R, dv, scale);
-      return cpu_flash_train_fwd(out.data<float>(), lse.data<float>(), q.data<float>(), kv.data<float>(),
-                                 kpe.data<float>(), cu, N, H, dn, R, dv, scale);
+      return with_real(q.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cpu_flash_train_fwd(out.data<T>(), lse.data<T>(), q.data<T>(), kv.data<T>(), kpe.data<T>(), cu, N, H,
+                            dn, R, dv, scale);
+      });
     case Device::CUDA:
       check_dtype(op, "q", q, {DType::F32, DType::BF16});
       check_dtype(op, "out", out, {DType::F32, DType::BF16});
@@ -261,13 +271,11 @@ void mla_flash_bwd(Tensor dq, Tensor dkv, Tensor dkpe, const Tensor& d_o, const 
       for (const Tensor* t : std::initializer_list<const Tensor*>{&dq, &dkv, &dkpe, &d_o, &o, &lse})
         DSEEK_CHECK(t->dtype() == q.dtype(), op, ": every tensor takes q's dtype on the CPU (got ",
                     dtype_name(t->dtype()), ")");
-      if (q.dtype() == DType::F64)
-        return cpu_flash_bwd(dq.data<double>(), dkv.data<double>(), dkpe.data<double>(), d_o.data<double>(),
-                             o.data<double>(), lse.data<double>(), q.data<double>(), kv.data<double>(),
-                             kpe.data<double>(), cu, N, H, dn, R, dv, scale);
-      return cpu_flash_bwd(dq.data<float>(), dkv.data<float>(), dkpe.data<float>(), d_o.data<float>(),
-                           o.data<float>(), lse.data<float>(), q.data<float>(), kv.data<float>(),
-                           kpe.data<float>(), cu, N, H, dn, R, dv, scale);
+      return with_real(q.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cpu_flash_bwd(dq.data<T>(), dkv.data<T>(), dkpe.data<T>(), d_o.data<T>(), o.data<T>(), lse.data<T>(),
+                      q.data<T>(), kv.data<T>(), kpe.data<T>(), cu, N, H, dn, R, dv, scale);
+      });
     case Device::CUDA:
       check_dtype(op, "q", q, {DType::BF16});
       check_dtype(op, "d_o", d_o, {DType::F32, DType::BF16});

@@ -60,14 +60,6 @@ void check_weights(const char* op, const std::vector<Tensor>& w, const MoePlan& 
   }
 }
 
-// The CUDA backward of a grouped product (dx rows written, dw[e] accumulated): with bf16 experts one grouped
-// launch each for dx and dw, else a cuBLASLt product pair per expert with rows; dy cast to xo's dtype once
-// (xo from product_input).
-// On the GPU the inputs of the backward products may already be their bf16 operands (kept from the
-// forward, or written in bf16 by the op before) while the gradients they produce stay f32.
-bool bf16_operands(const Tensor& operand, const Tensor& grad) {
-  return operand.device() == Device::CUDA && operand.dtype() == DType::BF16 && grad.dtype() == DType::F32;
-}
 // dy takes x's dtype, or (GPU) either may be the bf16 operand of f32 activations; dx (when given) is of the
 // activation dtype: x's, or f32 under a bf16 operand x.
 void check_grad_dtypes(const char* op, const Tensor& x, const Tensor& dy, const Tensor& dx) {
@@ -79,6 +71,9 @@ void check_grad_dtypes(const char* op, const Tensor& x, const Tensor& dy, const 
                 dtype_name(dx.dtype()), ", x ", dtype_name(x.dtype()));
 }
 
+// The CUDA backward of a grouped product (dx rows written, dw[e] accumulated): with bf16 experts one grouped
+// launch each for dx and dw, else a cuBLASLt product pair per expert with rows; dy cast to xo's dtype once
+// (xo from product_input).
 void grouped_bwd_cuda(Tensor dx, const std::vector<Tensor>& dw, const Tensor& dy, const Tensor& xo,
                       const std::vector<Tensor>& w, const MoePlan& p) {
   const Tensor dyo = dy.dtype() == xo.dtype() ? dy : dy.to(xo.dtype());
@@ -105,8 +100,8 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p, Stream) {
               " tokens");
   check_plan_rows("moe_permute", "xp", xp, p);
   // On the GPU f32 rows may be permuted straight into bf16 (the experts' operand, no separate cast).
-  const bool bf16_out = x.device() == Device::CUDA && x.dtype() == DType::F32 && xp.dtype() == DType::BF16;
-  DSEEK_CHECK(xp.size(1) == x.size(1) && (xp.dtype() == x.dtype() || bf16_out), "moe_permute: xp/x mismatch");
+  DSEEK_CHECK(xp.size(1) == x.size(1) && (xp.dtype() == x.dtype() || gpu_bf16_operand(x, xp)),
+              "moe_permute: xp/x mismatch");
   switch (x.device()) {
     case Device::CPU:
       return cpu::moe_permute(xp, x, p);
@@ -185,7 +180,7 @@ void grouped_linear_bwd(Tensor dx, const std::vector<Tensor>& dw, const Tensor& 
     DSEEK_CHECK(int64_t(dw.size()) == p.experts, "grouped_linear_bwd: dw count");
     for (const Tensor& t : dw) {
       check_shape("grouped_linear_bwd", "dw[e]", t, {O, I});
-      DSEEK_CHECK(t.dtype() == x.dtype() || bf16_operands(x, t),
+      DSEEK_CHECK(t.dtype() == x.dtype() || gpu_bf16_operand(t, x),
                   "grouped_linear_bwd: dw must have the activation dtype");
     }
   }
@@ -240,7 +235,7 @@ void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const st
     DSEEK_CHECK(int64_t(dw->size()) == p.experts, "grouped_linear_pair_bwd: dw count");
     for (const Tensor& t : *dw) {
       check_shape("grouped_linear_pair_bwd", "dw[e]", t, {O, I});
-      DSEEK_CHECK(t.dtype() == x.dtype() || bf16_operands(x, t),
+      DSEEK_CHECK(t.dtype() == x.dtype() || gpu_bf16_operand(t, x),
                   "grouped_linear_pair_bwd: dw must have the activation dtype");
     }
   }
@@ -269,8 +264,7 @@ void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const Moe
   check_shape("moe_unpermute", "out", out, {p.tokens, yp.size(1)});
   check_shape("moe_unpermute", "topk_w", topk_w, {p.tokens, p.top_k});
   // On the GPU the experts' outputs may be bf16 under f32 activations (out and the weights f32).
-  const bool bf16_yp = yp.device() == Device::CUDA && yp.dtype() == DType::BF16 && out.dtype() == DType::F32;
-  DSEEK_CHECK((out.dtype() == yp.dtype() || bf16_yp) && topk_w.dtype() == out.dtype(),
+  DSEEK_CHECK((out.dtype() == yp.dtype() || gpu_bf16_operand(out, yp)) && topk_w.dtype() == out.dtype(),
               "moe_unpermute: mixed dtypes");
   switch (yp.device()) {
     case Device::CPU:

@@ -12,9 +12,7 @@ void swiglu_fwd(Tensor out, const Tensor& gate, const Tensor& up, Stream) {
   check_shape("swiglu_fwd", "up", up, gate.shape());
   check_shape("swiglu_fwd", "out", out, gate.shape());
   // On the GPU an f32 SwiGLU may write bf16: the operand of the bf16 product that follows (training).
-  const bool bf16_out =
-      gate.device() == Device::CUDA && gate.dtype() == DType::F32 && out.dtype() == DType::BF16;
-  DSEEK_CHECK(up.dtype() == gate.dtype() && (out.dtype() == gate.dtype() || bf16_out),
+  DSEEK_CHECK(up.dtype() == gate.dtype() && (out.dtype() == gate.dtype() || gpu_bf16_operand(gate, out)),
               "swiglu_fwd: mixed dtypes");
   check_same_device("swiglu_fwd", {&out, &gate, &up});
   switch (gate.device()) {

@@ -460,7 +460,7 @@ TrainSummary run_training(TrainConfig cfg, const std::string& resume,
   for (int64_t step = start_step; step < cfg.steps; ++step) {
     const auto t0 = clk::now();
     const double lr = cfg.schedule.at(step);
-    zero_grads_(grads, mc);
+    zero_grads_(grads);
     double loss = 0, main_loss = 0, bal = 0;
     std::vector<double> mtp_l;
     std::vector<std::vector<int64_t>> load;

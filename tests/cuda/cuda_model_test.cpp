@@ -213,7 +213,7 @@ TEST_P(CudaTrain, GradientsMatchTransformers) {
     EXPECT_GT(checked, 50);
     // The GPU's gradients share one buffer, and one memset clears every one of them.
     ASSERT_TRUE(g.storage.defined());
-    zero_grads_(g, m.cfg);
+    zero_grads_(g);
     for (auto& p : param_table(g, m.cfg, false)) {
       if (!p.tensor->defined()) continue;
       EXPECT_EQ(test::diff(p.tensor->to(Device::CPU), Tensor::zeros(p.shape, DType::F32)).max_abs, 0.0)

@@ -46,6 +46,13 @@ void check_grads(const std::string& name, bool recompute) {
   std::printf("[%s%s] %d gradients, worst ‖Δ‖/‖ref‖ = %.2e (%s), loss %.8f\n", name.c_str(),
               recompute ? " recompute" : "", checked, worst, worst_name.c_str(), r.loss);
   EXPECT_GT(checked, 50);
+  // The gradients are views of one buffer, and zero_grads_ clears every one of them.
+  ASSERT_TRUE(g.storage.defined());
+  zero_grads_(g);
+  for (auto& p : param_table(g, m.cfg, false)) {
+    if (!p.tensor->defined()) continue;
+    EXPECT_EQ(test::diff(*p.tensor, Tensor::zeros(p.shape, DType::F32)).max_abs, 0.0) << p.name;
+  }
 }
 
 TEST(Grads, TinyV3MatchesTransformers) {

@@ -56,6 +56,23 @@ __device__ __forceinline__ void load_rows(bf16* dst, int ldd, int dcol, const bf
   }
 }
 
+// The keys [k_nope | kpe] into K and the values into V of `n` key rows (both passes): kv_row points at the
+// first row's head slice of kv [·, H, DN + DV] (row stride ldkv), pe_row at its kpe row.
+template <int DN, int DR, int DV, int LDQ, int LDV>
+__device__ __forceinline__ void load_kv_tile(bf16* K, bf16* V, const bf16* kv_row, int64_t ldkv,
+                                             const bf16* pe_row, int n) {
+  load_rows<DN>(K, LDQ, 0, kv_row, ldkv, n);
+  load_rows<DR>(K, LDQ, DN, pe_row, DR, n);
+  load_rows<DV>(V, LDV, 0, kv_row + DN, ldkv, n);
+}
+
+// Zeroes an accumulator of NT n-tiles.
+template <int NT>
+__device__ __forceinline__ void zero(float (&acc)[NT][4]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
 // Zeroes the padding columns [DQ, DQP) of a q-width tile (cp.async never writes them).
 template <int DQ, int DQP, int LDQ>
 __device__ __forceinline__ void zero_pad(bf16* t) {
@@ -152,9 +169,8 @@ __global__ void __launch_bounds__(kThreads)
   const int nqt = (len - k0 + kRows - 1) / kRows;  // query tiles from the diagonal on
 
   // K = [k_nope | kpe] and V of this tile's keys.
-  load_rows<DN>(Ks, LDQ, 0, kv + (r0 + k0) * ldkv + int64_t(h) * (DN + DV), ldkv, nk);
-  load_rows<DR>(Ks, LDQ, DN, kpe + (r0 + k0) * DR, DR, nk);
-  load_rows<DV>(Vs, LDV, 0, kv + (r0 + k0) * ldkv + int64_t(h) * (DN + DV) + DN, ldkv, nk);
+  load_kv_tile<DN, DR, DV, LDQ, LDV>(Ks, Vs, kv + (r0 + k0) * ldkv + int64_t(h) * (DN + DV), ldkv,
+                                     kpe + (r0 + k0) * DR, nk);
   auto load_q = [&](int t, int st) {
     const int q0 = k0 + t * kRows, n = min(kRows, len - q0);
     load_rows<DQ>(Qst(st), LDQ, 0, q + (r0 + q0) * ldq + int64_t(h) * DQ, ldq, n);
@@ -173,10 +189,8 @@ __global__ void __launch_bounds__(kThreads)
   zero_pad<DQ, DQP, LDQ>(Qst(1));
 
   float dk[DQP / 8][4], dv[DV / 8][4];
-#pragma unroll
-  for (int n = 0; n < DQP / 8; ++n) dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
-#pragma unroll
-  for (int n = 0; n < DV / 8; ++n) dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+  zero(dk);
+  zero(dv);
   const int key_a = k0 + warp * 16 + g, key_b = key_a + 8;  // this thread's two keys (sequence positions)
 
   for (int t = 0; t < nqt; ++t) {
@@ -195,8 +209,7 @@ __global__ void __launch_bounds__(kThreads)
     // Sᵀ = K_w · Qᵀ: this warp's 16 keys × 64 queries; Pᵀ = exp2(Sᵀ·scale·log2e − lse2), causal on the
     // diagonal tile (t = 0, where queries and keys share positions).
     float s[NQ][4];
-#pragma unroll
-    for (int n = 0; n < NQ; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    zero(s);
     mma_nt<DQP / 16, NQ>(s, Ks + warp * 16 * LDQ, LDQ, Q, LDQ);
 #pragma unroll
     for (int n = 0; n < NQ; ++n)
@@ -211,8 +224,7 @@ __global__ void __launch_bounds__(kThreads)
     mma_pn<kRows / 16, DV / 8>(dv, s, dO, LDV);
     // dPᵀ = V_w · dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − D)
     float dp[NQ][4];
-#pragma unroll
-    for (int n = 0; n < NQ; ++n) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
+    zero(dp);
     mma_nt<DV / 16, NQ>(dp, Vs + warp * 16 * LDV, LDV, dO, LDV);
 #pragma unroll
     for (int n = 0; n < NQ; ++n)
@@ -278,10 +290,8 @@ __global__ void __launch_bounds__(kThreads)
   load_rows<DV>(Os, LDV, 0, dob + (r0 + q0) * ldo + int64_t(h) * DV, ldo, nq);
   auto load_k = [&](int t, int st) {
     const int k0 = t * kRows, n = min(kRows, len - k0);
-    const bf16* src = kv + (r0 + k0) * ldkv + int64_t(h) * (DN + DV);
-    load_rows<DN>(Kst(st), LDQ, 0, src, ldkv, n);
-    load_rows<DR>(Kst(st), LDQ, DN, kpe + (r0 + k0) * DR, DR, n);
-    load_rows<DV>(Vst(st), LDV, 0, src + DN, ldkv, n);
+    load_kv_tile<DN, DR, DV, LDQ, LDV>(Kst(st), Vst(st), kv + (r0 + k0) * ldkv + int64_t(h) * (DN + DV), ldkv,
+                                       kpe + (r0 + k0) * DR, n);
     cp_async_commit();
   };
   load_k(0, 0);  // the Q/dO copies are in this first group too
@@ -295,8 +305,7 @@ __global__ void __launch_bounds__(kThreads)
   const float D_a = row_a < nq ? Dsum[int64_t(h) * N + r0 + q0 + row_a] : 0.0f,
               D_b = row_b < nq ? Dsum[int64_t(h) * N + r0 + q0 + row_b] : 0.0f;
   float acc[DQP / 8][4];
-#pragma unroll
-  for (int n = 0; n < DQP / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  zero(acc);
 
   for (int t = 0; t < nkt; ++t) {
     const int st = t & 1, k0 = t * kRows;
@@ -311,8 +320,7 @@ __global__ void __launch_bounds__(kThreads)
     const bf16* V = Vst(st);
     // S = Q_w · Kᵀ: 16 queries × 64 keys; P = exp2(S·scale·log2e − lse2), causal on the diagonal tile.
     float s[NK][4];
-#pragma unroll
-    for (int n = 0; n < NK; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    zero(s);
     mma_nt<DQP / 16, NK>(s, Qs + warp * 16 * LDQ, LDQ, K, LDQ);
     const bool diag = t == nkt - 1;
 #pragma unroll
@@ -326,8 +334,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     // dP = dO_w · Vᵀ, dS = P ⊙ (dP − D)
     float dp[NK][4];
-#pragma unroll
-    for (int n = 0; n < NK; ++n) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
+    zero(dp);
     mma_nt<DV / 16, NK>(dp, Os + warp * 16 * LDV, LDV, V, LDV);
 #pragma unroll
     for (int n = 0; n < NK; ++n) {
