@@ -166,7 +166,9 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   }
   // Routed experts: permute tokens by expert, one grouped product per projection, un-permute with the
   // gate weights. xp, yp: [M, D]; g, u, h: [M, F].
-  ops::MoePlan plan = ops::MoePlan::build(idx.to(Device::CPU), E);
+  // On the GPU the plan is built there (only the E + 1 offsets come back), else from a host copy of idx.
+  ops::MoePlan plan = dev == Device::CUDA && E <= 256 ? ops::MoePlan::build_on_device(idx, E)
+                                                      : ops::MoePlan::build(idx.to(Device::CPU), E);
   if (trace)  // the expert loads from the plan's host offsets (no second copy of idx to the host)
     for (int64_t e = 0; e < E; ++e) trace->load.push_back(plan.rows(e));
   // Large batches on the GPU with bf16 experts: the rows are permuted straight into the experts' bf16

@@ -138,6 +138,15 @@ void moe_permute_bwd(Tensor, const Tensor&, const MoePlan&) {
 void moe_permute_bwd_add(Tensor, const Tensor&, const Tensor&, const MoePlan&) {
   none("moe_permute_bwd_add");
 }
+void moe_plan_build(MoePlan&, const Tensor&) {
+  none("moe_plan_build");
+}
+const int64_t* plan_slots(const MoePlan&, Tensor&) {
+  none("plan_slots");
+}
+const int64_t* plan_rows(const MoePlan&, Tensor&) {
+  none("plan_rows");
+}
 void moe_unpermute_bwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const MoePlan&) {
   none("moe_unpermute_bwd");
 }

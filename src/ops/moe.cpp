@@ -37,6 +37,19 @@ MoePlan MoePlan::build(const Tensor& topk_idx, int64_t experts) {
   return p;
 }
 
+MoePlan MoePlan::build_on_device(const Tensor& topk_idx, int64_t experts) {
+  check_ndim("MoePlan::build_on_device", "topk_idx", topk_idx, 2);
+  check_dtype("MoePlan::build_on_device", "topk_idx", topk_idx, {DType::I32});
+  DSEEK_CHECK(topk_idx.device() == Device::CUDA, "MoePlan::build_on_device: topk_idx on the GPU");
+  DSEEK_CHECK(experts > 0 && experts <= 256, "MoePlan::build_on_device: ", experts, " experts (1 … 256)");
+  MoePlan p;
+  p.tokens = topk_idx.size(0);
+  p.top_k = topk_idx.size(1);
+  p.experts = experts;
+  cuda::moe_plan_build(p, topk_idx);
+  return p;
+}
+
 namespace {
 void check_plan_rows(const char* op, const char* arg, const Tensor& t, const MoePlan& p) {
   check_ndim(op, arg, t, 2);

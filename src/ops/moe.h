@@ -14,9 +14,13 @@ namespace dseek::ops {
 struct MoePlan {
   int64_t tokens = 0, top_k = 0, experts = 0;
   std::vector<int64_t> offsets;  // [E + 1]: expert e owns permuted rows [offsets[e], offsets[e + 1])
-  std::vector<int64_t> slot;     // [N·K]: permuted row r holds slot n·K + k
-  std::vector<int64_t> row;      // [N·K]: slot n·K + k sits in permuted row row[n·K + k]
+  std::vector<int64_t> slot;     // [N·K]: permuted row r holds slot n·K + k (host plans)
+  std::vector<int64_t> row;      // [N·K]: slot n·K + k sits in permuted row row[n·K + k] (host plans)
+  Tensor d_slot, d_row;          // the same two on the GPU (device plans: the host vectors stay empty)
   static MoePlan build(const Tensor& topk_idx, int64_t experts);  // topk_idx: [N, K] I32 (CPU)
+  // The same plan (the same stable order: within an expert, slots in order) built on the GPU from
+  // topk_idx [N, K] I32 on the GPU; only the E + 1 offsets come back to the host.
+  static MoePlan build_on_device(const Tensor& topk_idx, int64_t experts);
   int64_t rows(int64_t e) const { return offsets[size_t(e) + 1] - offsets[size_t(e)]; }
 };
 

@@ -378,6 +378,26 @@ TEST_F(Cuda, MlaFlashTraining) {
   }
 }
 
+// The routing plan built on the GPU equals the host's (offsets, slot and row arrays: the same stable
+// order), at sizes across several 1024-slot chunks, with experts left empty; an id out of range is an error.
+TEST_F(Cuda, MoePlanOnTheDeviceEqualsTheHostPlan) {
+  for (auto [N, K, E] : {std::tuple{1, 1, 4}, {37, 6, 64}, {3000, 6, 64}, {700, 8, 256}, {5, 2, 16}}) {
+    Tensor idx = Tensor::empty({N, K}, DType::I32);
+    std::uniform_int_distribution<int> pick(0, E / 2 - 1 > 0 ? E / 2 - 1 : 0);  // half the experts unused
+    for (int64_t i = 0; i < N * K; ++i) idx.data<int32_t>()[i] = pick(rng) * 2;
+    const ops::MoePlan h = ops::MoePlan::build(idx, E),
+                       d = ops::MoePlan::build_on_device(idx.to(Device::CUDA), E);
+    const std::string what = "N=" + std::to_string(N) + " K=" + std::to_string(K) + " E=" + std::to_string(E);
+    EXPECT_EQ(d.offsets, h.offsets) << what;
+    const Tensor ds = d.d_slot.to(Device::CPU), dr = d.d_row.to(Device::CPU);
+    EXPECT_TRUE(std::equal(h.slot.begin(), h.slot.end(), ds.data<int64_t>())) << what << ": slot";
+    EXPECT_TRUE(std::equal(h.row.begin(), h.row.end(), dr.data<int64_t>())) << what << ": row";
+  }
+  Tensor bad = Tensor::empty({3, 2}, DType::I32);
+  for (int i = 0; i < 6; ++i) bad.data<int32_t>()[i] = i == 4 ? 9 : i;
+  EXPECT_THROW(ops::MoePlan::build_on_device(bad.to(Device::CUDA), 8), Error);
+}
+
 TEST_F(Cuda, MoePermuteGroupedUnpermute) {
   const int64_t N = 50, K = 6, E = 64, D = 128, F = 64;
   Tensor idx = Tensor::empty({N, K}, DType::I32);

@@ -101,6 +101,11 @@ double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Te
 // train_bwd.cu: the MoE, router, balance-loss, embedding and attention backward (deterministic order).
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan);
 void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& plan);
+// moe_plan.cu: p.offsets (host), p.d_slot and p.d_row from topk_idx on the GPU (p's sizes set).
+void moe_plan_build(MoePlan& p, const Tensor& topk_idx);
+// The plan's slot / row arrays on the GPU: its device tensors, or the host vectors uploaded into `keep`.
+const int64_t* plan_slots(const MoePlan& p, Tensor& keep);
+const int64_t* plan_rows(const MoePlan& p, Tensor& keep);
 void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Tensor& yp, const Tensor& topk_w,
                        const MoePlan& plan);
 void router_bwd(Tensor dlogits, const Tensor& dtopk_w, const Tensor& topk_idx, const Tensor& scores,

@@ -83,13 +83,14 @@ bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p) {
   const int64_t M = p.tokens * p.top_k, D = x.size(1);
   if (M == 0) return;
-  Tensor slot = upload_i64(p.slot);
+  Tensor keep;
+  const int64_t* slot = plan_slots(p, keep);
   with_act(x.dtype(), "moe_permute", [&](auto t) {
     with_act(xp.dtype(), "moe_permute", [&](auto to) {  // xp bf16 under f32 x: the experts' operand
       using T = decltype(t);
       using TO = decltype(to);
-      permute_kernel<<<int(M), 128>>>(static_cast<TO*>(xp.raw()), static_cast<const T*>(x.raw()),
-                                      slot.data<int64_t>(), p.top_k, D);
+      permute_kernel<<<int(M), 128>>>(static_cast<TO*>(xp.raw()), static_cast<const T*>(x.raw()), slot,
+                                      p.top_k, D);
     });
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_permute");
@@ -114,13 +115,14 @@ void grouped_linear(Tensor out, const Tensor& x, const std::vector<Tensor>& w, c
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& p) {
   const int64_t N = p.tokens, D = yp.size(1);
   if (N == 0) return;
-  Tensor row = upload_i64(p.row);
+  Tensor keep;
+  const int64_t* row = plan_rows(p, keep);
   with_act(out.dtype(), "moe_unpermute", [&](auto t) {
     with_act(yp.dtype(), "moe_unpermute", [&](auto ty) {  // yp bf16 under f32 out: the experts' bf16 output
       using T = decltype(t);
       using TY = decltype(ty);
       unpermute_kernel<<<int(N), 128>>>(static_cast<T*>(out.raw()), static_cast<const TY*>(yp.raw()),
-                                        static_cast<const T*>(topk_w.raw()), row.data<int64_t>(), p.top_k, D);
+                                        static_cast<const T*>(topk_w.raw()), row, p.top_k, D);
     });
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_unpermute");

@@ -237,12 +237,13 @@ void attention_bwd_one(float* dq, float* dk, float* dv, const float* dout, const
 void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& p) {
   const int64_t D = dxa.size(1);
   if (p.tokens == 0) return;
-  const Tensor row = upload_i64(p.row);
+  Tensor keep;
+  const int64_t* row = plan_rows(p, keep);
   with_act(dx.dtype(), "moe_permute_bwd_add", [&](auto t) {
     using T = decltype(t);
-    permute_bwd_add_kernel<<<unsigned(p.tokens), 256>>>(
-        static_cast<T*>(dx.raw()), static_cast<const T*>(dxa.raw()), static_cast<const T*>(dxb.raw()),
-        row.data<int64_t>(), p.top_k, D);
+    permute_bwd_add_kernel<<<unsigned(p.tokens), 256>>>(static_cast<T*>(dx.raw()),
+                                                        static_cast<const T*>(dxa.raw()),
+                                                        static_cast<const T*>(dxb.raw()), row, p.top_k, D);
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_permute_bwd_add");
 }
@@ -250,11 +251,12 @@ void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const 
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& p) {
   const int64_t D = dxp.size(1);
   if (p.tokens == 0) return;
-  const Tensor row = upload_i64(p.row);
+  Tensor keep;
+  const int64_t* row = plan_rows(p, keep);
   with_act(dx.dtype(), "moe_permute_bwd", [&](auto t) {
     using T = decltype(t);
-    permute_bwd_kernel<<<unsigned(p.tokens), 256>>>(
-        static_cast<T*>(dx.raw()), static_cast<const T*>(dxp.raw()), row.data<int64_t>(), p.top_k, D);
+    permute_bwd_kernel<<<unsigned(p.tokens), 256>>>(static_cast<T*>(dx.raw()),
+                                                    static_cast<const T*>(dxp.raw()), row, p.top_k, D);
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_permute_bwd");
 }
@@ -263,7 +265,8 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
                        const MoePlan& p) {
   const int64_t M = p.tokens * p.top_k, D = yp.size(1);
   if (M == 0) return;
-  const Tensor slot = upload_i64(p.slot);
+  Tensor keep;
+  const int64_t* slot = plan_slots(p, keep);
   // T: dout, the weights and their gradient; TY: yp; TD: dyp (bf16 ones: the experts' operands)
   with_act(dout.dtype(), "moe_unpermute_bwd", [&](auto t) {
     with_act(yp.dtype(), "moe_unpermute_bwd", [&](auto ty) {
@@ -273,8 +276,7 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
         using TD = decltype(td);
         unpermute_bwd_kernel<<<unsigned(M), 256>>>(
             static_cast<TD*>(dyp.raw()), static_cast<T*>(dtopk_w.raw()), static_cast<const T*>(dout.raw()),
-            static_cast<const TY*>(yp.raw()), static_cast<const T*>(topk_w.raw()), slot.data<int64_t>(),
-            p.top_k, D);
+            static_cast<const TY*>(yp.raw()), static_cast<const T*>(topk_w.raw()), slot, p.top_k, D);
       });
     });
   });
