@@ -182,14 +182,13 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   Tensor xp = Tensor::empty({M, D}, op, dev), g = Tensor::empty({M, F}, op, dev),
          u = Tensor::empty({M, F}, op, dev);
   ops::moe_permute(xp, x, plan);
-  if (bf16_ops) {
-    ops::grouped_linear(g, xp, mats.gate, plan);
-    ops::grouped_linear(u, xp, mats.up, plan);
+  Tensor h = saved || bf16_ops ? Tensor::empty({M, F}, op, dev) : g;
+  if (bf16_ops) {  // one launch writes h, and g and u when the backward keeps them
+    ops::grouped_swiglu(h, saved ? g : Tensor(), saved ? u : Tensor(), xp, mats.gate, mats.up, plan);
   } else {
     ops::grouped_linear_pair(g, u, xp, mats.gate, mats.up, plan);
+    ops::swiglu_fwd(h, g, u);
   }
-  Tensor h = saved || bf16_ops ? Tensor::empty({M, F}, op, dev) : g;
-  ops::swiglu_fwd(h, g, u);
   Tensor yp = Tensor::empty({M, D}, op, dev);
   ops::grouped_linear(yp, h, mats.down, plan);
   ops::moe_unpermute(routed, yp, gw.to(dt), plan);
@@ -230,24 +229,14 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
   const DType op = s.xp.dtype();
   Tensor dyp = Tensor::empty({M, D}, op, dev), dgw = Tensor::empty({N, K}, dt, dev);
   ops::moe_unpermute_bwd(dyp, dgw, dy, s.yp, s.route.topk_w, s.plan);
-  Tensor dh = Tensor::empty({M, F}, dt, dev), dg = Tensor::empty({M, F}, op, dev),
-         du = Tensor::empty({M, F}, op, dev);
-  ops::grouped_linear_bwd(dh, grads.down, dyp, s.h, mats.down, s.plan);
-  ops::swiglu_bwd(dg, du, dh, s.g, s.u);
-  Tensor dxr = Tensor::empty({N, D}, dt, dev);
-  if (dev == Device::CUDA) {
-    // dxa, dxb: [M, D] = dg · W_gate, du · W_up per expert; their sum goes through the permutation's
-    // backward straight into dx (one pass, no [M, D] add)
-    Tensor dxa = Tensor::empty({M, D}, dt, dev), dxb = Tensor::empty({M, D}, dt, dev);
-    ops::grouped_linear_bwd(dxa, grads.gate, dg, s.xp, mats.gate, s.plan);
-    ops::grouped_linear_bwd(dxb, grads.up, du, s.xp, mats.up, s.plan);
-    ops::moe_permute_bwd_add(dx, dxa, dxb, s.plan);
-  } else {  // the CPU does both products in one pass over the row pieces
-    Tensor dxp = Tensor::empty({M, D}, dt, dev);  // dxp: [M, D] = dg · W_gate + du · W_up per expert
-    ops::grouped_linear_pair_bwd(dxp, grads.gate, grads.up, dg, du, s.xp, mats.gate, mats.up, s.plan);
-    ops::moe_permute_bwd(dxr, dxp, s.plan);
-    ops::add_(dx, dxr);
-  }
+  // dg, du: [M, F] SwiGLU's backward of dh = dyp · W_down (on the GPU the product's epilogue: dh is not kept)
+  Tensor dg = Tensor::empty({M, F}, op, dev), du = Tensor::empty({M, F}, op, dev);
+  ops::grouped_down_swiglu_bwd(dg, du, grads.down, dyp, s.h, mats.down, s.g, s.u, s.plan);
+  // dxp: [M, D] = dg · W_gate + du · W_up per expert (on the GPU one product along 2F), then through the
+  // permutation's backward into dx
+  Tensor dxp = Tensor::empty({M, D}, dt, dev), dxr = Tensor::empty({N, D}, dt, dev);
+  ops::grouped_linear_pair_bwd(dxp, grads.gate, grads.up, dg, du, s.xp, mats.gate, mats.up, s.plan);
+  ops::moe_permute_bwd_add(dx, dxp, Tensor(), s.plan);
   Tensor dlogits = Tensor::empty({N, E}, dt, dev);  // dlogits: [N, E]
   const auto rp = ops::RouterParams::from(c);
   ops::router_bwd(dlogits, dgw, s.route.topk_idx, s.scores, rp);

@@ -63,6 +63,21 @@ bool grouped_linear_dgrad(Tensor, const Tensor&, const std::vector<Tensor>&, con
   none("grouped_linear_dgrad");
   return false;
 }
+bool grouped_pair_dgrad(Tensor, const Tensor&, const Tensor&, const std::vector<Tensor>&,
+                        const std::vector<Tensor>&, const MoePlan&, int64_t) {
+  none("grouped_pair_dgrad");
+  return false;
+}
+bool grouped_swiglu_dgrad(Tensor, Tensor, const Tensor&, const std::vector<Tensor>&, const Tensor&,
+                          const Tensor&, const MoePlan&, int64_t) {
+  none("grouped_swiglu_dgrad");
+  return false;
+}
+bool grouped_swiglu_fwd(Tensor, Tensor, Tensor, const Tensor&, const std::vector<Tensor>&,
+                        const std::vector<Tensor>&, const MoePlan&) {
+  none("grouped_swiglu_fwd");
+  return false;
+}
 void grouped_linear(Tensor, const Tensor&, const std::vector<Tensor>&, const MoePlan&) {
   none("grouped_linear");
 }

@@ -128,14 +128,21 @@ void moe_permute(Tensor xp, const Tensor& x, const MoePlan& p, Stream) {
 void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& p, Stream) {
   check_plan_rows("moe_permute_bwd_add", "dxa", dxa, p);
   check_act("moe_permute_bwd_add", "dxa", dxa);
-  check_shape("moe_permute_bwd_add", "dxb", dxb, dxa.shape());
+  if (dxb.defined()) {
+    check_shape("moe_permute_bwd_add", "dxb", dxb, dxa.shape());
+    DSEEK_CHECK(dxb.dtype() == dxa.dtype(), "moe_permute_bwd_add: mixed dtypes");
+    check_same_device("moe_permute_bwd_add", {&dx, &dxb});
+  }
   check_shape("moe_permute_bwd_add", "dx", dx, {p.tokens, dxa.size(1)});
-  DSEEK_CHECK(dx.dtype() == dxa.dtype() && dxb.dtype() == dxa.dtype(), "moe_permute_bwd_add: mixed dtypes");
-  check_same_device("moe_permute_bwd_add", {&dx, &dxa, &dxb});
+  DSEEK_CHECK(dx.dtype() == dxa.dtype(), "moe_permute_bwd_add: mixed dtypes");
+  check_same_device("moe_permute_bwd_add", {&dx, &dxa});
   switch (dx.device()) {
     case Device::CPU: {
-      Tensor sum = dxa.clone(), dxr = Tensor::empty(dx.shape(), dx.dtype());  // sum: [M, D], dxr: [N, D]
-      axpy_(sum, dxb, 1.0);
+      Tensor sum = dxa, dxr = Tensor::empty(dx.shape(), dx.dtype());  // sum: [M, D], dxr: [N, D]
+      if (dxb.defined()) {
+        sum = dxa.clone();
+        axpy_(sum, dxb, 1.0);
+      }
       cpu::moe_permute_bwd(dxr, sum, p);
       axpy_(dx, dxr, 1.0);
       return;
@@ -259,6 +266,9 @@ void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const st
       return cpu::grouped_linear_pair_bwd(dx, dwa, dwb, dya, dyb, x, wa, wb, p);
     case Device::CUDA: {  // the two products' backward (x cast once for both), then dx = dx_a + dx_b
       const Tensor xo = product_input(x, {&wa.at(0)});
+      // bf16 experts: dx = dya·wa + dyb·wb as one grouped product along both inner dims
+      if (dx.defined() && dya.dtype() == DType::BF16 && cuda::grouped_pair_dgrad(dx, dya, dyb, wa, wb, p))
+        dx = Tensor();
       grouped_bwd_cuda(dx, dwa, dya, xo, wa, p);
       Tensor dxb = dx.defined() ? Tensor::empty(dx.shape(), dx.dtype(), dx.device()) : Tensor();
       grouped_bwd_cuda(dxb, dwb, dyb, xo, wb, p);
@@ -269,6 +279,59 @@ void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const st
       (void)s;
       fail("grouped_linear_pair_bwd: no implementation for ", device_name(x.device()));
   }
+}
+
+void grouped_swiglu(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::vector<Tensor>& wg,
+                    const std::vector<Tensor>& wu, const MoePlan& p, Stream) {
+  check_plan_rows("grouped_swiglu", "x", x, p);
+  check_act("grouped_swiglu", "x", x);
+  DSEEK_CHECK(!wg.empty() && !wu.empty(), "grouped_swiglu: no weights");
+  const int64_t F = wg[0].size(0), D = x.size(1);
+  check_weights("grouped_swiglu", wg, p, F, D, x.dtype());
+  check_weights("grouped_swiglu", wu, p, F, D, x.dtype());
+  check_shape("grouped_swiglu", "h", h, {x.size(0), F});
+  const bool gpu = x.device() == Device::CUDA;
+  DSEEK_CHECK(h.dtype() == x.dtype() || (gpu && (h.dtype() == DType::F32 || h.dtype() == DType::BF16)),
+              "grouped_swiglu: h is ", dtype_name(h.dtype()), ", x ", dtype_name(x.dtype()));
+  for (const Tensor* t : {&g, &u}) {
+    if (!t->defined()) continue;
+    check_shape("grouped_swiglu", "g/u", *t, h.shape());
+    DSEEK_CHECK(t->dtype() == x.dtype(), "grouped_swiglu: g and u take x's dtype");
+  }
+  check_same_device("grouped_swiglu", {&h, &x, &g, &u});
+  if (gpu && cuda::grouped_swiglu_fwd(h, g, u, x, wg, wu, p)) return;
+  // Elsewhere (and on the CPU): the pair of products, then SwiGLU.
+  const Tensor ga = g.defined() ? g : Tensor::empty(h.shape(), x.dtype(), x.device()),
+               ua = u.defined() ? u : Tensor::empty(h.shape(), x.dtype(), x.device());
+  grouped_linear_pair(ga, ua, x, wg, wu, p);
+  swiglu_fwd(h, ga, ua);
+}
+
+void grouped_down_swiglu_bwd(Tensor dg, Tensor du, const std::vector<Tensor>& dwd, const Tensor& dy,
+                             const Tensor& h, const std::vector<Tensor>& wd, const Tensor& g, const Tensor& u,
+                             const MoePlan& p, Stream) {
+  check_plan_rows("grouped_down_swiglu_bwd", "h", h, p);
+  check_act("grouped_down_swiglu_bwd", "g", g);
+  const int64_t F = h.size(1), D = dy.size(1);
+  DSEEK_CHECK(!wd.empty(), "grouped_down_swiglu_bwd: no weights");
+  check_weights("grouped_down_swiglu_bwd", wd, p, D, F, h.dtype());
+  check_shape("grouped_down_swiglu_bwd", "dy", dy, {h.size(0), D});
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&g, &u, &dg, &du})
+    check_shape("grouped_down_swiglu_bwd", "g/u/dg/du", *t, h.shape());
+  DSEEK_CHECK(u.dtype() == g.dtype() && du.dtype() == dg.dtype(), "grouped_down_swiglu_bwd: mixed dtypes");
+  check_same_device("grouped_down_swiglu_bwd", {&dg, &du, &dy, &h, &g, &u});
+  if (h.device() == Device::CUDA && dy.dtype() == DType::BF16 &&
+      cuda::grouped_swiglu_dgrad(dg, du, dy, wd, g, u, p)) {
+    grouped_linear_bwd(Tensor(), dwd, dy, h, wd, p);  // the down matrices' gradients alone
+    return;
+  }
+  // dh: [M, F] in the activation dtype (g's; f32 under bf16 operands on the GPU)
+  const DType act = g.device() == Device::CUDA && g.dtype() == DType::BF16 && dy.dtype() == DType::BF16
+                        ? DType::F32
+                        : g.dtype();
+  Tensor dh = Tensor::empty(h.shape(), act, h.device());
+  grouped_linear_bwd(dh, dwd, dy, h, wd, p);
+  swiglu_bwd(dg, du, dh, g, u);
 }
 
 void moe_unpermute(Tensor out, const Tensor& yp, const Tensor& topk_w, const MoePlan& p, Stream) {

@@ -28,9 +28,10 @@ struct MoePlan {
 void moe_permute(Tensor xp, const Tensor& x, const MoePlan& plan, Stream s = {});
 // dx[N, D] (written) = Σ over a token's permuted rows of dxp.
 void moe_permute_bwd(Tensor dx, const Tensor& dxp, const MoePlan& plan, Stream s = {});
-// dx[N, D] += Σ over a token's permuted rows of (dxa + dxb) (the gate and up products' input gradients):
-// the two adds and the permutation's backward in one pass on the GPU (the CPU composes the ops above, in
-// the same order: dxa + dxb per row, the rows of a token in order, then into dx).
+// dx[N, D] += Σ over a token's permuted rows of (dxa + dxb) (the gate and up products' input gradients;
+// dxb may be undefined: dxa alone): the adds and the permutation's backward in one pass on the GPU (the
+// CPU composes the ops above, in the same order: dxa + dxb per row, the rows of a token in order, then
+// into dx).
 void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const MoePlan& plan, Stream s = {});
 
 // out[rows of e] = x[rows of e] · w[e]ᵀ for each expert e (w[e]: [O, I]).
@@ -49,6 +50,18 @@ void grouped_linear_pair(Tensor out_a, Tensor out_b, const Tensor& x, const std:
 void grouped_linear_pair_bwd(Tensor dx, const std::vector<Tensor>& dwa, const std::vector<Tensor>& dwb,
                              const Tensor& dya, const Tensor& dyb, const Tensor& x,
                              const std::vector<Tensor>& wa, const std::vector<Tensor>& wb,
+                             const MoePlan& plan, Stream s = {});
+
+// The experts' SwiGLU MLP input side: h = silu(g) ⊙ u with g = x · wg[e]ᵀ and u = x · wu[e]ᵀ per expert
+// (wg[e], wu[e]: [F, D]); g and u written too when defined (what the backward needs). On the GPU with bf16
+// operands one launch (g and u never take a separate pass); h may then be bf16 or f32.
+void grouped_swiglu(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::vector<Tensor>& wg,
+                    const std::vector<Tensor>& wu, const MoePlan& plan, Stream s = {});
+// Its backward through the down projection y = h · wd[e]ᵀ (wd[e]: [D, F]): dh = dy · wd[e], then SwiGLU's
+// backward at the forward's g, u into dg, du (written); dwd[e] += dyᵀ · h (accumulated; may be empty). On the
+// GPU with bf16 operands dh never reaches memory (the SwiGLU backward is the product's epilogue).
+void grouped_down_swiglu_bwd(Tensor dg, Tensor du, const std::vector<Tensor>& dwd, const Tensor& dy,
+                             const Tensor& h, const std::vector<Tensor>& wd, const Tensor& g, const Tensor& u,
                              const MoePlan& plan, Stream s = {});
 
 // out[N, D] (written) = Σ_k topk_w[n, k] · yp[row(n, k)].

@@ -471,6 +471,73 @@ TEST_F(Cuda, GroupedLinearLargeExperts) {
   }
 }
 
+// The training forms of the grouped kernel at model-like sizes (experts with 0, 1, 9, 130, 300 and 513 rows:
+// partial 128-row tiles; F = 104 not a multiple of the 64-feature pair tile; D = 200 not a multiple of the
+// 64-wide K step), each against the CPU's composition of the separate ops at the same bf16 operands:
+// SwiGLU's forward writing h, g and u in one launch; the down projection's backward with SwiGLU's backward
+// as its epilogue (dh never written) and the down matrices' gradients; the gate and up products' input
+// gradient as one product along 2F.
+TEST_F(Cuda, GroupedSwigluTrainingForms) {
+  const std::vector<int64_t> rows = {0, 1, 9, 130, 300, 0, 513, 64};
+  const int64_t E = int64_t(rows.size()), D = 200, F = 104;
+  ops::MoePlan plan;
+  plan.experts = E;
+  plan.top_k = 1;
+  plan.offsets = {0};
+  for (int64_t n : rows) plan.offsets.push_back(plan.offsets.back() + n);
+  const int64_t M = plan.offsets.back();
+  plan.tokens = M;
+  std::vector<Tensor> cg, cu, cd, gg, gu,
+      gd;  // gate, up [F, D] and down [D, F] per expert: CPU f32, GPU bf16
+  for (int64_t e = 0; e < E; ++e) {
+    Pair a = upload(randn({F, D}, 0.07), DType::BF16), b = upload(randn({F, D}, 0.07), DType::BF16),
+         c = upload(randn({D, F}, 0.1), DType::BF16);
+    cg.push_back(a.cpu);
+    gg.push_back(a.gpu);
+    cu.push_back(b.cpu);
+    gu.push_back(b.gpu);
+    cd.push_back(c.cpu);
+    gd.push_back(c.gpu);
+  }
+  const Pair x = upload(randn({M, D}), DType::BF16);
+  // forward: h (bf16 and f32), g and u
+  Tensor rg = Tensor::empty({M, F}, DType::F32), ru = Tensor::empty({M, F}, DType::F32),
+         rh = Tensor::empty({M, F}, DType::F32);
+  ops::grouped_swiglu(rh, rg, ru, x.cpu, cg, cu, plan);
+  Tensor hg = poisoned({M, F}, DType::BF16), g = poisoned({M, F}, DType::BF16),
+         u = poisoned({M, F}, DType::BF16), hf = poisoned({M, F}, DType::F32);
+  ops::grouped_swiglu(hg, g, u, x.gpu, gg, gu, plan);
+  ops::grouped_swiglu(hf, Tensor(), Tensor(), x.gpu, gg, gu, plan);
+  expect_close("grouped_swiglu h (bf16)", hg, rh, DType::BF16);
+  expect_close("grouped_swiglu h (f32 out)", hf, rh, DType::BF16);
+  expect_close("grouped_swiglu g", g, rg, DType::BF16);
+  expect_close("grouped_swiglu u", u, ru, DType::BF16);
+  // backward through the down projection, at the GPU's own (bf16) g, u and h
+  const Pair dy = upload(randn({M, D}), DType::BF16);
+  std::vector<Tensor> cdw, gdw;
+  for (int64_t e = 0; e < E; ++e) {
+    cdw.push_back(randn({D, F}, 0.1));
+    gdw.push_back(cdw.back().to(Device::CUDA));
+  }
+  Tensor rdg = Tensor::empty({M, F}, DType::F32), rdu = Tensor::empty({M, F}, DType::F32);
+  ops::grouped_down_swiglu_bwd(rdg, rdu, cdw, dy.cpu, down(hg), cd, down(g), down(u), plan);
+  Tensor dg = poisoned({M, F}, DType::BF16), du = poisoned({M, F}, DType::BF16);
+  ops::grouped_down_swiglu_bwd(dg, du, gdw, dy.gpu, hg, gd, g, u, plan);
+  expect_close("grouped_down_swiglu_bwd dg", dg, rdg, DType::BF16);
+  expect_close("grouped_down_swiglu_bwd du", du, rdu, DType::BF16);
+  for (int64_t e = 0; e < E; ++e)
+    expect_close("grouped_down_swiglu_bwd dw_down[" + std::to_string(e) + "]", gdw[size_t(e)], cdw[size_t(e)],
+                 DType::BF16);
+  // the gate and up input gradients as one product along 2F (weights transposed in chunks of 3 experts too)
+  Tensor rdx = Tensor::empty({M, D}, DType::F32), gdx = poisoned({M, D}, DType::F32);
+  ops::grouped_linear_pair_bwd(rdx, {}, {}, down(dg), down(du), x.cpu, cg, cu, plan);
+  ops::grouped_linear_pair_bwd(gdx, {}, {}, dg, du, x.gpu, gg, gu, plan);
+  expect_close("grouped_linear_pair_bwd dx (one product along 2F)", gdx, rdx, DType::BF16);
+  Tensor chunked = poisoned({M, D}, DType::F32);
+  ASSERT_TRUE(ops::cuda::grouped_pair_dgrad(chunked, dg, du, gg, gu, plan, 3 * 2 * D * F * 2));
+  EXPECT_EQ(test::diff(down(chunked), down(gdx)).max_abs, 0.0) << "grouped_pair_dgrad in chunks of experts";
+}
+
 // The prefill's routed experts with the plan built on the device (moe_experts_grouped) against the CPU op:
 // model sizes, a width that is not a multiple of the 64-feature pair tile, experts with no rows and one
 // with most rows (many 128-row tiles); the same bits on a second run (rows within an expert land in an
@@ -980,8 +1047,9 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
     EXPECT_NEAR(got, want, 1e-12 * want);
   }
   // The LM head fused with cross-entropy: loss, count, dh (written) and dw (accumulated); a real vocabulary
-  // in three chunks of logits (4,300 rows × 129,280: 2,076 + 2,076 + 148), some rows without a target.
-  for (auto [N, D, V] : {std::tuple{70, 64, 1000}, {4300, 32, 129280}}) {
+  // in three chunks of logits (4,300 rows × 129,280: 2,076 + 2,076 + 148), some rows without a target; a
+  // vocabulary that is not a multiple of 4 (the rows' element-wise path).
+  for (auto [N, D, V] : {std::tuple{70, 64, 1000}, {33, 16, 1001}, {4300, 32, 129280}}) {
     Tensor h = randn({N, D}), w = randn({V, D}, 0.05), tg = Tensor::empty({N}, DType::I64);
     for (int64_t i = 0; i < N; ++i) tg.data<int64_t>()[i] = i % 7 == 3 ? -1 : (i * 7919) % V;
     Tensor dh = Tensor::empty({N, D}, DType::F32), dw = randn({V, D}, 0.01);

@@ -20,8 +20,23 @@ constexpr int kThreads = 1024;
 // Row i of l [n, V] (f32 logits): loss[i] = log Σ e^(l − max) + max − l[t] (t = tgt[i] ≥ 0, else 0), the
 // maximum and the sum found in one pass (online rescaling); with `grad` the row of g (G = f32: in place over
 // l; bf16: the operand of the head's backward products) becomes scale · (softmax − onehot(t)), zeros for a
-// row without a target.
+// row without a target. VEC: V % 4 == 0, four elements per access (16-byte loads; 8- or 16-byte stores).
 template <typename G>
+__device__ __forceinline__ void store4(G* p, float a, float b, float c, float d);
+template <>
+__device__ __forceinline__ void store4<float>(float* p, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+}
+template <>
+__device__ __forceinline__ void store4<bf16>(bf16* p, float a, float b, float c, float d) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+  uint2 v;
+  v.x = *reinterpret_cast<const uint32_t*>(&lo);
+  v.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = v;
+}
+
+template <typename G, bool VEC>
 __global__ void __launch_bounds__(kThreads)
     ce_rows_kernel(const float* l, G* g, double* loss, const int64_t* tgt, int64_t V, float scale,
                    bool grad) {
@@ -36,13 +51,26 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   float m = -INFINITY, z = 0.0f;  // this thread's running maximum and Σ e^(l − m)
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    const float x = r[v];
-    if (x > m) {
-      z = z * expf(m - x) + 1.0f;
-      m = x;
-    } else {
-      z += expf(x - m);
+  if constexpr (VEC) {
+    const float4* r4 = reinterpret_cast<const float4*>(r);
+    for (int64_t v = threadIdx.x; v < V / 4; v += blockDim.x) {
+      const float4 x = r4[v];
+      const float mx = fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w));
+      if (mx > m) {
+        z = m == -INFINITY ? 0.0f : z * expf(m - mx);
+        m = mx;
+      }
+      z += expf(x.x - m) + expf(x.y - m) + expf(x.z - m) + expf(x.w - m);
+    }
+  } else {
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+      const float x = r[v];
+      if (x > m) {
+        z = z * expf(m - x) + 1.0f;
+        m = x;
+      } else {
+        z += expf(x - m);
+      }
     }
   }
   const float mb = block_max(m);
@@ -50,8 +78,18 @@ __global__ void __launch_bounds__(kThreads)
   m = mb;
   const float lt = r[t];
   if (threadIdx.x == 0) loss[i] = log(double(z)) + double(m) - double(lt);
-  if (grad) {
-    const float k = scale / z;
+  if (!grad) return;
+  const float k = scale / z;
+  if constexpr (VEC) {
+    const float4* r4 = reinterpret_cast<const float4*>(r);
+    for (int64_t v = threadIdx.x; v < V / 4; v += blockDim.x) {
+      const float4 x = r4[v];
+      const int64_t b = 4 * v;
+      store4(gr + b, expf(x.x - m) * k - (b == t ? scale : 0.0f),
+             expf(x.y - m) * k - (b + 1 == t ? scale : 0.0f), expf(x.z - m) * k - (b + 2 == t ? scale : 0.0f),
+             expf(x.w - m) * k - (b + 3 == t ? scale : 0.0f));
+    }
+  } else {
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
       gr[v] = st<G>(expf(r[v] - m) * k - (v == t ? scale : 0.0f));
   }
@@ -82,14 +120,18 @@ double lm_head_cross_entropy_sum(Tensor dh, Tensor dw, const Tensor& h, const Te
     const int64_t n = std::min(chunk, N - n0);
     Tensor lc = logits.slice(0, n), gc = dlogits.slice(0, n), hc = ho.slice(n0, n);  // lc, gc: [n, V]
     linear(lc, hc, w);
+    // rows of 16-byte-aligned float4s when V % 4 == 0 (the chunks start at multiples of V)
+    const bool vec = V % 4 == 0;
+    auto rows = [&](auto kernel, auto* gp) {
+      kernel<<<unsigned(n), kThreads>>>(lc.data<float>(), gp, loss.data<double>() + n0,
+                                        targets.data<int64_t>() + n0, V, float(scale), grad);
+    };
     if (gc.dtype() == DType::BF16) {
-      ce_rows_kernel<bf16><<<unsigned(n), kThreads>>>(lc.data<float>(), static_cast<bf16*>(gc.raw()),
-                                                      loss.data<double>() + n0, targets.data<int64_t>() + n0,
-                                                      V, float(scale), grad);
+      auto* gp = static_cast<bf16*>(gc.raw());
+      vec ? rows(ce_rows_kernel<bf16, true>, gp) : rows(ce_rows_kernel<bf16, false>, gp);
     } else {
-      ce_rows_kernel<float><<<unsigned(n), kThreads>>>(lc.data<float>(), lc.data<float>(),
-                                                       loss.data<double>() + n0, targets.data<int64_t>() + n0,
-                                                       V, float(scale), grad);
+      float* gp = lc.data<float>();
+      vec ? rows(ce_rows_kernel<float, true>, gp) : rows(ce_rows_kernel<float, false>, gp);
     }
     DSEEK_CUDA_LAUNCH_CHECK("lm_head_cross_entropy (rows)");
     if (grad) linear_bwd(dh.slice(n0, n), dw, gc, hc, w);  // dh = dlogits · W, dw += dlogitsᵀ · h

@@ -55,6 +55,21 @@ void router_bias_update(Tensor bias, const std::vector<int64_t>& load, double me
 // O], w[e] bf16 [O, I], dx f32 [M, I]. Returns false (nothing done) when the operands do not suit the kernel.
 bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& plan,
                           int64_t scratch_bytes = int64_t(1) << 30);
+// dx = dya · wa[e] + dyb · wb[e] per expert in one product along both inner dims (the experts' gate and up
+// input gradients; weights transposed in chunks as above): dya, dyb bf16 [M, O], wa[e], wb[e] bf16 [O, I], dx
+// f32 or bf16 [M, I]. Returns false (nothing done) when the operands do not suit the kernel.
+bool grouped_pair_dgrad(Tensor dx, const Tensor& dya, const Tensor& dyb, const std::vector<Tensor>& wa,
+                        const std::vector<Tensor>& wb, const MoePlan& plan,
+                        int64_t scratch_bytes = int64_t(1) << 30);
+// dg, du bf16 [M, F] = SwiGLU's backward at g, u (bf16 [M, F]) of dh = dy · wd[e] (dy bf16 [M, D], wd[e] bf16
+// [D, F]); dh never reaches memory. Returns false (nothing done) when the operands do not suit the kernel.
+bool grouped_swiglu_dgrad(Tensor dg, Tensor du, const Tensor& dy, const std::vector<Tensor>& wd,
+                          const Tensor& g, const Tensor& u, const MoePlan& plan,
+                          int64_t scratch_bytes = int64_t(1) << 30);
+// h (f32 or bf16 [M, F]) = silu(x · wg[e]ᵀ) ⊙ (x · wu[e]ᵀ), with g, u (bf16 [M, F], when defined) the two
+// products, in one launch. Returns false (nothing done) when the operands do not suit the kernel.
+bool grouped_swiglu_fwd(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::vector<Tensor>& wg,
+                        const std::vector<Tensor>& wu, const MoePlan& plan);
 // dw[e] += dy[rows of e]ᵀ · x[rows of e] for every expert with rows, in one launch (grouped_wgrad.cu): dy
 // bf16 [M, O], x bf16 [M, I] (O, I multiples of 8), dw[e] f32 [O, I]. Returns false (nothing done) when the
 // operands do not suit the kernel.

@@ -33,4 +33,22 @@ void grouped_gemm_device(void* out, DType out_dt, const void* x, const void* con
                          const int64_t* offsets, const GroupedTile* tiles, const int* n_tiles,
                          int64_t max_tiles, int64_t I, int64_t O);
 
+// Training forms (tile tables from the plan's host offsets; every expert with rows; bf16 operands, 16-byte
+// aligned, inner dims multiples of 8):
+// out[rows of e] = x·w[e]ᵀ + x2·w2[e]ᵀ (x [M, K1], x2 [M, K2], w[e] [O, K1], w2[e] [O, K2]; out f32 or bf16):
+// the experts' gate and up input gradients dg·W_g + du·W_u as one product along K1 + K2.
+bool grouped_gemm2_applies(const Tensor& out, const Tensor& x, const std::vector<Tensor>& w, const Tensor& x2,
+                           const std::vector<Tensor>& w2);
+void grouped_gemm2(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const Tensor& x2,
+                   const std::vector<Tensor>& w2, const std::vector<int64_t>& offsets);
+// h = silu(x·wg[e]ᵀ) ⊙ (x·wu[e]ᵀ) (h f32 or bf16 [M, F]); g, u bf16 [M, F] the two products (each may be
+// undefined: not written). x bf16 [M, D], wg[e], wu[e] bf16 [F, D], F even.
+bool grouped_swiglu_applies(const Tensor& x, const std::vector<Tensor>& wg, const std::vector<Tensor>& wu);
+void grouped_swiglu(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::vector<Tensor>& wg,
+                    const std::vector<Tensor>& wu, const std::vector<int64_t>& offsets);
+// dg, du bf16 [M, F]: SwiGLU's backward at the forward's g, u (bf16 [M, F]) of dh = dy · wt[e]ᵀ, which never
+// reaches memory (dy bf16 [M, D], wt[e] bf16 [F, D]: the down matrix transposed).
+void grouped_swiglu_bwd(Tensor dg, Tensor du, const Tensor& dy, const std::vector<Tensor>& wt,
+                        const Tensor& g, const Tensor& u, const std::vector<int64_t>& offsets);
+
 }  // namespace dseek::ops::cuda

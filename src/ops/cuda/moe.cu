@@ -29,22 +29,60 @@ __global__ void unpermute_kernel(T* out, const TY* yp, const T* w, const int64_t
   }
 }
 
-// grid (ceil(I / 32), ceil(O / 32), E), block (32, 8): out[e] [I, O] = w[e]ᵀ for w[e] [O, I] (bf16), through
-// a padded 32×32 shared tile (coalesced reads and writes).
+// grid (ceil(I / 64), ceil(O / 64), E), block (32, 8): out[e] [I, O] = w[e]ᵀ for w[e] [O, I] (bf16, I and O
+// even), through a 64×64 shared tile (pairs of elements read and written; rows of 65 so the column reads of
+// a warp fall in different banks).
 __global__ void transpose_many_kernel(bf16* out, const bf16* const* w, int64_t O, int64_t I) {
-  __shared__ bf16 tile[32][33];
+  __shared__ bf16 tile[64][65];
   const bf16* src = w[blockIdx.z];
   bf16* dst = out + int64_t(blockIdx.z) * I * O;
-  const int64_t i0 = int64_t(blockIdx.x) * 32, o0 = int64_t(blockIdx.y) * 32;
-  for (int r = threadIdx.y; r < 32; r += 8) {  // rows o0 + r of w[e], columns i0 + threadIdx.x
-    const int64_t o = o0 + r, i = i0 + threadIdx.x;
-    if (o < O && i < I) tile[r][threadIdx.x] = src[o * I + i];
+  const int64_t i0 = int64_t(blockIdx.x) * 64, o0 = int64_t(blockIdx.y) * 64;
+  const int c = 2 * int(threadIdx.x);
+  for (int r = threadIdx.y; r < 64; r += 8) {  // row o0 + r of w[e], columns i0 + c, + 1
+    const int64_t o = o0 + r, i = i0 + c;
+    if (o < O && i < I) {
+      const __nv_bfloat162 v = *reinterpret_cast<const __nv_bfloat162*>(src + o * I + i);
+      tile[r][c] = v.x;
+      tile[r][c + 1] = v.y;
+    }
   }
   __syncthreads();
-  for (int r = threadIdx.y; r < 32; r += 8) {  // rows i0 + r of out[e], columns o0 + threadIdx.x
-    const int64_t i = i0 + r, o = o0 + threadIdx.x;
-    if (i < I && o < O) dst[i * O + o] = tile[threadIdx.x][r];
+  for (int r = threadIdx.y; r < 64; r += 8) {  // row i0 + r of out[e], columns o0 + c, + 1
+    const int64_t i = i0 + r, o = o0 + c;
+    if (i < I && o < O) {
+      __nv_bfloat162 v;
+      v.x = tile[c][r];
+      v.y = tile[c + 1][r];
+      *reinterpret_cast<__nv_bfloat162*>(dst + i * O + o) = v;
+    }
   }
+}
+
+// Experts e0 .. e0 + n − 1 of w (bf16 [O, I] each, O and I even) transposed into wt [≥ n, I, O]; the
+// returned list views wt's first n matrices.
+std::vector<Tensor> transpose_experts(Tensor& wt, const std::vector<Tensor>& w, int64_t e0, int64_t n) {
+  const int64_t O = w[0].size(0), I = w[0].size(1);
+  std::vector<int64_t> ptrs;
+  for (int64_t e = e0; e < e0 + n; ++e)
+    ptrs.push_back(int64_t(reinterpret_cast<uintptr_t>(w[size_t(e)].raw())));
+  const Tensor table = upload_i64(ptrs);
+  transpose_many_kernel<<<dim3(unsigned((I + 63) / 64), unsigned((O + 63) / 64), unsigned(n)), dim3(32, 8)>>>(
+      static_cast<bf16*>(wt.raw()), reinterpret_cast<const bf16* const*>(table.raw()), O, I);
+  DSEEK_CUDA_LAUNCH_CHECK("grouped expert weights (transpose)");
+  std::vector<Tensor> views;
+  for (int64_t e = 0; e < n; ++e) views.push_back(wt.slice(e, 1).view({I, O}));
+  return views;
+}
+
+bool bf16_plain(const std::vector<Tensor>& w) {
+  for (const Tensor& t : w)
+    if (t.dtype() != DType::BF16 || t.block_scale() || t.size(0) % 2 != 0 || t.size(1) % 2 != 0) return false;
+  return !w.empty();
+}
+
+// Experts per chunk of transposed weights: at most scratch_bytes for `mats` matrices of [O, I] each.
+int64_t chunk_of(int64_t E, int64_t O, int64_t I, int mats, int64_t scratch_bytes) {
+  return std::clamp<int64_t>(scratch_bytes / std::max<int64_t>(int64_t(mats) * I * O * 2, 1), 1, E);
 }
 
 }  // namespace
@@ -53,30 +91,71 @@ bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>
                           int64_t scratch_bytes) {
   const int64_t E = int64_t(w.size()), M = dy.size(0), O = dy.size(1), I = dx.size(1);
   if (E == 0 || M == 0) return E != 0;
-  for (const Tensor& t : w)
-    if (t.dtype() != DType::BF16 || t.block_scale()) return false;
+  if (!bf16_plain(w)) return false;
   // The transposed weights go through a scratch of at most scratch_bytes (at least one expert): chunks of
   // experts, each transposed and then multiplied (the stream orders a chunk's reuse after the last product).
-  const int64_t chunk = std::clamp<int64_t>(scratch_bytes / std::max<int64_t>(I * O * 2, 1), 1, E);
+  const int64_t chunk = chunk_of(E, O, I, 1, scratch_bytes);
   Tensor wt = Tensor::empty({chunk, I, O}, DType::BF16, Device::CUDA);  // wt: [chunk, I, O], w[e]ᵀ
-  std::vector<Tensor> wts;
-  for (int64_t e = 0; e < chunk; ++e) wts.push_back(wt.slice(e, 1).view({I, O}));
-  if (!grouped_gemm_applies(dx, dy, wts)) return false;
   for (int64_t e0 = 0; e0 < E; e0 += chunk) {
     const int64_t n = std::min(chunk, E - e0);
     if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;  // no rows in these experts
-    std::vector<int64_t> ptrs;
-    for (int64_t e = e0; e < e0 + n; ++e)
-      ptrs.push_back(int64_t(reinterpret_cast<uintptr_t>(w[size_t(e)].raw())));
-    const Tensor table = upload_i64(ptrs);
-    transpose_many_kernel<<<dim3(unsigned((I + 31) / 32), unsigned((O + 31) / 32), unsigned(n)),
-                            dim3(32, 8)>>>(static_cast<bf16*>(wt.raw()),
-                                           reinterpret_cast<const bf16* const*>(table.raw()), O, I);
-    DSEEK_CUDA_LAUNCH_CHECK("grouped_linear_dgrad (transpose)");
+    const std::vector<Tensor> wts = transpose_experts(wt, w, e0, n);
+    if (!grouped_gemm_applies(dx, dy, wts)) return false;
     // experts e0 .. e0 + n − 1: their row ranges in dx / dy (absolute rows)
     const std::vector<int64_t> offs(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1);
-    grouped_gemm(dx, dy, std::vector<Tensor>(wts.begin(), wts.begin() + n), offs, 1);
+    grouped_gemm(dx, dy, wts, offs, 1);
   }
+  return true;
+}
+
+bool grouped_pair_dgrad(Tensor dx, const Tensor& dya, const Tensor& dyb, const std::vector<Tensor>& wa,
+                        const std::vector<Tensor>& wb, const MoePlan& p, int64_t scratch_bytes) {
+  const int64_t E = int64_t(wa.size()), M = dya.size(0), O = dya.size(1), I = dx.size(1);
+  if (!bf16_plain(wa) || !bf16_plain(wb) || int64_t(wb.size()) != E || dyb.dtype() != dya.dtype())
+    return false;
+  if (M == 0) return true;
+  const int64_t chunk = chunk_of(E, O, I, 2, scratch_bytes);
+  Tensor wta = Tensor::empty({chunk, I, O}, DType::BF16, Device::CUDA),  // wta, wtb: [chunk, I, O]
+      wtb = Tensor::empty({chunk, I, O}, DType::BF16, Device::CUDA);
+  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
+    const int64_t n = std::min(chunk, E - e0);
+    if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;
+    const std::vector<Tensor> ta = transpose_experts(wta, wa, e0, n), tb = transpose_experts(wtb, wb, e0, n);
+    if (!grouped_gemm2_applies(dx, dya, ta, dyb, tb)) return false;
+    const std::vector<int64_t> offs(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1);
+    grouped_gemm2(dx, dya, ta, dyb, tb, offs);  // dx = dya·wa + dyb·wb, one product along 2·O
+  }
+  return true;
+}
+
+bool grouped_swiglu_dgrad(Tensor dg, Tensor du, const Tensor& dy, const std::vector<Tensor>& wd,
+                          const Tensor& g, const Tensor& u, const MoePlan& p, int64_t scratch_bytes) {
+  const int64_t E = int64_t(wd.size()), M = dy.size(0), D = dy.size(1), F = g.size(1);
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&dg, &du, &dy, &g, &u})
+    if (t->dtype() != DType::BF16 || (reinterpret_cast<uintptr_t>(t->raw()) & 15) != 0) return false;
+  if (!bf16_plain(wd) || D % 8 != 0 || F % 2 != 0) return false;
+  if (M == 0) return true;
+  const int64_t chunk = chunk_of(E, D, F, 1, scratch_bytes);
+  Tensor wt = Tensor::empty({chunk, F, D}, DType::BF16, Device::CUDA);  // wt: [chunk, F, D], wd[e]ᵀ
+  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
+    const int64_t n = std::min(chunk, E - e0);
+    if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;
+    const std::vector<Tensor> wts = transpose_experts(wt, wd, e0, n);
+    const std::vector<int64_t> offs(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1);
+    grouped_swiglu_bwd(dg, du, dy, wts, g, u, offs);
+  }
+  return true;
+}
+
+bool grouped_swiglu_fwd(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::vector<Tensor>& wg,
+                        const std::vector<Tensor>& wu, const MoePlan& p) {
+  if (!grouped_swiglu_applies(x, wg, wu) || (h.dtype() != DType::BF16 && h.dtype() != DType::F32))
+    return false;
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&g, &u})
+    if (t->defined() && (t->dtype() != DType::BF16 || (reinterpret_cast<uintptr_t>(t->raw()) & 3) != 0))
+      return false;
+  if (x.size(0) == 0) return true;
+  grouped_swiglu(h, g, u, x, wg, wu, p.offsets);
   return true;
 }
 

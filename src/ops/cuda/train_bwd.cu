@@ -30,7 +30,7 @@ __global__ void permute_bwd_kernel(T* dx, const T* dxp, const int64_t* row, int6
 }
 
 // grid N: dx[n] += Σ_k (a[row[n·K + k]] + b[row[n·K + k]]), k ascending (the CPU's order: the rows'
-// sums first, then the tokens' sums, then into dx).
+// sums first, then the tokens' sums, then into dx); b may be null (the rows of a alone).
 template <typename T>
 __global__ void permute_bwd_add_kernel(T* dx, const T* a, const T* b, const int64_t* row, int64_t K,
                                        int64_t D) {
@@ -39,7 +39,8 @@ __global__ void permute_bwd_add_kernel(T* dx, const T* a, const T* b, const int6
     float acc = 0.0f;
     for (int64_t k = 0; k < K; ++k) {
       const int64_t r = row[n * K + k] * D + i;
-      acc += ld(st<T>(ld(a[r]) + ld(b[r])));  // the row's sum in T, as the CPU's axpy leaves it
+      acc +=
+          b ? ld(st<T>(ld(a[r]) + ld(b[r]))) : ld(a[r]);  // the row's sum in T, as the CPU's axpy leaves it
     }
     dx[n * D + i] = st<T>(ld(dx[n * D + i]) + ld(st<T>(acc)));
   }
@@ -241,9 +242,9 @@ void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const 
   const int64_t* row = plan_rows(p, keep);
   with_act(dx.dtype(), "moe_permute_bwd_add", [&](auto t) {
     using T = decltype(t);
-    permute_bwd_add_kernel<<<unsigned(p.tokens), 256>>>(static_cast<T*>(dx.raw()),
-                                                        static_cast<const T*>(dxa.raw()),
-                                                        static_cast<const T*>(dxb.raw()), row, p.top_k, D);
+    permute_bwd_add_kernel<<<unsigned(p.tokens), 256>>>(
+        static_cast<T*>(dx.raw()), static_cast<const T*>(dxa.raw()),
+        dxb.defined() ? static_cast<const T*>(dxb.raw()) : nullptr, row, p.top_k, D);
   });
   DSEEK_CUDA_LAUNCH_CHECK("moe_permute_bwd_add");
 }
