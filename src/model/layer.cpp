@@ -96,7 +96,8 @@ void layer_decode(Tensor h, const LayerWeights& w, const LayerContext& ctx, FfnO
   }
 }
 
-void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s) {
+void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s,
+               Tensor* dh_op) {
   prof::Scope scope(prof::kLayerBwd);
   const ModelConfig& c = ctx.cfg;
   const int64_t N = dh.size(0), D = dh.size(1);
@@ -114,24 +115,31 @@ void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerCon
       s.mlp.x = xn2;
     }
   }
-  Tensor dxn = Tensor::empty({N, D}, dt, dev), tmp = Tensor::empty({N, D}, dt, dev);
+  Tensor dxn = Tensor::empty({N, D}, dt, dev);
+  // On the GPU with bf16 products the residual gradient is rounded to bf16 where it is added up (for
+  // o_proj's and the down projections' backward), not cast again by each product.
+  const bool ops_bf16 = dev == Device::CUDA && dt == DType::F32 && w.attn.o_proj.dtype() == DType::BF16;
+  const Tensor in_op = dh_op ? *dh_op : Tensor();
   // h_out = h_mid + FFN(rms2(h_mid))
   if (w.is_moe) {
     prof::Scope sub(prof::kMoeBwd);
-    moe_bwd(dxn, g.moe, dh, w.moe, c, s.moe, ctx.moe);
+    moe_bwd(dxn, g.moe, dh, w.moe, c, s.moe, ctx.moe, in_op);
   } else {
     prof::Scope sub(prof::kMlpBwd);
-    mlp_bwd(dxn, g.mlp, dh, w.mlp, s.mlp);
+    mlp_bwd(dxn, g.mlp, dh, w.mlp, s.mlp, in_op);
   }
-  ops::rmsnorm_bwd(tmp, g.post_attention_layernorm, dxn, s.h_mid, w.post_attention_layernorm, s.rstd2);
-  ops::add_(dh, tmp);  // dh is now ∂/∂h_mid
+  Tensor mid_op = ops_bf16 ? Tensor::empty({N, D}, DType::BF16, dev) : Tensor();  // mid_op: [N, D]
+  // dh is now ∂/∂h_mid
+  ops::rmsnorm_bwd_add(dh, mid_op, g.post_attention_layernorm, dxn, s.h_mid, w.post_attention_layernorm,
+                       s.rstd2);
   // h_mid = h_in + MLA(rms1(h_in))
   {
     prof::Scope sub(prof::kMlaBwd);
-    mla_bwd(dxn, g.attn, dh, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, s.attn);
+    mla_bwd(dxn, g.attn, dh, w.attn, c, ctx.rope, ctx.positions, ctx.chunks, s.attn, mid_op);
   }
-  ops::rmsnorm_bwd(tmp, g.input_layernorm, dxn, s.h_in, w.input_layernorm, s.rstd1);
-  ops::add_(dh, tmp);
+  Tensor out_op = ops_bf16 && dh_op ? Tensor::empty({N, D}, DType::BF16, dev) : Tensor();  // out_op: [N, D]
+  ops::rmsnorm_bwd_add(dh, out_op, g.input_layernorm, dxn, s.h_in, w.input_layernorm, s.rstd1);
+  if (dh_op) *dh_op = out_op;
 }
 
 }  // namespace dseek

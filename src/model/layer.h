@@ -47,6 +47,10 @@ void layer_decode(Tensor h, const LayerWeights& w, const LayerContext& ctx, FfnO
 
 // dh: the gradient w.r.t. the layer's output on entry, w.r.t. its input on return. Parameter
 // gradients accumulate into g. `grad_scale` scales the balance-loss gradient like the other losses.
-void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s);
+// dh_op (optional, in and out): on the way in dh's bf16 operand (or undefined), on the way out the new dh's
+// (GPU bf16 training: the residual gradient rounded once for the products that read it, in the pass that
+// adds it up).
+void layer_bwd(Tensor dh, LayerWeights& g, const LayerWeights& w, const LayerContext& ctx, LayerSaved& s,
+               Tensor* dh_op = nullptr);
 
 }  // namespace dseek

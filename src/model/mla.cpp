@@ -386,7 +386,8 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
 }
 
 void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& c,
-             const Rope& rope, const Tensor& positions, const std::vector<SeqChunk>& chunks, MlaSaved& s) {
+             const Rope& rope, const Tensor& positions, const std::vector<SeqChunk>& chunks, MlaSaved& s,
+             const Tensor& dout_op) {
   const Dims d(c);
   const int64_t N = dout.size(0);
   const DType dt = dout.dtype();  // the activation dtype (s.x, s.o may be bf16 operands)
@@ -409,7 +410,7 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   (void)chunks;
   // out = o · Woᵀ
   Tensor d_o = Tensor::empty({N, d.H * d.dv}, dt, dev);
-  ops::linear_bwd(d_o, g.o_proj, dout, s.o, w.o_proj);
+  ops::linear_bwd(d_o, g.o_proj, dout_op.defined() ? dout_op : dout, s.o, w.o_proj);
   // Attention: dq [N, H, dq]; keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe, so their
   // gradients are dkv [N, H, dn + dv] and dpe [N, R] (the k_pe part summed over heads).
   Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev);

@@ -72,8 +72,10 @@ void mla_fwd(Tensor out, const Tensor& x, const MlaWeights& w, const ModelConfig
 void mla_decode(Tensor out, const ops::NormedInput& in, const MlaWeights& w, const ModelConfig& cfg,
                 const Rope& rope, const Tensor& positions, const PagedStep& paged, int64_t layer);
 
-// dx[N, D] written; parameter gradients accumulated into `g` (same struct, activation dtype).
+// dx[N, D] written; parameter gradients accumulated into `g` (same struct, activation dtype). dout_op
+// (optional): dout's bf16 operand when the caller already has it (o_proj's backward takes it, no cast).
 void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, const ModelConfig& cfg,
-             const Rope& rope, const Tensor& positions, const std::vector<SeqChunk>& chunks, MlaSaved& saved);
+             const Rope& rope, const Tensor& positions, const std::vector<SeqChunk>& chunks, MlaSaved& saved,
+             const Tensor& dout_op = {});
 
 }  // namespace dseek

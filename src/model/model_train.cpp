@@ -82,6 +82,8 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   // flat, tflat: [N] ids and targets on the model's device
   const Tensor flat = ids.view({N}).to(dev), tflat = targets.view({N}).to(dev);
   const Tensor tflat_host = targets.view({N}).to(Device::CPU);  // for counting (no copy when on the CPU)
+  // The embedding's ids from the host (its checks and its backward's grouping need no device→host copy)
+  const Tensor ids_host = ids.view({N}).to(Device::CPU);
   Stack main(B, T, dev);
   auto context = [&](const Stack& st, int64_t layer, const MoeOptions& mo) {
     return LayerContext{.cfg = cfg,
@@ -99,7 +101,7 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
   Tensor h = Tensor::empty({N, D}, dt, dev);  // h: [N, D]
   {
     prof::Scope scope(prof::kEmbedding);
-    ops::embedding_fwd(h, flat, w.embed_tokens);
+    ops::embedding_fwd(h, ids_host, w.embed_tokens);
   }
   std::vector<LayerSaved> saved(static_cast<size_t>(cfg.num_hidden_layers));
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
@@ -208,14 +210,16 @@ TrainResult Model::forward_backward(const Tensor& ids, const Tensor& targets, co
     prof::Scope scope(prof::kLmHead);
     ops::rmsnorm_bwd(dh, grads->norm, dhn, h_final, w.norm, rstd);
   }
+  Tensor dh_op;  // dh's bf16 operand, handed from layer to layer (GPU bf16 training)
   for (int64_t l = cfg.num_hidden_layers - 1; l >= 0; --l) {
     MoeOptions mo = bal;
     mo.seq_len = T;
-    layer_bwd(dh, grads->layers[size_t(l)], w.layers[size_t(l)], context(main, l, mo), saved[size_t(l)]);
+    layer_bwd(dh, grads->layers[size_t(l)], w.layers[size_t(l)], context(main, l, mo), saved[size_t(l)],
+              &dh_op);
   }
   {
     prof::Scope scope(prof::kEmbedding);
-    ops::embedding_bwd(grads->embed_tokens, flat, dh);
+    ops::embedding_bwd(grads->embed_tokens, ids_host, dh);
   }
   return res;
 }

@@ -35,7 +35,8 @@ void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved) 
   *saved = {xa, g, u, h};  // the product operands (bf16 on the GPU) for the backward's products
 }
 
-void mlp_bwd(Tensor dx, MlpWeights& gr, const Tensor& dy, const MlpWeights& w, const MlpSaved& s) {
+void mlp_bwd(Tensor dx, MlpWeights& gr, const Tensor& dy, const MlpWeights& w, const MlpSaved& s,
+             const Tensor& dy_op) {
   const int64_t N = s.g.size(0), F = s.g.size(1);
   const DType dt = s.g.dtype();  // the activation dtype (x and h may be their bf16 operands)
   const Device dev = s.g.device();
@@ -43,7 +44,8 @@ void mlp_bwd(Tensor dx, MlpWeights& gr, const Tensor& dy, const MlpWeights& w, c
   const DType op = s.h.dtype();
   Tensor dh = Tensor::empty({N, F}, dt, dev), dg = Tensor::empty({N, F}, op, dev),
          du = Tensor::empty({N, F}, op, dev);
-  ops::linear_bwd(dh, gr.down_proj, dy, s.h, w.down_proj);
+  const bool use_op = dy_op.defined() && dy_op.dtype() == w.down_proj.dtype();
+  ops::linear_bwd(dh, gr.down_proj, use_op ? dy_op : dy, s.h, w.down_proj);
   ops::swiglu_bwd(dg, du, dh, s.g, s.u);
   Tensor tmp = Tensor::empty(dx.shape(), dt, dev);
   ops::linear_bwd(dx, gr.gate_proj, dg, s.x, w.gate_proj);
@@ -213,13 +215,13 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
 }
 
 void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, const ModelConfig& c,
-             const MoeSaved& s, const MoeOptions& opt) {
+             const MoeSaved& s, const MoeOptions& opt, const Tensor& dy_op) {
   const int64_t N = s.x.size(0), D = s.x.size(1), E = c.n_routed_experts, K = c.num_experts_per_tok,
                 F = c.moe_intermediate_size, M = N * K;
   const DType dt = s.x.dtype();
   const Device dev = s.x.device();
   if (c.n_shared_experts > 0) {
-    mlp_bwd(dx, g.shared, dy, w.shared, s.shared);
+    mlp_bwd(dx, g.shared, dy, w.shared, s.shared, dy_op);
   } else {
     dx.fill(0);
   }

@@ -21,8 +21,10 @@ struct MlpSaved {
 
 // out[N, D] = down(silu(gate · x) ⊙ (up · x)).
 void mlp_fwd(Tensor out, const Tensor& x, const MlpWeights& w, MlpSaved* saved = nullptr);
-// dx written, parameter gradients accumulated into g.
-void mlp_bwd(Tensor dx, MlpWeights& g, const Tensor& dy, const MlpWeights& w, const MlpSaved& s);
+// dx written, parameter gradients accumulated into g. dy_op (optional): dy's bf16 operand when the caller
+// already has it (the down projection's backward takes it, no cast).
+void mlp_bwd(Tensor dx, MlpWeights& g, const Tensor& dy, const MlpWeights& w, const MlpSaved& s,
+             const Tensor& dy_op = {});
 
 // What the router chose (for tests, statistics and the backward).
 struct RouterTrace {
@@ -69,8 +71,9 @@ ops::NormedInput residual_norm(const Tensor& h, const FfnOut& f, const Tensor& n
 // the experts' outputs stay per slot (FfnOut with K > 0); elsewhere normed_input, then moe_fwd.
 FfnOut moe_decode(const ops::NormedInput& in, const MoeWeights& w, const ModelConfig& cfg);
 
-// dx written, gradients accumulated into g (the correction bias gets none).
+// dx written, gradients accumulated into g (the correction bias gets none). dy_op as mlp_bwd's (for the
+// shared expert).
 void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, const ModelConfig& cfg,
-             const MoeSaved& s, const MoeOptions& opt = {});
+             const MoeSaved& s, const MoeOptions& opt = {}, const Tensor& dy_op = {});
 
 }  // namespace dseek

@@ -118,6 +118,9 @@ void linear_bwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&) {
 void rmsnorm_bwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
   none("rmsnorm_bwd");
 }
+void rmsnorm_bwd_add(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  none("rmsnorm_bwd_add");
+}
 void swiglu_bwd(Tensor, Tensor, const Tensor&, const Tensor&, const Tensor&) {
   none("swiglu_bwd");
 }

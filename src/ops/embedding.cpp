@@ -14,7 +14,10 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table, Stream) {
   check_dtype("embedding_fwd", "table", table, {DType::F32, DType::F64, DType::BF16});
   check_act("embedding_fwd", "out", out);
   check_shape("embedding_fwd", "out", out, {ids.size(0), table.size(1)});
-  check_same_device("embedding_fwd", {&out, &ids, &table});
+  // ids may stay on the host beside a GPU table (checked there, uploaded once; no device→host copy)
+  check_same_device("embedding_fwd", {&out, &table});
+  DSEEK_CHECK(ids.device() == out.device() || ids.device() == Device::CPU, "embedding_fwd: ids on ",
+              device_name(ids.device()), ", out on ", device_name(out.device()));
   switch (out.device()) {
     case Device::CPU:
       return cpu::embedding_fwd(out, ids, table);
@@ -32,7 +35,10 @@ void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout, Stream)
   check_act("embedding_bwd", "dtable", dtable);
   check_shape("embedding_bwd", "dout", dout, {ids.size(0), dtable.size(1)});
   DSEEK_CHECK(dout.dtype() == dtable.dtype(), "embedding_bwd: mixed dtypes");
-  check_same_device("embedding_bwd", {&dtable, &ids, &dout});
+  // ids may stay on the host beside a GPU table (the grouping by id is built there without a wait)
+  check_same_device("embedding_bwd", {&dtable, &dout});
+  DSEEK_CHECK(ids.device() == dtable.device() || ids.device() == Device::CPU, "embedding_bwd: ids on ",
+              device_name(ids.device()), ", dtable on ", device_name(dtable.device()));
   switch (dtable.device()) {
     case Device::CPU:
       return cpu::embedding_bwd(dtable, ids, dout);

@@ -4,6 +4,7 @@
 #include "ops/check.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/elementwise.h"
 
 namespace dseek::ops {
 
@@ -73,6 +74,26 @@ void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const 
     default:
       fail("rmsnorm_bwd: no implementation for ", device_name(x.device()));
   }
+}
+
+void rmsnorm_bwd_add(Tensor dh, Tensor dh_op, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                     const Tensor& rstd, Stream s) {
+  check_shape("rmsnorm_bwd_add", "dh", dh, x.shape());
+  DSEEK_CHECK(dh.dtype() == x.dtype(), "rmsnorm_bwd_add: dh dtype differs from x");
+  if (dh_op.defined()) {
+    check_shape("rmsnorm_bwd_add", "dh_op", dh_op, x.shape());
+    DSEEK_CHECK(dh_op.device() == Device::CUDA && dh_op.dtype() == DType::BF16 && x.dtype() == DType::F32,
+                "rmsnorm_bwd_add: dh_op is the bf16 operand of f32 activations on the GPU");
+  }
+  check_same_device("rmsnorm_bwd_add", {&dh, &dh_op, &x});
+  if (x.device() == Device::CUDA && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
+    rmsnorm_bwd(Tensor(), Tensor(), dy, x, w, rstd, s);  // the argument checks alone (nothing to do)
+    return cuda::rmsnorm_bwd_add(dh, dh_op, dw, dy, x, w, rstd);
+  }
+  Tensor tmp = Tensor::empty(x.shape(), x.dtype(), x.device());  // tmp: [N, D] the norm's input gradient
+  rmsnorm_bwd(tmp, dw, dy, x, w, rstd, s);
+  axpy_(dh, tmp, 1.0, s);
+  if (dh_op.defined()) dh_op.copy_from(dh);
 }
 
 }  // namespace dseek::ops

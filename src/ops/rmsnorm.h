@@ -19,5 +19,10 @@ void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const T
 // Backward: dx written, dw accumulated (when defined), from the forward's x, w and rstd [N].
 void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
                  Stream s = {});
+// The pre-norm residual's backward: dh += the norm's input gradient (the same sum as rmsnorm_bwd into a
+// temporary, then add_), dw accumulated (when defined); dh_op (when defined: bf16 on the GPU) gets the new
+// dh rounded to bf16, the next products' operand, in the same pass.
+void rmsnorm_bwd_add(Tensor dh, Tensor dh_op, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                     const Tensor& rstd, Stream s = {});
 
 }  // namespace dseek::ops

@@ -203,11 +203,15 @@ TEST_F(Cuda, Embedding) {
       ops::embedding_fwd(ref, ids, table.cpu);
       ops::embedding_fwd(out, ids.to(Device::CUDA), table.gpu);
       expect_close("embedding", out, ref, dt);
+      Tensor from_host = poisoned({N, D}, dt);  // ids left on the host beside the GPU table
+      ops::embedding_fwd(from_host, ids, table.gpu);
+      EXPECT_EQ(test::diff(down(from_host), down(out)).max_abs, 0.0) << "embedding from host ids";
     }
   Tensor bad = ids.clone();
   bad.data<int64_t>()[3] = V;
   Tensor out = poisoned({N, D}, DType::F32);
   EXPECT_THROW(ops::embedding_fwd(out, bad.to(Device::CUDA), randn({V, D}).to(Device::CUDA)), Error);
+  EXPECT_THROW(ops::embedding_fwd(out, bad, randn({V, D}).to(Device::CUDA)), Error);
 }
 
 TEST_F(Cuda, Router) {
@@ -837,6 +841,10 @@ TEST_F(Cuda, TrainingBackwardOpsMatchTheCpu) {
     ops::embedding_bwd(gdt, gpu(ids), gpu(dout));
     expect_close("embedding_bwd", gdt, dt, DType::F32);
     EXPECT_EQ(test::diff(gdt.to(Device::CPU), dt).max_abs, 0.0) << "embedding_bwd is the CPU's sum order";
+    // ids left on the host: the same sums (added once more onto the updated tables)
+    ops::embedding_bwd(dt, ids, dout);
+    ops::embedding_bwd(gdt, ids, gpu(dout));
+    EXPECT_EQ(test::diff(gdt.to(Device::CPU), dt).max_abs, 0.0) << "embedding_bwd from host ids";
   }
   {  // Attention backward from saved probabilities: one sequence after 5 cached rows.
     const int64_t T = 19, P0 = 5, S = 30, H = 3, Dq = 20, Dv = 12;
@@ -989,6 +997,22 @@ TEST_F(Cuda, TrainingOpsMatchTheCpu) {
                      rstd.to(Device::CUDA));
     expect_close("rmsnorm_bwd dx", gdx, dx, DType::F32);
     expect_close("rmsnorm_bwd dw", gdw, dw, DType::F32);
+    // The residual form: dh += dx, dw accumulated, and dh's bf16 operand — the same bits as the GPU's
+    // rmsnorm_bwd followed by add_ and a cast, near the CPU's composition.
+    const Tensor dh0 = randn({N, D});
+    Tensor rdh = dh0.clone(), rdw = dw.clone();
+    ops::rmsnorm_bwd_add(rdh, Tensor(), rdw, dy, x, w, rstd);
+    Tensor gdh = dh0.to(Device::CUDA), gop = poisoned({N, D}, DType::BF16), gdw2 = dw.to(Device::CUDA);
+    ops::rmsnorm_bwd_add(gdh, gop, gdw2, dy.to(Device::CUDA), x.to(Device::CUDA), w.to(Device::CUDA),
+                         rstd.to(Device::CUDA));
+    expect_close("rmsnorm_bwd_add dh", gdh, rdh, DType::F32);
+    expect_close("rmsnorm_bwd_add dw", gdw2, rdw, DType::F32);
+    Tensor two = dh0.to(Device::CUDA), tmp = Tensor::empty({N, D}, DType::F32, Device::CUDA);
+    ops::rmsnorm_bwd(tmp, Tensor(), dy.to(Device::CUDA), x.to(Device::CUDA), w.to(Device::CUDA),
+                     rstd.to(Device::CUDA));
+    ops::add_(two, tmp);
+    EXPECT_EQ(test::diff(down(gdh), down(two)).max_abs, 0.0) << "rmsnorm_bwd_add = rmsnorm_bwd + add_";
+    EXPECT_EQ(test::diff(down(gop), down(two.to(DType::BF16))).max_abs, 0.0) << "rmsnorm_bwd_add's bf16 dh";
   }
   {
     Tensor g = randn({300, 512}, 2), u = randn({300, 512}), d = randn({300, 512});

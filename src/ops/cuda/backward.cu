@@ -14,8 +14,10 @@ namespace dseek::ops::cuda {
 
 namespace {
 
-// dx[n] = r·(w ⊙ dy[n]) − (Σ_j dy_j w_j x_j / D)·r³·x[n], r = rstd[n]; a block per row.
-__global__ void rmsnorm_bwd_dx_kernel(float* dx, const float* dy, const float* x, const float* w,
+// dx[n] = r·(w ⊙ dy[n]) − (Σ_j dy_j w_j x_j / D)·r³·x[n], r = rstd[n]; a block per row. ADD: dx[n] += that
+// (the value rounded to f32 first, as a separate add would see it), and op (when not null) = the sum in bf16.
+template <bool ADD>
+__global__ void rmsnorm_bwd_dx_kernel(float* dx, bf16* op, const float* dy, const float* x, const float* w,
                                       const float* rstd, int64_t D) {
   const int64_t n = blockIdx.x;
   const float* xr = x + n * D;
@@ -24,7 +26,16 @@ __global__ void rmsnorm_bwd_dx_kernel(float* dx, const float* dy, const float* x
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dot += w[i] * gr[i] * xr[i];
   dot = block_sum(dot);
   const float r = rstd[n], c = dot / float(D) * r * r * r;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dx[n * D + i] = r * (w[i] * gr[i]) - c * xr[i];
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const float v = r * (w[i] * gr[i]) - c * xr[i];
+    if constexpr (ADD) {
+      const float s = __fadd_rn(dx[n * D + i], v);
+      dx[n * D + i] = s;
+      if (op) op[n * D + i] = __float2bfloat16_rn(s);
+    } else {
+      dx[n * D + i] = v;
+    }
+  }
 }
 
 // dw[i] += Σ_n dy[n, i]·x[n, i]·rstd[n] in two deterministic passes: part[c, i] sums the rows of chunk c
@@ -270,8 +281,8 @@ void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const 
               dtype_name(w.dtype()));
   if (N == 0) return;
   if (dx.defined()) {
-    rmsnorm_bwd_dx_kernel<<<unsigned(N), 256>>>(dx.data<float>(), dy.data<float>(), x.data<float>(),
-                                                w.data<float>(), rstd.data<float>(), D);
+    rmsnorm_bwd_dx_kernel<false><<<unsigned(N), 256>>>(
+        dx.data<float>(), nullptr, dy.data<float>(), x.data<float>(), w.data<float>(), rstd.data<float>(), D);
     DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_bwd (dx)");
   }
   if (dw.defined()) {
@@ -284,6 +295,17 @@ void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const 
                                                                   chunks, D);
     DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_bwd (dw)");
   }
+}
+
+void rmsnorm_bwd_add(Tensor dh, Tensor dh_op, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                     const Tensor& rstd) {
+  const int64_t N = x.size(0), D = x.size(1);
+  if (N == 0) return;
+  rmsnorm_bwd_dx_kernel<true>
+      <<<unsigned(N), 256>>>(dh.data<float>(), dh_op.defined() ? static_cast<bf16*>(dh_op.raw()) : nullptr,
+                             dy.data<float>(), x.data<float>(), w.data<float>(), rstd.data<float>(), D);
+  DSEEK_CUDA_LAUNCH_CHECK("rmsnorm_bwd_add (dx)");
+  if (dw.defined()) rmsnorm_bwd(Tensor(), dw, dy, x, w, rstd);
 }
 
 void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {

@@ -98,6 +98,9 @@ bool mla_flash_train_dims(int64_t dn, int64_t R, int64_t dv);
 void linear_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w);
 void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
                  const Tensor& rstd);
+// dh += the norm's input gradient (f32), dw accumulated; dh_op (bf16, when defined) = the new dh.
+void rmsnorm_bwd_add(Tensor dh, Tensor dh_op, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                     const Tensor& rstd);
 void swiglu_bwd(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up);
 void rope_bwd(Tensor dx, const Tensor& positions, const Tensor& inv_freq, int64_t col,
               double attention_factor);

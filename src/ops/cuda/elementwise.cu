@@ -65,8 +65,16 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
   const int64_t N = ids.size(0), V = table.size(0), D = table.size(1);
   if (N == 0) return;
   // Ids are checked on the host (a bad id is an input error, not something to clamp), except inside a
-  // CUDA graph capture (the decode step's caller checks them before they reach the device).
-  if (!device_capturing()) {
+  // CUDA graph capture (the decode step's caller checks them before they reach the device). Host ids are
+  // checked where they are and uploaded; device ids come back for the check.
+  Tensor dev_ids = ids;
+  if (ids.device() == Device::CPU) {
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t i = ids.data<int64_t>()[n];
+      DSEEK_CHECK(i >= 0 && i < V, "token id ", i, " is outside the vocabulary (", V, ")");
+    }
+    dev_ids = ids.to(Device::CUDA);
+  } else if (!device_capturing()) {
     std::vector<int64_t> h(static_cast<size_t>(N));
     copy_bytes(h.data(), Device::CPU, ids.raw(), Device::CUDA, size_t(N) * 8);
     for (int64_t i : h) DSEEK_CHECK(i >= 0 && i < V, "token id ", i, " is outside the vocabulary (", V, ")");
@@ -75,11 +83,11 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
     using T = decltype(t);
     if (table.dtype() == DType::BF16) {
       launch_dep("embedding_fwd", embedding_kernel<T, bf16>, unsigned(N), 128, 0, static_cast<T*>(out.raw()),
-                 ids.data<int64_t>(), static_cast<const bf16*>(table.raw()), D);
+                 dev_ids.data<int64_t>(), static_cast<const bf16*>(table.raw()), D);
     } else {
       DSEEK_CHECK(table.dtype() == DType::F32, "embedding_fwd: table dtype ", dtype_name(table.dtype()));
       launch_dep("embedding_fwd", embedding_kernel<T, float>, unsigned(N), 128, 0, static_cast<T*>(out.raw()),
-                 ids.data<int64_t>(), static_cast<const float*>(table.raw()), D);
+                 dev_ids.data<int64_t>(), static_cast<const float*>(table.raw()), D);
     }
   });
 }

@@ -328,8 +328,9 @@ double router_balance_loss(Tensor dlogits, const Tensor& scores, const Tensor& t
 void embedding_bwd(Tensor dtable, const Tensor& ids, const Tensor& dout) {
   const int64_t N = ids.size(0), V = dtable.size(0), D = dtable.size(1);
   if (N == 0) return;
-  // The tokens grouped by id on the host (a stable counting sort: ascending token order within an id).
-  const Tensor hid = ids.to(Device::CPU);
+  // The tokens grouped by id on the host (a stable counting sort: ascending token order within an id); ids
+  // already there cost no wait for the device.
+  const Tensor hid = ids.device() == Device::CPU ? ids : ids.to(Device::CPU);
   const int64_t* id = hid.data<int64_t>();
   for (int64_t n = 0; n < N; ++n)
     DSEEK_CHECK(id[n] >= 0 && id[n] < V, "token id ", id[n], " is outside the vocabulary (", V, ")");
