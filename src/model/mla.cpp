@@ -414,7 +414,10 @@ void mla_bwd(Tensor dx, MlaWeights& g, const Tensor& dout, const MlaWeights& w, 
   // Attention: dq [N, H, dq]; keys/values came from kv = ckvn · W_kvbᵀ and the shared k_pe, so their
   // gradients are dkv [N, H, dn + dv] and dpe [N, R] (the k_pe part summed over heads).
   Tensor dq = Tensor::empty({N, d.H * d.dq}, dt, dev);
-  Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dt, dev);
+  // dkv: [N, H·(dn + dv)], only kv_b's backward reads it: on the flash path with bf16 weights written in
+  // bf16 by the attention's backward (no cast)
+  const bool dkv_op = flash && dev == Device::CUDA && w.kv_b_proj.dtype() == DType::BF16;
+  Tensor dkv = Tensor::empty({N, d.H * (d.dn + d.dv)}, dkv_op ? DType::BF16 : dt, dev);
   Tensor dpe = Tensor::empty({N, d.R}, dt, dev);          // dpe: [N, R] ∂/∂k_pe
   Tensor ckvn, dckvn = Tensor::empty({N, d.C}, dt, dev);  // ckvn: [N, C] the normed latents (below)
   if (flash) {

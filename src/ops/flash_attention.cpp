@@ -281,8 +281,9 @@ void mla_flash_bwd(Tensor dq, Tensor dkv, Tensor dkpe, const Tensor& d_o, const 
       check_dtype(op, "d_o", d_o, {DType::F32, DType::BF16});
       check_dtype(op, "o", o, {DType::F32, DType::BF16});
       check_dtype(op, "lse", lse, {DType::F32});
-      for (const Tensor* t : std::initializer_list<const Tensor*>{&dq, &dkv, &dkpe})
+      for (const Tensor* t : std::initializer_list<const Tensor*>{&dq, &dkpe})
         check_dtype(op, "gradient", *t, {DType::F32});
+      check_dtype(op, "dkv", dkv, {DType::F32, DType::BF16});
       return cuda::mla_flash_bwd(dq, dkv, dkpe, d_o, o, lse, q, kv, kpe, cu, scale);
     default:
       fail(op, ": no implementation for ", device_name(q.device()));

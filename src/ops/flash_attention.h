@@ -40,7 +40,8 @@ void mla_flash_train_fwd(Tensor out, Tensor lse, const Tensor& q, const Tensor& 
 // The gradients of mla_flash_train_fwd's out for d_o [N, H, dv]: dq [N, H, dn + R], dkv [N, H, dn + dv]
 // (per head [dk_nope | dv]), dkpe [N, R] (summed over the heads, in head order). o and lse are what the
 // forward wrote. CPU: the forward's dtypes throughout. CUDA: q, kv, kpe bf16, d_o and o f32 or bf16,
-// lse f32, gradients f32; deterministic (dk/dv and dq in two passes, no atomics).
+// lse f32, gradients f32 (dkv may be bf16: the operand of kv_b's backward, rounded once where it is
+// written); deterministic (dk/dv and dq in two passes, no atomics).
 void mla_flash_bwd(Tensor dq, Tensor dkv, Tensor dkpe, const Tensor& d_o, const Tensor& o, const Tensor& lse,
                    const Tensor& q, const Tensor& kv, const Tensor& kpe, const std::vector<int64_t>& cu,
                    double scale, Stream s = {});

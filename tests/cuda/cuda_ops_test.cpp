@@ -379,6 +379,13 @@ TEST_F(Cuda, MlaFlashTraining) {
     EXPECT_EQ(test::diff(down(dq2), down(dq)).max_abs, 0.0) << what;
     EXPECT_EQ(test::diff(down(dkv2), down(dkv)).max_abs, 0.0) << what;
     EXPECT_EQ(test::diff(down(dpe2), down(dpe)).max_abs, 0.0) << what;
+    // dkv written in bf16 (kv_b's operand): the f32 result rounded once, the rest unchanged
+    Tensor dq3 = poisoned(dq_ref.shape(), DType::F32), dkv3 = poisoned(dkv_ref.shape(), DType::BF16),
+           dpe3 = poisoned(dpe_ref.shape(), DType::F32);
+    ops::mla_flash_bwd(dq3, dkv3, dpe3, d_o.to(Device::CUDA), out_ref.to(Device::CUDA),
+                       lse_ref.to(Device::CUDA), q.gpu, kv.gpu, kpe.gpu, cu, scale);
+    EXPECT_EQ(test::diff(down(dkv3), down(dkv.to(DType::BF16))).max_abs, 0.0) << what << " (bf16 dkv)";
+    EXPECT_EQ(test::diff(down(dq3), down(dq)).max_abs, 0.0) << what << " (bf16 dkv)";
   }
 }
 

@@ -141,11 +141,11 @@ __global__ void bwd_prep_kernel(bf16* __restrict__ dob, float* __restrict__ Dsum
   }
 }
 
-// Pass 2: dK and dV of 64 keys of one head. dkv [N, H, DN + DV] gets [dk_nope | dv], dpe_h [N, H, DR] the
-// head's rope-key part.
-template <int DN, int DR, int DV>
+// Pass 2: dK and dV of 64 keys of one head. dkv [N, H, DN + DV] gets [dk_nope | dv] (TK f32, or bf16 when
+// only kv_b's bf16 backward reads it), dpe_h [N, H, DR] the head's rope-key part.
+template <int DN, int DR, int DV, typename TK>
 __global__ void __launch_bounds__(kThreads)
-    flash_dkdv_kernel(float* __restrict__ dkv, float* __restrict__ dpe_h, const bf16* __restrict__ q,
+    flash_dkdv_kernel(TK* __restrict__ dkv, float* __restrict__ dpe_h, const bf16* __restrict__ q,
                       const bf16* __restrict__ kv, const bf16* __restrict__ kpe, const bf16* __restrict__ dob,
                       const float* __restrict__ lse, const float* __restrict__ Dsum,
                       const Tile* __restrict__ tiles, const int64_t* __restrict__ cu, int H, int64_t N,
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kThreads)
     const int key = hb ? key_b : key_a;
     if (key >= len) continue;
     const int64_t row = r0 + key;
-    float* dst = dkv + (row * H + h) * (DN + DV);
+    TK* dst = dkv + (row * H + h) * (DN + DV);
     float* pe = dpe_h + (row * H + h) * DR;
 #pragma unroll
     for (int n = 0; n < DQP / 8; ++n)
@@ -249,15 +249,15 @@ __global__ void __launch_bounds__(kThreads)
         const int c = n * 8 + 2 * tig + e;
         const float v = dk[n][2 * hb + e] * scale;
         if (c < DN) {
-          dst[c] = v;
+          dst[c] = st<TK>(v);
         } else if (c < DQ) {
           pe[c - DN] = v;
         }
       }
 #pragma unroll
     for (int n = 0; n < DV / 8; ++n) {
-      dst[DN + n * 8 + 2 * tig] = dv[n][2 * hb];
-      dst[DN + n * 8 + 2 * tig + 1] = dv[n][2 * hb + 1];
+      dst[DN + n * 8 + 2 * tig] = st<TK>(dv[n][2 * hb]);
+      dst[DN + n * 8 + 2 * tig + 1] = st<TK>(dv[n][2 * hb + 1]);
     }
   }
 }
@@ -386,10 +386,12 @@ void launch_bwd(Tensor dq, Tensor dkv, Tensor dkpe, const Tensor& dob, const Ten
                 const Tensor& q, const Tensor& kv, const Tensor& kpe, const std::vector<int64_t>& cu,
                 float scale) {
   using L = Dims<DN, DR, DV>;
-  auto dkdv = flash_dkdv_kernel<DN, DR, DV>;
+  auto dkdv = flash_dkdv_kernel<DN, DR, DV, float>;
+  auto dkdv_b = flash_dkdv_kernel<DN, DR, DV, bf16>;
   auto dqk = flash_dq_kernel<DN, DR, DV>;
   static const bool set = [&] {  // once per instantiation
     allow_smem(dkdv, L::dkdv_bytes, "mla_flash_bwd: shared memory (dk/dv)");
+    allow_smem(dkdv_b, L::dkdv_bytes, "mla_flash_bwd: shared memory (dk/dv)");
     allow_smem(dqk, L::dq_bytes, "mla_flash_bwd: shared memory (dq)");
     return true;
   }();
@@ -419,9 +421,15 @@ void launch_bwd(Tensor dq, Tensor dkv, Tensor dkpe, const Tensor& dob, const Ten
   const auto* kvp = static_cast<const bf16*>(kv.raw());
   const auto* pep = static_cast<const bf16*>(kpe.raw());
   const auto* dop = static_cast<const bf16*>(dob.raw());
-  dkdv<<<dim3(nt, unsigned(H)), kThreads, L::dkdv_bytes>>>(dkv.data<float>(), dpe_h.data<float>(), qp, kvp,
-                                                           pep, dop, lse.data<float>(), Dsum.data<float>(),
-                                                           dev.tiles, dev.cu_q, H, N, scale_log2, scale);
+  if (dkv.dtype() == DType::BF16) {
+    dkdv_b<<<dim3(nt, unsigned(H)), kThreads, L::dkdv_bytes>>>(
+        static_cast<bf16*>(dkv.raw()), dpe_h.data<float>(), qp, kvp, pep, dop, lse.data<float>(),
+        Dsum.data<float>(), dev.tiles, dev.cu_q, H, N, scale_log2, scale);
+  } else {
+    dkdv<<<dim3(nt, unsigned(H)), kThreads, L::dkdv_bytes>>>(dkv.data<float>(), dpe_h.data<float>(), qp, kvp,
+                                                             pep, dop, lse.data<float>(), Dsum.data<float>(),
+                                                             dev.tiles, dev.cu_q, H, N, scale_log2, scale);
+  }
   DSEEK_CUDA_LAUNCH_CHECK("mla_flash_bwd (dk/dv)");
   dqk<<<dim3(nt, unsigned(H)), kThreads, L::dq_bytes>>>(dq.data<float>(), qp, kvp, pep, dop,
                                                         lse.data<float>(), Dsum.data<float>(), dev.tiles + nt,

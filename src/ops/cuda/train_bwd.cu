@@ -46,6 +46,36 @@ __global__ void permute_bwd_add_kernel(T* dx, const T* a, const T* b, const int6
   }
 }
 
+// The same with a warp per token and eight elements per lane access (D % 8 == 0, rows 16-byte aligned):
+// each element's sum in the same order, so the same bits. 8 tokens per 256-thread block.
+template <typename T>
+__global__ void permute_bwd_add_vec_kernel(T* dx, const T* a, const T* b, const int64_t* row, int64_t N,
+                                           int64_t K, int64_t D) {
+  const int64_t n = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  if (n >= N) return;
+  for (int64_t i = (threadIdx.x & 31) * 8; i < D; i += 256) {
+    float acc[8] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t r = row[n * K + k] * D + i;
+      float va[8];
+      load8(a + r, va);
+      if (b) {
+        float vb[8];
+        load8(b + r, vb);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) va[j] = ld(st<T>(va[j] + vb[j]));
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] += va[j];
+    }
+    float x[8];
+    load8(dx + n * D + i, x);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) x[j] = ld(st<T>(x[j] + ld(st<T>(acc[j]))));
+    store8(dx + n * D + i, x);
+  }
+}
+
 // grid M (permuted rows r, slot = slot[r], token n = slot / K): dyp[r] = w[slot] · dout[n] and
 // dw[slot] = dout[n] · yp[r].
 template <typename T, typename TY, typename TD>
@@ -61,6 +91,31 @@ __global__ void unpermute_bwd_kernel(TD* dyp, T* dw, const T* dout, const TY* yp
   }
   dot = block_sum(dot);
   if (threadIdx.x == 0) dw[s] = st<T>(dot);
+}
+
+// The same with a warp per permuted row and eight elements per lane access (D % 8 == 0, rows 16-byte
+// aligned); the dot product summed lane-wise then across the warp. 8 rows per 256-thread block.
+template <typename T, typename TY, typename TD>
+__global__ void unpermute_bwd_vec_kernel(TD* dyp, T* dw, const T* dout, const TY* yp, const T* w,
+                                         const int64_t* slot, int64_t M, int64_t K, int64_t D) {
+  const int64_t r = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  if (r >= M) return;
+  const int64_t s = slot[r], n = s / K;
+  const float g = ld(w[s]);
+  float dot = 0.0f;
+  for (int64_t i = (threadIdx.x & 31) * 8; i < D; i += 256) {
+    float d[8], y[8];
+    load8(dout + n * D + i, d);
+    load8(yp + r * D + i, y);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      dot += d[j] * y[j];
+      d[j] *= g;
+    }
+    store8(dyp + r * D + i, d);
+  }
+  dot = warp_sum(dot);
+  if ((threadIdx.x & 31) == 0) dw[s] = st<T>(dot);
 }
 
 // grid N: the router backward of token n (router.h router_bwd), the CPU twin's order of operations.
@@ -240,6 +295,13 @@ void moe_permute_bwd_add(Tensor dx, const Tensor& dxa, const Tensor& dxb, const 
   if (p.tokens == 0) return;
   Tensor keep;
   const int64_t* row = plan_rows(p, keep);
+  const void* bp = dxb.defined() ? dxb.raw() : nullptr;
+  if (dx.dtype() == DType::F32 && rows_by_8(D, {dx.raw(), dxa.raw(), bp})) {
+    permute_bwd_add_vec_kernel<float><<<unsigned((p.tokens + 7) / 8), 256>>>(
+        dx.data<float>(), dxa.data<float>(), static_cast<const float*>(bp), row, p.tokens, p.top_k, D);
+    DSEEK_CUDA_LAUNCH_CHECK("moe_permute_bwd_add");
+    return;
+  }
   with_act(dx.dtype(), "moe_permute_bwd_add", [&](auto t) {
     using T = decltype(t);
     permute_bwd_add_kernel<<<unsigned(p.tokens), 256>>>(
@@ -269,6 +331,14 @@ void moe_unpermute_bwd(Tensor dyp, Tensor dtopk_w, const Tensor& dout, const Ten
   Tensor keep;
   const int64_t* slot = plan_slots(p, keep);
   // T: dout, the weights and their gradient; TY: yp; TD: dyp (bf16 ones: the experts' operands)
+  if (dout.dtype() == DType::F32 && yp.dtype() == DType::BF16 && dyp.dtype() == DType::BF16 &&
+      rows_by_8(D, {dout.raw(), yp.raw(), dyp.raw()})) {
+    unpermute_bwd_vec_kernel<float, bf16, bf16><<<unsigned((M + 7) / 8), 256>>>(
+        static_cast<bf16*>(dyp.raw()), dtopk_w.data<float>(), dout.data<float>(),
+        static_cast<const bf16*>(yp.raw()), topk_w.data<float>(), slot, M, p.top_k, D);
+    DSEEK_CUDA_LAUNCH_CHECK("moe_unpermute_bwd");
+    return;
+  }
   with_act(dout.dtype(), "moe_unpermute_bwd", [&](auto t) {
     with_act(yp.dtype(), "moe_unpermute_bwd", [&](auto ty) {
       with_act(dyp.dtype(), "moe_unpermute_bwd", [&](auto td) {
