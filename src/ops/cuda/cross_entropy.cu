@@ -50,6 +50,9 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) loss[i] = 0.0;
     return;
   }
+  // The target's logit, read before the reductions' barriers: with G = f32 the gradient pass below
+  // overwrites the row in place, and a warp that gets there first must not change what this read sees.
+  const float lt = r[t];
   float m = -INFINITY, z = 0.0f;  // this thread's running maximum and Σ e^(l − m)
   if constexpr (VEC) {
     const float4* r4 = reinterpret_cast<const float4*>(r);
@@ -76,7 +79,6 @@ __global__ void __launch_bounds__(kThreads)
   const float mb = block_max(m);
   z = block_sum(m == -INFINITY ? 0.0f : z * expf(m - mb));
   m = mb;
-  const float lt = r[t];
   if (threadIdx.x == 0) loss[i] = log(double(z)) + double(m) - double(lt);
   if (!grad) return;
   const float k = scale / z;
