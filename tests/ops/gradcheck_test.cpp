@@ -2,6 +2,8 @@
 // "Every backward has a finite-difference check").
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "gradcheck.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
@@ -322,6 +324,75 @@ TEST(GradCheck, MoePermuteGroupedLinearUnpermute) {
   expect_grad("moe dx", x, dx, f, 30);
   expect_grad("moe dgate", gw, dgw, f, 12);
   for (int e = 0; e < E; ++e) expect_grad("moe dw", w[size_t(e)], dw[size_t(e)], f, 15);
+}
+
+// The experts' SwiGLU MLP as the training step runs it: grouped_swiglu (h, g, u in one op), the down
+// projection, then grouped_down_swiglu_bwd (dg, du and the down matrices' gradients from dy) and
+// grouped_linear_pair_bwd (the gate and up matrices' gradients and dx) — against finite differences of
+// Σ r ⊙ y, y = (silu(x·wgᵀ) ⊙ (x·wuᵀ))·wdᵀ per expert.
+TEST(GradCheck, GroupedSwigluMlp) {
+  std::mt19937 rng(21);
+  const int64_t M = 9, E = 3, D = 5, F = 4;
+  ops::MoePlan plan;
+  plan.experts = E;
+  plan.top_k = 1;
+  plan.tokens = M;
+  plan.offsets = {0, 4, 4, 9};  // an expert without rows
+  Tensor x = randn({M, D}, rng), r = randn({M, D}, rng);
+  std::vector<Tensor> wg, wu, wd;
+  for (int e = 0; e < E; ++e) {
+    wg.push_back(randn({F, D}, rng, 0.7));
+    wu.push_back(randn({F, D}, rng, 0.7));
+    wd.push_back(randn({D, F}, rng, 0.7));
+  }
+  Tensor h = Tensor::empty({M, F}, DType::F64), g = Tensor::empty({M, F}, DType::F64),
+         u = Tensor::empty({M, F}, DType::F64), y = Tensor::empty({M, D}, DType::F64);
+  auto f = [&] {
+    ops::grouped_swiglu(h, g, u, x, wg, wu, plan);
+    ops::grouped_linear(y, h, wd, plan);
+    return dot(r, y);
+  };
+  f();
+  for (int64_t i = 0; i < M * F; ++i) {  // independent math: h = silu(g)·u
+    const double gv = g.data<double>()[i];
+    EXPECT_NEAR(h.data<double>()[i], gv / (1 + std::exp(-gv)) * u.data<double>()[i], 1e-14);
+  }
+  Tensor dg = Tensor::empty({M, F}, DType::F64), du = Tensor::empty({M, F}, DType::F64),
+         dx = Tensor::empty({M, D}, DType::F64);
+  std::vector<Tensor> dwg, dwu, dwd;
+  for (int e = 0; e < E; ++e) {
+    dwg.push_back(Tensor::zeros({F, D}, DType::F64));
+    dwu.push_back(Tensor::zeros({F, D}, DType::F64));
+    dwd.push_back(Tensor::zeros({D, F}, DType::F64));
+  }
+  ops::grouped_down_swiglu_bwd(dg, du, dwd, r, h, wd, g, u, plan);
+  ops::grouped_linear_pair_bwd(dx, dwg, dwu, dg, du, x, wg, wu, plan);
+  expect_grad("grouped swiglu mlp dx", x, dx, f, 30);
+  for (int e : {0, 2}) {
+    expect_grad("grouped swiglu mlp dw_gate", wg[size_t(e)], dwg[size_t(e)], f, 12);
+    expect_grad("grouped swiglu mlp dw_up", wu[size_t(e)], dwu[size_t(e)], f, 12);
+    expect_grad("grouped swiglu mlp dw_down", wd[size_t(e)], dwd[size_t(e)], f, 12);
+  }
+}
+
+// The pre-norm residual's backward in one op: y = h + rmsnorm(h)·w·(scalar r), dh_in (ones) +=
+// the norm's input gradient.
+TEST(GradCheck, RmsNormBackwardAdd) {
+  std::mt19937 rng(22);
+  const int64_t N = 4, D = 6;
+  Tensor x = randn({N, D}, rng), w = randn({D}, rng), r = randn({N, D}, rng);
+  Tensor y = Tensor::empty({N, D}, DType::F64), rstd = Tensor::empty({N}, DType::F64);
+  auto f = [&] {  // Σ r ⊙ (x + rmsnorm(x)): the residual's identity path plus the norm's
+    ops::rmsnorm_fwd(y, rstd, x, w, 1e-6);
+    double s = dot(r, y);
+    for (int64_t i = 0; i < N * D; ++i) s += r.data<double>()[i] * x.data<double>()[i];
+    return s;
+  };
+  f();
+  Tensor dh = r.clone(), dw = Tensor::zeros({D}, DType::F64);  // dh starts as the identity path's r
+  ops::rmsnorm_bwd_add(dh, Tensor(), dw, r, x, w, rstd);
+  expect_grad("rmsnorm_bwd_add dh", x, dh, f, 24);
+  expect_grad("rmsnorm_bwd_add dw", w, dw, f, 6);
 }
 
 TEST(GradCheck, LmHeadCrossEntropy) {
