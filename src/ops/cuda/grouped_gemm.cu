@@ -1,16 +1,16 @@
 // grouped_gemm.cu — the experts' products of a DeepSeekMoE layer in one launch (spec/model.md §4;
 // DESIGN.md "grouped expert GEMM"): for every expert e, out[rows of e] = x[rows of e] · W_eᵀ, bf16
 // operands on the tensor cores (Hopper wgmma from 128-byte-swizzled shared memory, f32 accumulation),
-// 128×128 output tiles, K in steps of 64 through a cp.async pipeline with one group of products left in
-// flight while the next step's loads are issued. The work list (expert, 128-row tile; the column tile is
-// blockIdx.y) comes from the host's routing plan or is built on the device (moe_grouped.cu), so a layer's
-// 64 experts cost one launch instead of 64 cuBLASLt calls. Epilogues:
+// 128-row output tiles 128 or 256 columns wide (the Shape choices below), K in steps of 64 through a
+// cp.async pipeline. The work list (expert, 128-row tile; the column tile is blockIdx.y) comes from the
+// host's routing plan or is built on the device (moe_grouped.cu), so a layer's 64 experts cost one launch
+// instead of 64 cuBLASLt calls. Epilogues:
 //   plain      out = x·Wᵀ (+ x2·W2ᵀ: a second operand pair along K, the gate and up products' input
 //              gradient dg·W_g + du·W_u in one product);
-//   swiglu     the gate and up matrices together, 64 features of each per tile: h = silu(g)·u, and g, u
+//   swiglu     the gate and up matrices together, half a tile's columns of each: h = silu(g)·u, and g, u
 //              themselves when the training forward keeps them (g and u never take a separate pass);
-//   swiglu_bwd dh = dy·W_downᵀ-transposed never reaches memory: dg, du of SwiGLU's backward from dh and the
-//              forward's g, u.
+//   swiglu_bwd the product is dh = dy·W_down (W_downᵀ is the operand), which never reaches memory: dg, du of
+//              SwiGLU's backward from dh and the forward's g, u.
 #include <cstdlib>
 #include <cstring>
 #include <string>
