@@ -53,8 +53,10 @@ void add_rmsnorm_fwd(Tensor h, Tensor out, Tensor rstd, const Tensor& y, const T
   }
 }
 
-void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                 Stream) {
+namespace {
+// rmsnorm_bwd's argument checks (rmsnorm_bwd_add shares them).
+void check_bwd(const Tensor& dx, const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+               const Tensor& rstd) {
   check_ndim("rmsnorm_bwd", "x", x, 2);
   check_act("rmsnorm_bwd", "x", x);
   check_shape("rmsnorm_bwd", "dy", dy, x.shape());
@@ -62,10 +64,16 @@ void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const 
   check_shape("rmsnorm_bwd", "rstd", rstd, {x.size(0)});
   if (dx.defined()) check_shape("rmsnorm_bwd", "dx", dx, x.shape());
   if (dw.defined()) check_shape("rmsnorm_bwd", "dw", dw, w.shape());
-  for (const Tensor* t : {&dy, &rstd, const_cast<const Tensor*>(&dx)})
+  for (const Tensor* t : {&dy, &rstd, &dx})
     if (t->defined()) DSEEK_CHECK(t->dtype() == x.dtype(), "rmsnorm_bwd: mixed dtypes");
   if (dw.defined()) DSEEK_CHECK(dw.dtype() == w.dtype(), "rmsnorm_bwd: dw dtype differs from w");
   check_same_device("rmsnorm_bwd", {&dx, &dw, &dy, &x, &w, &rstd});
+}
+}  // namespace
+
+void rmsnorm_bwd(Tensor dx, Tensor dw, const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                 Stream) {
+  check_bwd(dx, dw, dy, x, w, rstd);
   switch (x.device()) {
     case Device::CPU:
       return cpu::rmsnorm_bwd(dx, dw, dy, x, w, rstd);
@@ -87,7 +95,7 @@ void rmsnorm_bwd_add(Tensor dh, Tensor dh_op, Tensor dw, const Tensor& dy, const
   }
   check_same_device("rmsnorm_bwd_add", {&dh, &dh_op, &x});
   if (x.device() == Device::CUDA && x.dtype() == DType::F32 && w.dtype() == DType::F32) {
-    rmsnorm_bwd(Tensor(), Tensor(), dy, x, w, rstd, s);  // the argument checks alone (nothing to do)
+    check_bwd(dh, dw, dy, x, w, rstd);
     return cuda::rmsnorm_bwd_add(dh, dh_op, dw, dy, x, w, rstd);
   }
   Tensor tmp = Tensor::empty(x.shape(), x.dtype(), x.device());  // tmp: [N, D] the norm's input gradient

@@ -454,19 +454,26 @@ TEST_F(Cuda, MoePermuteGroupedUnpermute) {
   }
 }
 
+// A plan of one slot per token whose experts own the given numbers of rows, in order (the grouped kernels
+// read only the offsets).
+ops::MoePlan plan_of_rows(const std::vector<int64_t>& rows) {
+  ops::MoePlan plan;
+  plan.experts = int64_t(rows.size());
+  plan.top_k = 1;
+  plan.offsets = {0};
+  for (int64_t n : rows) plan.offsets.push_back(plan.offsets.back() + n);
+  plan.tokens = plan.offsets.back();
+  return plan;
+}
+
 // The one-launch grouped expert kernel at model sizes: experts with 0, a few (GEMV path), and many rows
 // (partial 128-row tiles), an inner dim that is not a multiple of 32, an output width that is not a
 // multiple of 128; f32 activations over bf16 weights (the model's case: cast once to bf16) and bf16 in/out.
 TEST_F(Cuda, GroupedLinearLargeExperts) {
   const std::vector<int64_t> rows = {0, 1, 7, 9, 130, 300, 1000, 64, 0, 257, 8, 513};
   const int64_t E = int64_t(rows.size()), I = 1064, O = 520;
-  ops::MoePlan plan;
-  plan.experts = E;
-  plan.top_k = 1;
-  plan.offsets = {0};
-  for (int64_t n : rows) plan.offsets.push_back(plan.offsets.back() + n);
-  const int64_t M = plan.offsets.back();
-  plan.tokens = M;
+  const ops::MoePlan plan = plan_of_rows(rows);
+  const int64_t M = plan.tokens;
   for (DType dt : kTypes) {
     Pair x = upload(randn({M, I}), dt);
     std::vector<Tensor> wc, wg;
@@ -491,13 +498,8 @@ TEST_F(Cuda, GroupedLinearLargeExperts) {
 TEST_F(Cuda, GroupedSwigluTrainingForms) {
   const std::vector<int64_t> rows = {0, 1, 9, 130, 300, 0, 513, 64};
   const int64_t E = int64_t(rows.size()), D = 200, F = 104;
-  ops::MoePlan plan;
-  plan.experts = E;
-  plan.top_k = 1;
-  plan.offsets = {0};
-  for (int64_t n : rows) plan.offsets.push_back(plan.offsets.back() + n);
-  const int64_t M = plan.offsets.back();
-  plan.tokens = M;
+  const ops::MoePlan plan = plan_of_rows(rows);
+  const int64_t M = plan.tokens;
   std::vector<Tensor> cg, cu, cd, gg, gu,
       gd;  // gate, up [F, D] and down [D, F] per expert: CPU f32, GPU bf16
   for (int64_t e = 0; e < E; ++e) {

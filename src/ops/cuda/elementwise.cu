@@ -67,18 +67,15 @@ void embedding_fwd(Tensor out, const Tensor& ids, const Tensor& table) {
   // Ids are checked on the host (a bad id is an input error, not something to clamp), except inside a
   // CUDA graph capture (the decode step's caller checks them before they reach the device). Host ids are
   // checked where they are and uploaded; device ids come back for the check.
-  Tensor dev_ids = ids;
-  if (ids.device() == Device::CPU) {
+  const bool on_host = ids.device() == Device::CPU;
+  if (on_host || !device_capturing()) {
+    const Tensor h = on_host ? ids : ids.to(Device::CPU);
     for (int64_t n = 0; n < N; ++n) {
-      const int64_t i = ids.data<int64_t>()[n];
+      const int64_t i = h.data<int64_t>()[n];
       DSEEK_CHECK(i >= 0 && i < V, "token id ", i, " is outside the vocabulary (", V, ")");
     }
-    dev_ids = ids.to(Device::CUDA);
-  } else if (!device_capturing()) {
-    std::vector<int64_t> h(static_cast<size_t>(N));
-    copy_bytes(h.data(), Device::CPU, ids.raw(), Device::CUDA, size_t(N) * 8);
-    for (int64_t i : h) DSEEK_CHECK(i >= 0 && i < V, "token id ", i, " is outside the vocabulary (", V, ")");
   }
+  const Tensor dev_ids = on_host ? ids.to(Device::CUDA) : ids;
   with_act(out.dtype(), "embedding_fwd", [&](auto t) {
     using T = decltype(t);
     if (table.dtype() == DType::BF16) {

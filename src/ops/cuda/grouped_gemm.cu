@@ -305,6 +305,19 @@ HostTables upload_tables(const std::vector<Tensor>& w, const std::vector<Tensor>
   return h;
 }
 
+// The fields every host-table launch shares: the tables, x [M, K1] and the output width O.
+GemmParams table_params(const HostTables& t, const Tensor& x, int64_t O) {
+  GemmParams p{};
+  p.x = static_cast<const bf16*>(x.raw());
+  p.w = t.w;
+  p.w2 = t.w2;
+  p.offsets = t.offsets;
+  p.tiles = t.tiles;
+  p.K1 = int(x.size(1));
+  p.O = int(O);
+  return p;
+}
+
 bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
@@ -348,14 +361,8 @@ bool grouped_gemm_applies(const Tensor& out, const Tensor& x, const std::vector<
 void grouped_gemm(Tensor out, const Tensor& x, const std::vector<Tensor>& w,
                   const std::vector<int64_t>& offsets, int64_t min_rows) {
   const HostTables h = upload_tables(w, nullptr, offsets, min_rows);
-  GemmParams p{};
+  GemmParams p = table_params(h, x, out.size(1));
   p.out = out.raw();
-  p.x = static_cast<const bf16*>(x.raw());
-  p.w = h.w;
-  p.offsets = h.offsets;
-  p.tiles = h.tiles;
-  p.K1 = int(x.size(1));
-  p.O = int(out.size(1));
   with_act(out.dtype(), "grouped_gemm",
            [&](auto o) { launch<decltype(o), Epi::Plain>(p, h.n_tiles, "grouped_gemm"); });
 }
@@ -369,17 +376,10 @@ bool grouped_gemm2_applies(const Tensor& out, const Tensor& x, const std::vector
 void grouped_gemm2(Tensor out, const Tensor& x, const std::vector<Tensor>& w, const Tensor& x2,
                    const std::vector<Tensor>& w2, const std::vector<int64_t>& offsets) {
   const HostTables h = upload_tables(w, &w2, offsets, 1);
-  GemmParams p{};
+  GemmParams p = table_params(h, x, out.size(1));
   p.out = out.raw();
-  p.x = static_cast<const bf16*>(x.raw());
-  p.w = h.w;
   p.x2 = static_cast<const bf16*>(x2.raw());
-  p.w2 = h.w2;
-  p.offsets = h.offsets;
-  p.tiles = h.tiles;
-  p.K1 = int(x.size(1));
   p.K2 = int(x2.size(1));
-  p.O = int(out.size(1));
   with_act(out.dtype(), "grouped_gemm2", [&](auto o) {
     launch<decltype(o), Epi::Plain>(p, h.n_tiles, "grouped_gemm (two operand pairs)");
   });
@@ -393,17 +393,10 @@ bool grouped_swiglu_applies(const Tensor& x, const std::vector<Tensor>& wg, cons
 void grouped_swiglu(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::vector<Tensor>& wg,
                     const std::vector<Tensor>& wu, const std::vector<int64_t>& offsets) {
   const HostTables t = upload_tables(wg, &wu, offsets, 1);
-  GemmParams p{};
+  GemmParams p = table_params(t, x, h.size(1));
   p.out = h.raw();
-  p.x = static_cast<const bf16*>(x.raw());
-  p.w = t.w;
-  p.w2 = t.w2;
   p.g_out = g.defined() ? static_cast<bf16*>(g.raw()) : nullptr;
   p.u_out = u.defined() ? static_cast<bf16*>(u.raw()) : nullptr;
-  p.offsets = t.offsets;
-  p.tiles = t.tiles;
-  p.K1 = int(x.size(1));
-  p.O = int(h.size(1));
   with_act(h.dtype(), "grouped_swiglu", [&](auto o) {
     launch<decltype(o), Epi::SwiGlu>(p, t.n_tiles, "grouped_gemm (swiglu, training)");
   });
@@ -412,17 +405,11 @@ void grouped_swiglu(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::ve
 void grouped_swiglu_bwd(Tensor dg, Tensor du, const Tensor& dy, const std::vector<Tensor>& wt,
                         const Tensor& g, const Tensor& u, const std::vector<int64_t>& offsets) {
   const HostTables t = upload_tables(wt, nullptr, offsets, 1);
-  GemmParams p{};
-  p.x = static_cast<const bf16*>(dy.raw());
-  p.w = t.w;
+  GemmParams p = table_params(t, dy, g.size(1));
   p.g = static_cast<const bf16*>(g.raw());
   p.u = static_cast<const bf16*>(u.raw());
   p.dg = static_cast<bf16*>(dg.raw());
   p.du = static_cast<bf16*>(du.raw());
-  p.offsets = t.offsets;
-  p.tiles = t.tiles;
-  p.K1 = int(dy.size(1));
-  p.O = int(g.size(1));
   launch<bf16, Epi::SwiGluBwd>(p, t.n_tiles, "grouped_gemm (swiglu backward)");
 }
 

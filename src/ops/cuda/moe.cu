@@ -116,6 +116,20 @@ int64_t chunk_of(int64_t E, int64_t O, int64_t I, int mats, int64_t scratch_byte
   return std::clamp<int64_t>(scratch_bytes / std::max<int64_t>(int64_t(mats) * I * O * 2, 1), 1, E);
 }
 
+// The experts in chunks of at most `chunk` (their weights transposed into a scratch per chunk, which the
+// stream orders after the chunk before's products): fn(e0, n, offs) for each chunk with rows, offs its
+// experts' absolute row ranges [n + 1]. Stops (false) when fn finds the operands unsuited.
+template <typename Fn>
+bool for_expert_chunks(const MoePlan& p, int64_t E, int64_t chunk, Fn&& fn) {
+  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
+    const int64_t n = std::min(chunk, E - e0);
+    if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;  // no rows in these experts
+    if (!fn(e0, n, std::vector<int64_t>(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1)))
+      return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>& w, const MoePlan& p,
@@ -123,20 +137,15 @@ bool grouped_linear_dgrad(Tensor dx, const Tensor& dy, const std::vector<Tensor>
   const int64_t E = int64_t(w.size()), M = dy.size(0), O = dy.size(1), I = dx.size(1);
   if (E == 0 || M == 0) return E != 0;
   if (!bf16_plain(w)) return false;
-  // The transposed weights go through a scratch of at most scratch_bytes (at least one expert): chunks of
-  // experts, each transposed and then multiplied (the stream orders a chunk's reuse after the last product).
+  // The transposed weights go through a scratch of at most scratch_bytes (at least one expert).
   const int64_t chunk = chunk_of(E, O, I, 1, scratch_bytes);
   Tensor wt = Tensor::empty({chunk, I, O}, DType::BF16, Device::CUDA);  // wt: [chunk, I, O], w[e]ᵀ
-  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
-    const int64_t n = std::min(chunk, E - e0);
-    if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;  // no rows in these experts
+  return for_expert_chunks(p, E, chunk, [&](int64_t e0, int64_t n, const std::vector<int64_t>& offs) {
     const std::vector<Tensor> wts = transpose_experts(wt, w, e0, n);
     if (!grouped_gemm_applies(dx, dy, wts)) return false;
-    // experts e0 .. e0 + n − 1: their row ranges in dx / dy (absolute rows)
-    const std::vector<int64_t> offs(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1);
     grouped_gemm(dx, dy, wts, offs, 1);
-  }
-  return true;
+    return true;
+  });
 }
 
 bool grouped_pair_dgrad(Tensor dx, const Tensor& dya, const Tensor& dyb, const std::vector<Tensor>& wa,
@@ -148,15 +157,12 @@ bool grouped_pair_dgrad(Tensor dx, const Tensor& dya, const Tensor& dyb, const s
   const int64_t chunk = chunk_of(E, O, I, 2, scratch_bytes);
   Tensor wta = Tensor::empty({chunk, I, O}, DType::BF16, Device::CUDA),  // wta, wtb: [chunk, I, O]
       wtb = Tensor::empty({chunk, I, O}, DType::BF16, Device::CUDA);
-  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
-    const int64_t n = std::min(chunk, E - e0);
-    if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;
+  return for_expert_chunks(p, E, chunk, [&](int64_t e0, int64_t n, const std::vector<int64_t>& offs) {
     const std::vector<Tensor> ta = transpose_experts(wta, wa, e0, n), tb = transpose_experts(wtb, wb, e0, n);
     if (!grouped_gemm2_applies(dx, dya, ta, dyb, tb)) return false;
-    const std::vector<int64_t> offs(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1);
     grouped_gemm2(dx, dya, ta, dyb, tb, offs);  // dx = dya·wa + dyb·wb, one product along 2·O
-  }
-  return true;
+    return true;
+  });
 }
 
 bool grouped_swiglu_dgrad(Tensor dg, Tensor du, const Tensor& dy, const std::vector<Tensor>& wd,
@@ -168,14 +174,10 @@ bool grouped_swiglu_dgrad(Tensor dg, Tensor du, const Tensor& dy, const std::vec
   if (M == 0) return true;
   const int64_t chunk = chunk_of(E, D, F, 1, scratch_bytes);
   Tensor wt = Tensor::empty({chunk, F, D}, DType::BF16, Device::CUDA);  // wt: [chunk, F, D], wd[e]ᵀ
-  for (int64_t e0 = 0; e0 < E; e0 += chunk) {
-    const int64_t n = std::min(chunk, E - e0);
-    if (p.offsets[size_t(e0 + n)] == p.offsets[size_t(e0)]) continue;
-    const std::vector<Tensor> wts = transpose_experts(wt, wd, e0, n);
-    const std::vector<int64_t> offs(p.offsets.begin() + e0, p.offsets.begin() + e0 + n + 1);
-    grouped_swiglu_bwd(dg, du, dy, wts, g, u, offs);
-  }
-  return true;
+  return for_expert_chunks(p, E, chunk, [&](int64_t e0, int64_t n, const std::vector<int64_t>& offs) {
+    grouped_swiglu_bwd(dg, du, dy, transpose_experts(wt, wd, e0, n), g, u, offs);
+    return true;
+  });
 }
 
 bool grouped_swiglu_fwd(Tensor h, Tensor g, Tensor u, const Tensor& x, const std::vector<Tensor>& wg,
