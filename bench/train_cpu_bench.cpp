@@ -4,10 +4,13 @@
 //
 //   train_cpu_bench [--config PATH | --preset demo] [--batch B] [--seq T] [--steps N] [--mtp-lambda X]
 //                   [--threads N] [--vocab V] [--device cpu|cuda] [--dtype f32|bf16] [--moments f32|bf16]
+//                   [--recompute 0|1]
 // With --device cuda the same step runs on the GPU (issue 6; scripts/bench-train-gpu), timed with a
 // device synchronisation at the end of each step, and the peak device memory is printed; --dtype bf16
 // computes with bf16 copies of the f32 master weights (train/compute_copy.h), as `dseek train --dtype bf16`;
-// --moments bf16 keeps AdamW's moments in bf16 (DeepSeek-V3's recipe; `dseek train --moments bf16`).
+// --moments bf16 keeps AdamW's moments in bf16 (DeepSeek-V3's recipe; `dseek train --moments bf16`);
+// --recompute 1 rebuilds RMSNorm outputs, MLA up-projections and the experts' inputs and gate/up products in
+// the backward (`dseek train --recompute`).
 //   DSEEK_PROFILE=1 also prints the mean time per step of each phase (src/core/profile.h);
 //   DSEEK_CUDA_PROFILE=1 the synchronized per-op times of the timed steps (src/core/device.h).
 #include <omp.h>
@@ -40,6 +43,7 @@ int main(int argc, char** argv) {
   int64_t B = 8, T = 256, steps = 10, vocab = 1024;
   double mtp_lambda = 0.0;
   std::string device = "cpu", dtype = "f32", moments = "f32";
+  bool recompute = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--config")
@@ -62,6 +66,8 @@ int main(int argc, char** argv) {
       dtype = v;
     else if (k == "--moments")
       moments = v;
+    else if (k == "--recompute")
+      recompute = v == "1";
     else if (k == "--threads")
       omp_set_num_threads(std::stoi(v));
     else {
@@ -97,7 +103,7 @@ int main(int argc, char** argv) {
       auto t0 = clk::now();
       zero_grads_(g);
       auto t1 = clk::now();
-      compute.model().forward_backward(ids, tg, {.mtp_lambda = mtp_lambda}, &g);
+      compute.model().forward_backward(ids, tg, {.mtp_lambda = mtp_lambda, .recompute = recompute}, &g);
       auto t2 = clk::now();
       opt.step(g, 1e-4, &compute);  // and the bf16 copies, in the same pass on the GPU
       if (dev == Device::CUDA) device_synchronize();

@@ -115,7 +115,9 @@ Runner add_train(CLI::App& app) {
   opt("--sample-prompt", c.sample_prompt, "sample_prompt", "Prompt for the sample printed at the end");
   opt("--sample-tokens", c.sample_tokens, "sample_tokens", "Tokens in that sample (0: none)");
   keyed->push_back(
-      {app.add_flag("--recompute", c.recompute, "Recompute RMSNorm and MLA up-projections in the backward"),
+      {app.add_flag(
+           "--recompute", c.recompute,
+           "Recompute RMSNorm, MLA up-projections and the experts' gate/up products in the backward"),
        "recompute"});
   app.add_option("--resume", o->resume, "Resume from a checkpoint directory or a run directory (its newest)");
   return [o, keyed]() {

@@ -30,6 +30,7 @@ void layer_fwd(Tensor h, const LayerWeights& w, const LayerContext& ctx, LayerSa
   if (s) {
     s->rstd1 = rstd;
     s->attn.recompute = s->recompute;
+    s->moe.recompute = s->recompute;
   }
   {
     prof::Scope sub(prof::kMlaFwd);

@@ -1,7 +1,8 @@
 // layer.h — one decoder layer, forward and backward (spec/model.md §2.1):
 //   h_mid = h + MLA(RMSNorm_in(h));  h_out = h_mid + FFN(RMSNorm_post(h_mid)),  FFN = dense MLP or MoE.
 // Shared by the main stack and the MTP modules. With `recompute`, the RMSNorm outputs are rebuilt in the
-// backward instead of kept (and MLA recomputes its up-projections, see mla.h).
+// backward instead of kept (and MLA recomputes its up-projections, see mla.h; the MoE its permuted rows
+// and the experts' gate/up products, see moe.h).
 #pragma once
 
 #include <vector>

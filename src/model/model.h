@@ -26,7 +26,8 @@ struct ForwardTrace {
 struct TrainOptions {
   double mtp_lambda = 0;     // λ: loss = main + λ/D Σ_k MTP_k (0: MTP modules not run)
   double balance_alpha = 0;  // α of the sequence-wise balance loss per MoE layer (0: off)
-  bool recompute = false;    // rebuild RMSNorm outputs and MLA up-projections in the backward
+  bool recompute = false;    // rebuild RMSNorm outputs, MLA up-projections and the experts' inputs and
+                             // gate/up products in the backward
   double grad_scale = 1.0;   // multiplies every gradient (1 / accumulation steps)
 };
 

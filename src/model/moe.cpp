@@ -113,6 +113,32 @@ FfnOut moe_decode(const ops::NormedInput& in, const MoeWeights& w, const ModelCo
   return {.y = y, .w = Tensor(), .K = 0, .KS = 1};
 }
 
+namespace {
+
+// The experts' operand dtype: bf16 for large batches on the GPU with bf16 experts and f32 activations (rows
+// permuted straight into bf16, one operand for both products, what the backward keeps), else x's.
+DType expert_operand(const Tensor& x, const MoeWeights& w, int64_t M) {
+  const bool bf16_ops = x.device() == Device::CUDA && M > 1024 && x.dtype() == DType::F32 &&
+                        w.experts[0].gate_proj.dtype() == DType::BF16 &&
+                        w.experts[0].down_proj.dtype() == DType::BF16;
+  return bf16_ops ? DType::BF16 : x.dtype();
+}
+
+// The experts' input side from the permuted rows xp [M, D]: h = silu(g) ⊙ u [M, F], with g and u written
+// when defined (training keeps them) — one fused op under bf16 operands, else the pair and SwiGLU (g and
+// u then required). The forward and the backward's recompute go through here, so they give the same bits.
+void expert_hidden(Tensor h, const Tensor& g, const Tensor& u, const Tensor& xp, const ExpertMats& mats,
+                   const ops::MoePlan& plan, bool fused) {
+  if (fused) {
+    ops::grouped_swiglu(h, g, u, xp, mats.gate, mats.up, plan);
+  } else {
+    ops::grouped_linear_pair(g, u, xp, mats.gate, mats.up, plan);
+    ops::swiglu_fwd(h, g, u);
+  }
+}
+
+}  // namespace
+
 void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig& c, RouterTrace* trace,
              MoeSaved* saved, const MoeOptions& opt) {
   const int64_t N = x.size(0), D = x.size(1), E = c.n_routed_experts, K = c.num_experts_per_tok,
@@ -176,21 +202,18 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
   // Large batches on the GPU with bf16 experts: the rows are permuted straight into the experts' bf16
   // (one operand for both products, and what the backward keeps), and SwiGLU writes the down
   // projection's bf16 operand; elsewhere gate and up run as one grouped pair over the activations.
-  const bool bf16_ops = dev == Device::CUDA && M > 1024 && x.dtype() == DType::F32 &&
-                        w.experts[0].gate_proj.dtype() == DType::BF16 &&
-                        w.experts[0].down_proj.dtype() == DType::BF16;
-  const DType op = bf16_ops ? DType::BF16 : dt;
+  const DType op = expert_operand(x, w, M);
+  const bool bf16_ops = op != dt;
+  // g and u are needed after the forward only when the backward keeps them (saved, no recompute); the
+  // fused bf16 op does without them otherwise.
+  const bool keep = saved && !saved->recompute;
   // xp, g, u, h and yp in bf16 then (the experts write and read bf16; what the backward keeps)
-  Tensor xp = Tensor::empty({M, D}, op, dev), g = Tensor::empty({M, F}, op, dev),
-         u = Tensor::empty({M, F}, op, dev);
+  Tensor xp = Tensor::empty({M, D}, op, dev);
+  Tensor g = !bf16_ops || keep ? Tensor::empty({M, F}, op, dev) : Tensor(),
+         u = !bf16_ops || keep ? Tensor::empty({M, F}, op, dev) : Tensor();
   ops::moe_permute(xp, x, plan);
   Tensor h = saved || bf16_ops ? Tensor::empty({M, F}, op, dev) : g;
-  if (bf16_ops) {  // one launch writes h, and g and u when the backward keeps them
-    ops::grouped_swiglu(h, saved ? g : Tensor(), saved ? u : Tensor(), xp, mats.gate, mats.up, plan);
-  } else {
-    ops::grouped_linear_pair(g, u, xp, mats.gate, mats.up, plan);
-    ops::swiglu_fwd(h, g, u);
-  }
+  expert_hidden(h, g, u, xp, mats, plan, bf16_ops);
   Tensor yp = Tensor::empty({M, D}, op, dev);
   ops::grouped_linear(yp, h, mats.down, plan);
   ops::moe_unpermute(routed, yp, gw.to(dt), plan);
@@ -198,10 +221,12 @@ void moe_fwd(Tensor out, const Tensor& x, const MoeWeights& w, const ModelConfig
     saved->x = x;
     saved->scores = scores;
     saved->route = {idx, gw, bal, {}};
-    saved->xp = xp;
-    saved->g = g;
-    saved->u = u;
-    saved->h = h;
+    if (keep) {
+      saved->xp = xp;
+      saved->g = g;
+      saved->u = u;
+      saved->h = h;
+    }
     saved->yp = yp;
     saved->plan = std::move(plan);
     saved->balance_loss = bal;
@@ -228,16 +253,25 @@ void moe_bwd(Tensor dx, MoeWeights& g, const Tensor& dy, const MoeWeights& w, co
   const ExpertMats mats(w.experts), grads(g.experts);
   // The forward's bf16 operands (xp, h): the gradients that only feed the experts' products are written
   // in bf16 too (dyp, dg, du), the rest stay in the activation dtype.
-  const DType op = s.xp.dtype();
+  const DType op = expert_operand(s.x, w, M);
+  Tensor xp = s.xp, gt = s.g, ut = s.u, h = s.h;
+  if (s.recompute) {  // the experts' inputs and hidden rows rebuilt from x as the forward made them
+    xp = Tensor::empty({M, D}, op, dev);
+    gt = Tensor::empty({M, F}, op, dev);
+    ut = Tensor::empty({M, F}, op, dev);
+    h = Tensor::empty({M, F}, op, dev);  // xp: [M, D]; gt, ut, h: [M, F]
+    ops::moe_permute(xp, s.x, s.plan);
+    expert_hidden(h, gt, ut, xp, mats, s.plan, op != dt);
+  }
   Tensor dyp = Tensor::empty({M, D}, op, dev), dgw = Tensor::empty({N, K}, dt, dev);
   ops::moe_unpermute_bwd(dyp, dgw, dy, s.yp, s.route.topk_w, s.plan);
   // dg, du: [M, F] SwiGLU's backward of dh = dyp · W_down (on the GPU the product's epilogue: dh is not kept)
   Tensor dg = Tensor::empty({M, F}, op, dev), du = Tensor::empty({M, F}, op, dev);
-  ops::grouped_down_swiglu_bwd(dg, du, grads.down, dyp, s.h, mats.down, s.g, s.u, s.plan);
+  ops::grouped_down_swiglu_bwd(dg, du, grads.down, dyp, h, mats.down, gt, ut, s.plan);
   // dxp: [M, D] = dg · W_gate + du · W_up per expert (on the GPU one product along 2F), then through the
   // permutation's backward into dx
   Tensor dxp = Tensor::empty({M, D}, dt, dev), dxr = Tensor::empty({N, D}, dt, dev);
-  ops::grouped_linear_pair_bwd(dxp, grads.gate, grads.up, dg, du, s.xp, mats.gate, mats.up, s.plan);
+  ops::grouped_linear_pair_bwd(dxp, grads.gate, grads.up, dg, du, xp, mats.gate, mats.up, s.plan);
   ops::moe_permute_bwd_add(dx, dxp, Tensor(), s.plan);
   Tensor dlogits = Tensor::empty({N, E}, dt, dev);  // dlogits: [N, E]
   const auto rp = ops::RouterParams::from(c);

@@ -40,6 +40,8 @@ struct MoeSaved {
   RouterTrace route;
   ops::MoePlan plan;       // tokens grouped by expert
   Tensor xp, g, u, h, yp;  // permuted rows [M = N·K, ·]: input, gate, up, silu(gate)·up, expert output
+                           // (with recompute xp, g, u, h are not kept: rebuilt in the backward from x)
+  bool recompute = false;
   MlpSaved shared;
   double balance_loss = 0;  // the sequence-wise balance loss of this layer (0 if α = 0)
 };
