@@ -68,6 +68,17 @@ __global__ void __launch_bounds__(256)
     wpre[t] = c < C && i < dn ? ld(wk[int64_t(i) * C + c]) : 0.0f;
   }
   dep_wait();
+  // Column chunk 0's blocks also produce the roped part: a thread's pair (its first one) is read now,
+  // with the queries, so that part adds no round trip of its own at the end.
+  const bool rope0 = blockIdx.y == 0 && int(threadIdx.x) < nr * (R / 2);
+  const int rr = rope0 ? int(threadIdx.x) / (R / 2) : 0, rj = rope0 ? int(threadIdx.x) - rr * (R / 2) : 0;
+  float ra = 0.0f, rb = 0.0f, rang = 0.0f;
+  if (rope0) {
+    const T* src = q + (int64_t(n0 + rr) * H + h) * Dq + dn + 2 * rj;
+    ra = ld(src[0]);
+    rb = ld(src[1]);
+    if (pos) rang = float(pos[n0 + rr]) * inv_freq[rj];
+  }
   for (int i = threadIdx.x; i < kRowsPerBlock * dn; i += blockDim.x) {
     const int r = i / dn, j = i - r * dn;
     qs[i] = r < nr ? ld(q[(int64_t(n0 + r) * H + h) * Dq + j]) : 0.0f;
@@ -99,23 +110,28 @@ __global__ void __launch_bounds__(256)
       for (int sl = 0; sl < 4; ++sl) v += red[(sl * kRowsPerBlock + r) * kColsQ + cl];
       qa[(int64_t(n0 + r) * H + h) * W + c] = st<T>(v);
     }
-  if (blockIdx.y == 0 && !pos)
-    for (int i = threadIdx.x; i < nr * R; i += blockDim.x) {
-      const int r = i / R, j = i - r * R;
-      qa[(int64_t(n0 + r) * H + h) * W + C + j] = q[(int64_t(n0 + r) * H + h) * Dq + dn + j];
+  // The roped part, pairs (2j, 2j + 1): rotated at position pos[n] when pos is given (rope_fwd's
+  // rotation, cos/sin scaled by af), else copied. The thread's first pair was read above.
+  const auto rope_pair = [&](int r, int j, float a, float b, float ang) {
+    T* dst = qa + (int64_t(n0 + r) * H + h) * W + C + 2 * j;
+    if (!pos) {
+      dst[0] = st<T>(a);
+      dst[1] = st<T>(b);
+      return;
     }
-  if (blockIdx.y == 0 && pos)
-    for (int i = threadIdx.x; i < nr * (R / 2); i += blockDim.x) {  // pairs (2j, 2j + 1)
+    float s, c;
+    sincosf(ang, &s, &c);
+    c *= af;
+    s *= af;
+    dst[0] = st<T>(a * c - b * s);
+    dst[1] = st<T>(a * s + b * c);
+  };
+  if (rope0) rope_pair(rr, rj, ra, rb, rang);
+  if (blockIdx.y == 0)
+    for (int i = threadIdx.x + blockDim.x; i < nr * (R / 2); i += blockDim.x) {
       const int r = i / (R / 2), j = i - r * (R / 2);
-      float s, c;
-      sincosf(float(pos[n0 + r]) * inv_freq[j], &s, &c);
-      c *= af;
-      s *= af;
       const T* src = q + (int64_t(n0 + r) * H + h) * Dq + dn + 2 * j;
-      T* dst = qa + (int64_t(n0 + r) * H + h) * W + C + 2 * j;
-      const float a = ld(src[0]), b = ld(src[1]);
-      dst[0] = st<T>(a * c - b * s);
-      dst[1] = st<T>(a * s + b * c);
+      rope_pair(r, j, ld(src[0]), ld(src[1]), pos ? float(pos[n0 + r]) * inv_freq[j] : 0.0f);
     }
 }
 
@@ -242,6 +258,22 @@ __global__ void __launch_bounds__(kThreads, FLAT       ? 1
     if (k0 < k_end) prefetch_l2(tile_src(k0), int64_t(min(kTK, k_end - k0)) * W * int64_t(sizeof(T)), 0, 1);
   }
   dep_wait();
+  // One-wave grids: the split's first tile is read together with the queries (its loads in flight
+  // before the queries', one round trip instead of two), kept in registers until the tile loop stores it.
+  constexpr int kFirstRegs = FLAT ? 12 : 1;  // float4 per thread: a 32-row tile of W ≤ 384
+  float4 first[kFirstRegs];
+  const int nk0 = min(kTK, k_end - k_begin);
+  const bool early = VEC && FLAT && nk0 > 0 && nk0 * (W / 4) <= kFirstRegs * kThreads;
+  if constexpr (VEC && FLAT) {
+    if (early) {
+      const T* src = tile_src(k_begin);
+#pragma unroll
+      for (int u = 0; u < kFirstRegs; ++u) {
+        const int i = tid + u * kThreads;
+        if (i < nk0 * (W / 4)) first[u] = ld4(src + 4 * i);
+      }
+    }
+  }
   if constexpr (VEC) {  // the queries: a thread's 4 loads at a time in flight
     const T* qb = q + (int64_t(b) * H + h0) * W;
     const int W4 = W / 4, n4 = kHG * W4, nq4 = nh * W4;
@@ -279,7 +311,17 @@ __global__ void __launch_bounds__(kThreads, FLAT       ? 1
     const T* src = tile_src(k0);
     if constexpr (VEC && FLAT) {  // the tile's nk·W / 4 float4, a thread's 8 at a time in flight
       const int W4 = W / 4, n4 = nk * W4;
-      for (int base = 0; base < n4; base += 8 * kThreads) {
+      if (early && k0 == k_begin) {
+#pragma unroll
+        for (int u = 0; u < kFirstRegs; ++u) {
+          const int i = tid + u * kThreads;
+          if (i < n4) {
+            const int kk = i / W4, c = i - kk * W4;
+            *reinterpret_cast<float4*>(rs + kk * RS + 4 * c) = first[u];
+          }
+        }
+      }
+      for (int base = early && k0 == k_begin ? n4 : 0; base < n4; base += 8 * kThreads) {
         float4 v[8];
 #pragma unroll
         for (int u = 0; u < 8; ++u) {
@@ -621,6 +663,7 @@ void paged_cache_write(Tensor pool, const Tensor& rows, const Tensor& slots) {
 void mla_absorb_q(Tensor qa, const Tensor& q, const Tensor& kv_b, int64_t dn, int64_t dv,
                   const RopeAt* rope) {
   const int64_t N = q.size(0), H = q.size(1), R = q.size(2) - dn, C = kv_b.size(1);
+  DSEEK_CHECK(R % 2 == 0, "mla_absorb_q: the rope part of the query has an odd width ", R);
   const dim3 grid{unsigned(H), unsigned((C + kColsQ - 1) / kColsQ),
                   unsigned((N + kRowsPerBlock - 1) / kRowsPerBlock)};
   const size_t smem = size_t(kRowsPerBlock * dn + 4 * kRowsPerBlock * kColsQ) * sizeof(float);

@@ -76,10 +76,89 @@ struct NormArgs {
 // x of those rows to h_out / x_out. The same arithmetic as the MoE slots' combine followed by
 // add_rmsnorm_fwd (the weighted slots in ascending k, the shared slot added to that sum, then to h;
 // f32 statistics). Ends with __syncthreads().
+//
+// A decode step waits on this chain, so it is built for latency: with D % 4 == 0 a thread takes 4
+// consecutive columns at a time and issues the loads of h, of all the slots' rows and weights (8 slots
+// per round) and of the norm's weights before it uses any of them — one memory round trip per chunk
+// instead of one per slot; the norm's weights of a thread's first two chunks stay in registers.
 template <int NB>
 __device__ void normed_rows(float* xs, const NormArgs& a, int64_t n0, int64_t D, bool writer) {
   __shared__ float part[NB][32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = int(blockDim.x >> 5);
+  constexpr int kSlotsInFlight = 8, kNormRegs = 2;
+  const uintptr_t ptrs = reinterpret_cast<uintptr_t>(a.h) | reinterpret_cast<uintptr_t>(a.y) |
+                         reinterpret_cast<uintptr_t>(a.norm) | reinterpret_cast<uintptr_t>(a.h_out) |
+                         reinterpret_cast<uintptr_t>(a.x_out) | reinterpret_cast<uintptr_t>(xs);
+  if (D % 4 == 0 && ptrs % 16 == 0) {
+    const int64_t D4 = D / 4, stride = blockDim.x;
+    float4 nrm[kNormRegs];
+#pragma unroll
+    for (int j = 0; j < kNormRegs; ++j)
+      if (tid + j * stride < D4) nrm[j] = reinterpret_cast<const float4*>(a.norm)[tid + j * stride];
+    float ss[NB];
+#pragma unroll
+    for (int r = 0; r < NB; ++r) {
+      const int64_t n = n0 + r;
+      const float4* hr = reinterpret_cast<const float4*>(a.h + n * D);
+      const float4* yr = a.y ? reinterpret_cast<const float4*>(a.y + n * a.KS * D) : nullptr;
+      const float* wr = a.w ? a.w + n * a.K : nullptr;
+      ss[r] = 0.0f;
+      for (int64_t i = tid; i < D4; i += stride) {
+        float4 v = hr[i];
+        if (yr) {
+          const float4 sh = a.KS > a.K ? yr[a.K * D4 + i] : make_float4(0, 0, 0, 0);
+          float4 d = make_float4(0, 0, 0, 0);
+          for (int k0 = 0; k0 < a.K; k0 += kSlotsInFlight) {
+            float4 yk[kSlotsInFlight];
+            float wk[kSlotsInFlight];
+#pragma unroll
+            for (int j = 0; j < kSlotsInFlight; ++j)
+              if (k0 + j < a.K) {
+                yk[j] = yr[(k0 + j) * D4 + i];
+                wk[j] = wr[k0 + j];
+              }
+#pragma unroll
+            for (int j = 0; j < kSlotsInFlight; ++j)
+              if (k0 + j < a.K) {
+                d.x += wk[j] * yk[j].x;
+                d.y += wk[j] * yk[j].y;
+                d.z += wk[j] * yk[j].z;
+                d.w += wk[j] * yk[j].w;
+              }
+          }
+          if (a.KS > a.K) d = make_float4(sh.x + d.x, sh.y + d.y, sh.z + d.z, sh.w + d.w);
+          v = make_float4(v.x + d.x, v.y + d.y, v.z + d.z, v.w + d.w);
+        }
+        reinterpret_cast<float4*>(xs + r * D)[i] = v;
+        ss[r] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+      ss[r] = warp_sum(ss[r]);
+      if (lane == 0) part[r][warp] = ss[r];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < NB; ++r) {
+      float t = 0.0f;
+      for (int w = 0; w < nw; ++w) t += part[r][w];
+      const float rs = rsqrtf(t / float(D) + a.eps);
+      const int64_t n = n0 + r;
+      const auto apply = [&](int64_t i, const float4& g) {
+        float4& vx = reinterpret_cast<float4*>(xs + r * D)[i];
+        const float4 v = vx,
+                     x = make_float4(g.x * (v.x * rs), g.y * (v.y * rs), g.z * (v.z * rs), g.w * (v.w * rs));
+        vx = x;
+        if (writer && a.h_out) reinterpret_cast<float4*>(a.h_out + n * D)[i] = v;
+        if (writer && a.x_out) reinterpret_cast<float4*>(a.x_out + n * D)[i] = x;
+      };
+#pragma unroll
+      for (int j = 0; j < kNormRegs; ++j)
+        if (tid + j * stride < D4) apply(tid + j * stride, nrm[j]);
+      for (int64_t i = tid + kNormRegs * stride; i < D4; i += stride)
+        apply(i, reinterpret_cast<const float4*>(a.norm)[i]);
+    }
+    __syncthreads();
+    return;
+  }
   float ss[NB];
 #pragma unroll
   for (int r = 0; r < NB; ++r) {

@@ -17,16 +17,19 @@ namespace {
 
 constexpr int kMaxE = 1024, kMaxG = 64, kMaxK = 64;
 
-// The choice of token n from its logits l[0 .. E) (T or f32 in shared memory), by the whole block.
+// The choice of token n from its logits l[0 .. E) (T or f32 in shared memory), by the whole block. Built
+// for latency (a decode step waits on it): no rounds of block-wide argmax; each group's score is one
+// thread's, a group is kept when fewer than topk_group groups beat it, an expert is chosen when it is in
+// a kept group and fewer than top_k kept experts beat it (`beats`: a larger value, ties to the lower
+// index — the same set the rounds of argmax pick), and one warp lists the chosen in ascending id with
+// ballots. A NaN selection value ranks as −∞ (so exactly top_k experts are chosen).
 template <typename T, typename L>
 __device__ void route_token(int32_t* idx_out, T* w_out, T* scores_out, const L* l, const float* bias, int E,
                             const RouterParams& p, int64_t n) {
   __shared__ float sc[kMaxE], sel[kMaxE], gscore[kMaxG];
-  __shared__ bool keep[kMaxG], used[kMaxE];
+  __shared__ bool keep[kMaxG], pick[kMaxE];
   __shared__ int chosen[kMaxK];
-  __shared__ float rv[32];
-  __shared__ int ri[32];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+  const int tid = threadIdx.x, lane = tid & 31;
   const int K = int(p.top_k);
   float mx = 0, z = 1;
   if (p.scoring == ScoringFunc::Softmax) {
@@ -40,20 +43,19 @@ __device__ void route_token(int32_t* idx_out, T* w_out, T* scores_out, const L* 
   for (int e = tid; e < E; e += blockDim.x) {
     const float v = ld(l[e]);
     const float s = p.scoring == ScoringFunc::Sigmoid ? 1.0f / (1.0f + __expf(-v)) : __expf(v - mx) / z;
+    const float q = s + (bias ? bias[e] : 0.0f);
     sc[e] = s;
-    sel[e] = s + (bias ? bias[e] : 0.0f);
-    used[e] = false;
+    sel[e] = isnan(q) ? -INFINITY : q;
     if (scores_out) scores_out[n * E + e] = st<T>(s);
   }
   const int G = p.method == TopkMethod::Greedy ? 1 : int(p.n_group);
   const int gs = E / G;
   const bool limit = p.method != TopkMethod::Greedy && p.topk_group < p.n_group;
-  for (int g = tid; g < G; g += blockDim.x) keep[g] = !limit;
   __syncthreads();
   if (limit) {
-    for (int g = warp; g < G; g += nw) {  // one warp per group: the top two values (as a multiset)
+    for (int g = tid; g < G; g += blockDim.x) {  // the group's top two values (as a multiset)
       float m1 = -INFINITY, m2 = -INFINITY;
-      for (int j = lane; j < gs; j += 32) {
+      for (int j = 0; j < gs; ++j) {
         const float v = sel[g * gs + j];
         if (v > m1) {
           m2 = m1;
@@ -62,64 +64,51 @@ __device__ void route_token(int32_t* idx_out, T* w_out, T* scores_out, const L* 
           m2 = v;
         }
       }
-      for (int o = 16; o > 0; o >>= 1) {
-        const float b1 = __shfl_xor_sync(0xffffffffu, m1, o), b2 = __shfl_xor_sync(0xffffffffu, m2, o);
-        const float hi = fmaxf(m1, b1), lo = fminf(m1, b1);
-        m2 = fmaxf(lo, fmaxf(m2, b2));
-        m1 = hi;
-      }
-      if (lane == 0) gscore[g] = p.method == TopkMethod::NoauxTc ? (gs >= 2 ? m1 + m2 : m1) : m1;
+      gscore[g] = p.method == TopkMethod::NoauxTc ? (gs >= 2 ? m1 + m2 : m1) : m1;
     }
     __syncthreads();
-    if (tid == 0)
-      for (int r = 0; r < int(p.topk_group); ++r) {  // the best remaining group; ties to the lower index
-        int best = -1;
-        for (int g = 0; g < G; ++g)
-          if (!keep[g] && (best < 0 || gscore[g] > gscore[best])) best = g;
-        keep[best] = true;
-      }
-    __syncthreads();
+    for (int g = tid; g < G; g += blockDim.x) {
+      int above = 0;
+      for (int o = 0; o < G; ++o) above += beats(gscore[o], o, gscore[g], g);
+      keep[g] = above < int(p.topk_group);
+    }
+  } else {
+    for (int g = tid; g < G; g += blockDim.x) keep[g] = true;
   }
-  for (int k = 0; k < K; ++k) {  // block argmax over kept, unused experts
-    float bv = -INFINITY;
-    int be = -1;
-    for (int e = tid; e < E; e += blockDim.x)
-      if (keep[e / gs] && !used[e] && beats(sel[e], e, bv, be)) {
-        bv = sel[e];
-        be = e;
-      }
-    warp_best(bv, be);
+  __syncthreads();
+  for (int e = tid; e < E; e += blockDim.x) {
+    bool c = keep[e / gs];
+    if (c) {
+      int above = 0;
+      const float v = sel[e];
+      for (int g = 0; g < G && above < K; ++g)
+        if (keep[g])
+          for (int o = g * gs; o < (g + 1) * gs; ++o) above += beats(sel[o], o, v, e);
+      c = above < K;
+    }
+    pick[e] = c;
+  }
+  __syncthreads();
+  if (tid < 32) {
+    int count = 0;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+      const bool c = e0 + lane < E && pick[e0 + lane];
+      const unsigned b = __ballot_sync(0xffffffffu, c);
+      if (c && count + __popc(b & ((1u << lane) - 1u)) < K)
+        chosen[count + __popc(b & ((1u << lane) - 1u))] = e0 + lane;
+      count += __popc(b);
+    }
+    for (int k = count + lane; k < K; k += 32) chosen[k] = -1;  // fewer kept experts than top_k
+    __syncwarp();
     if (lane == 0) {
-      rv[warp] = bv;
-      ri[warp] = be;
-    }
-    __syncthreads();
-    if (tid == 0) {
-      float v = rv[0];
-      int e = ri[0];
-      for (int w = 1; w < nw; ++w)
-        if (beats(rv[w], ri[w], v, e)) {
-          v = rv[w];
-          e = ri[w];
-        }
-      chosen[k] = e;
-      if (e >= 0) used[e] = true;
-    }
-    __syncthreads();
-  }
-  if (tid == 0) {
-    for (int a = 1; a < K; ++a)  // ascending ids
-      for (int b = a; b > 0 && chosen[b - 1] > chosen[b]; --b) {
-        const int t = chosen[b];
-        chosen[b] = chosen[b - 1];
-        chosen[b - 1] = t;
+      float total = 0;
+      for (int k = 0; k < K; ++k) total += chosen[k] >= 0 ? sc[chosen[k]] : 0.0f;
+      const float denom = p.norm_topk_prob ? total + 1e-20f : 1.0f;
+      for (int k = 0; k < K; ++k) {
+        idx_out[n * K + k] = chosen[k];
+        w_out[n * K + k] =
+            st<T>(chosen[k] >= 0 ? sc[chosen[k]] / denom * float(p.routed_scaling_factor) : 0.0f);
       }
-    float total = 0;
-    for (int k = 0; k < K; ++k) total += sc[chosen[k]];
-    const float denom = p.norm_topk_prob ? total + 1e-20f : 1.0f;
-    for (int k = 0; k < K; ++k) {
-      idx_out[n * K + k] = chosen[k];
-      w_out[n * K + k] = st<T>(sc[chosen[k]] / denom * float(p.routed_scaling_factor));
     }
   }
 }
