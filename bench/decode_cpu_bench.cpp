@@ -9,14 +9,18 @@
 // one-sequence contiguous-cache loop (the first GPU baseline).
 //
 //   decode_cpu_bench [--config PATH] [--prompt N] [--tokens N] [--threads N] [--device cpu|cuda]
-//                    [--batch N] [--path paged|cached]
+//                    [--batch N] [--path paged|cached] [--graphs 0|1] [--trace 0|1]
+// --trace 1 (GPU, CUDA graphs, a build configured with -DDSEEK_DEP_TRACE=ON) also prints each decode
+// kernel's share of the step's critical path in the real overlapped run (ops/dep_trace.h).
 #include <omp.h>
 
 #include "core/blas_env.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +32,7 @@
 #include "infer/sampler.h"
 #include "model/model.h"
 #include "ops/decode.h"
+#include "ops/dep_trace.h"
 
 using namespace dseek;
 using clk = std::chrono::steady_clock;
@@ -103,13 +108,61 @@ size_t bytes_per_token(const Model& m, int64_t cached_tokens) {
 
 }  // namespace
 
+// --trace 1 (a build with -DDSEEK_DEP_TRACE=ON): each decode kernel's part of the step's critical path in
+// the real, overlapped run (ops/dep_trace.h): the gap from its dependency wait's return to the next
+// kernel's, per op name, over the replayed steps (the eager first step and its capture recorded the names).
+void print_dep_trace(const ops::DepTrace& t) {
+  const size_t L = t.names.size();
+  size_t N = L;  // one step's launches: the shortest period of the name list
+  for (size_t p = 1; p <= L; ++p) {
+    if (L % p != 0) continue;
+    bool ok = true;
+    for (size_t i = p; i < L && ok; ++i) ok = t.names[i] == t.names[i % p];
+    if (ok) {
+      N = p;
+      break;
+    }
+  }
+  if (N == 0 || t.ns.size() % N != 0 || t.ns.size() < 2 * N) {
+    std::printf("trace: %zu stamps do not divide into steps of %zu launches\n", t.ns.size(), N);
+    return;
+  }
+  const size_t steps = t.ns.size() / N - 1;  // the first (eager) step left out
+  struct Row {
+    double ns = 0;
+    size_t n = 0;
+  };
+  std::map<std::string, Row> rows;
+  double span = 0;
+  for (size_t s = 1; s <= steps; ++s) {
+    const uint64_t* st = t.ns.data() + s * N;
+    for (size_t i = 0; i + 1 < N; ++i) {
+      Row& r = rows[t.names[i]];
+      r.ns += double(st[i + 1] - st[i]);
+      ++r.n;
+    }
+    span += double(st[N - 1] - st[0]);
+  }
+  std::vector<std::pair<std::string, Row>> v(rows.begin(), rows.end());
+  std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+  std::printf(
+      "\ndecode step timeline (%zu replayed steps, %zu launches each; the last launch, %s, ends the "
+      "step and is not timed):\n| op | launches per step | mean us after its wait | us per step |\n"
+      "|---|---|---|---|\n",
+      steps, N, t.names[N - 1].c_str());
+  for (const auto& [name, r] : v)
+    std::printf("| %s | %.1f | %.2f | %.1f |\n", name.c_str(), double(r.n) / double(steps),
+                r.ns / double(r.n) / 1e3, r.ns / double(steps) / 1e3);
+  std::printf("first wait to last wait: %.1f us per step\n", span / double(steps) / 1e3);
+}
+
 int main(int argc, char** argv) {
   dseek::ensure_blas_kernels(argv);
   std::string config = std::string(DSEEK_BENCH_CONFIGS) + "/bench-1b.json";
   int64_t prompt_len = 32, tokens = 64;
   std::string device = "cpu", path = "paged";
   int64_t batch = 1;
-  bool graphs = true;
+  bool graphs = true, trace = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--config")
@@ -126,6 +179,8 @@ int main(int argc, char** argv) {
       batch = std::stoll(argv[i + 1]);
     else if (k == "--graphs")
       graphs = std::string(argv[i + 1]) != "0";
+    else if (k == "--trace")
+      trace = std::string(argv[i + 1]) != "0";
     else if (k == "--threads")
       omp_set_num_threads(std::stoi(argv[i + 1]));
     else {
@@ -205,11 +260,16 @@ int main(int argc, char** argv) {
       step();
       prefill_s = seconds_since(tp);
       if (gpu && graphs) dg = std::make_unique<infer::DecodeGraphs>(m);
+      if (trace) {
+        if (!dg) throw std::runtime_error("--trace 1 needs --device cuda with CUDA graphs");
+        ops::dep_trace_begin();
+      }
       for (int w = 0; w < 3; ++w) step();  // warm-up steps
       cached_mid = pc.length(seqs[0]) + tokens / 2;
       auto td = clk::now();
       for (int64_t i = 0; i < tokens; ++i) step();
       decode_s = seconds_since(td);
+      if (trace) print_dep_trace(ops::dep_trace_end());
       if (dg)
         std::printf("CUDA graphs: %lld captured, %lld replays, %lld kernels per step%s%s\n",
                     (long long)dg->captures(), (long long)dg->replays(), (long long)dg->kernels(),

@@ -1,5 +1,6 @@
 // cuda_nocuda.cpp — the CUDA op entry points of a build without CUDA: each says so.
 #include "ops/cuda/cuda_ops.h"
+#include "ops/dep_trace.h"
 
 namespace dseek::ops::cuda {
 
@@ -188,3 +189,17 @@ void attention_bwd_varlen(Tensor, Tensor, Tensor, const Tensor&, const Tensor&, 
 }
 
 }  // namespace dseek::ops::cuda
+
+namespace dseek::ops {
+
+bool dep_trace_available() {
+  return false;
+}
+void dep_trace_begin(int64_t) {
+  fail("dep_trace: this dseek was built without CUDA");
+}
+DepTrace dep_trace_end() {
+  fail("dep_trace: this dseek was built without CUDA");
+}
+
+}  // namespace dseek::ops

@@ -172,8 +172,37 @@ void with_rows(int64_t rows, const char* op, Fn&& fn) {
 //   * dep_launch() (any time; at the start here) lets the next launch_dep kernel begin once every block
 //     of this one has called it or exited.
 // Kernels launched with <<<>>> (or by libraries) keep plain stream order; dep_wait() in them is a no-op.
+// The decode-step tracer's hooks (ops/dep_trace.h; a build with -DDSEEK_DEP_TRACE=ON): each translation
+// unit has its own copy of the buffer descriptor (no relocatable device code), registered at start-up so
+// dep_trace_begin can point them all at one buffer; dep_wait's first block stamps the clock there.
+struct DepTraceBuf {
+  unsigned long long* t = nullptr;
+  unsigned int* n = nullptr;
+  unsigned int cap = 0;
+};
+void dep_trace_register(void (*set)(const DepTraceBuf&));
+void dep_trace_name(const char* op);
+#ifdef DSEEK_DEP_TRACE
+namespace {
+__constant__ DepTraceBuf g_dep_trace;
+void dep_trace_set_unit(const DepTraceBuf& b) {
+  DSEEK_CUDA_CHECK(cudaMemcpyToSymbol(g_dep_trace, &b, sizeof b), "dep_trace");
+}
+[[maybe_unused]] const bool g_dep_trace_registered = (dep_trace_register(&dep_trace_set_unit), true);
+}  // namespace
+#endif
+
 __device__ __forceinline__ void dep_wait() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#ifdef DSEEK_DEP_TRACE
+  if (g_dep_trace.t && threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0 && blockIdx.x == 0 &&
+      blockIdx.y == 0 && blockIdx.z == 0) {
+    unsigned long long now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    const unsigned int i = atomicAdd(g_dep_trace.n, 1u);
+    if (i < g_dep_trace.cap) g_dep_trace.t[i] = now;
+  }
+#endif
 }
 __device__ __forceinline__ void dep_launch() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -209,6 +238,9 @@ void launch_dep(const char* op, void (*kernel)(P...), dim3 grid, dim3 block, siz
   cfg.stream = cudaStreamPerThread;
   cfg.attrs = &attr;
   cfg.numAttrs = dep_launch_enabled() ? 1 : 0;
+#ifdef DSEEK_DEP_TRACE
+  dep_trace_name(op);
+#endif
   DSEEK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...), op);
   DSEEK_CUDA_LAUNCH_CHECK(op);
 }
@@ -232,6 +264,9 @@ void launch_dep_cluster(const char* op, void (*kernel)(P...), dim3 grid, dim3 bl
   cfg.stream = cudaStreamPerThread;
   cfg.attrs = attr;
   cfg.numAttrs = dep_launch_enabled() ? 2 : 1;
+#ifdef DSEEK_DEP_TRACE
+  dep_trace_name(op);
+#endif
   DSEEK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...), op);
   DSEEK_CUDA_LAUNCH_CHECK(op);
 }
