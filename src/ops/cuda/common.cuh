@@ -245,32 +245,6 @@ void launch_dep(const char* op, void (*kernel)(P...), dim3 grid, dim3 block, siz
   DSEEK_CUDA_LAUNCH_CHECK(op);
 }
 
-// launch_dep of a grid in thread-block clusters of `cluster` blocks along x (gridDim.x a multiple of it):
-// the blocks of a cluster are co-scheduled and may use each other's shared memory.
-template <typename... P, typename... A>
-void launch_dep_cluster(const char* op, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
-                        unsigned cluster, A&&... args) {
-  cudaLaunchAttribute attr[2]{};
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = cudaStreamPerThread;
-  cfg.attrs = attr;
-  cfg.numAttrs = dep_launch_enabled() ? 2 : 1;
-#ifdef DSEEK_DEP_TRACE
-  dep_trace_name(op);
-#endif
-  DSEEK_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...), op);
-  DSEEK_CUDA_LAUNCH_CHECK(op);
-}
-
 // Raises a kernel's dynamic shared-memory limit when needed, once per kernel and size (so a captured
 // decode step makes no attribute calls).
 template <typename K>

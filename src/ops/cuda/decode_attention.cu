@@ -258,22 +258,6 @@ __global__ void __launch_bounds__(kThreads, FLAT       ? 1
     if (k0 < k_end) prefetch_l2(tile_src(k0), int64_t(min(kTK, k_end - k0)) * W * int64_t(sizeof(T)), 0, 1);
   }
   dep_wait();
-  // One-wave grids: the split's first tile is read together with the queries (its loads in flight
-  // before the queries', one round trip instead of two), kept in registers until the tile loop stores it.
-  constexpr int kFirstRegs = FLAT ? 12 : 1;  // float4 per thread: a 32-row tile of W ≤ 384
-  float4 first[kFirstRegs];
-  const int nk0 = min(kTK, k_end - k_begin);
-  const bool early = VEC && FLAT && nk0 > 0 && nk0 * (W / 4) <= kFirstRegs * kThreads;
-  if constexpr (VEC && FLAT) {
-    if (early) {
-      const T* src = tile_src(k_begin);
-#pragma unroll
-      for (int u = 0; u < kFirstRegs; ++u) {
-        const int i = tid + u * kThreads;
-        if (i < nk0 * (W / 4)) first[u] = ld4(src + 4 * i);
-      }
-    }
-  }
   if constexpr (VEC) {  // the queries: a thread's 4 loads at a time in flight
     const T* qb = q + (int64_t(b) * H + h0) * W;
     const int W4 = W / 4, n4 = kHG * W4, nq4 = nh * W4;
@@ -311,17 +295,7 @@ __global__ void __launch_bounds__(kThreads, FLAT       ? 1
     const T* src = tile_src(k0);
     if constexpr (VEC && FLAT) {  // the tile's nk·W / 4 float4, a thread's 8 at a time in flight
       const int W4 = W / 4, n4 = nk * W4;
-      if (early && k0 == k_begin) {
-#pragma unroll
-        for (int u = 0; u < kFirstRegs; ++u) {
-          const int i = tid + u * kThreads;
-          if (i < n4) {
-            const int kk = i / W4, c = i - kk * W4;
-            *reinterpret_cast<float4*>(rs + kk * RS + 4 * c) = first[u];
-          }
-        }
-      }
-      for (int base = early && k0 == k_begin ? n4 : 0; base < n4; base += 8 * kThreads) {
+      for (int base = 0; base < n4; base += 8 * kThreads) {
         float4 v[8];
 #pragma unroll
         for (int u = 0; u < 8; ++u) {

@@ -85,6 +85,11 @@ template <int NB>
 __device__ void normed_rows(float* xs, const NormArgs& a, int64_t n0, int64_t D, bool writer) {
   __shared__ float part[NB][32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = int(blockDim.x >> 5);
+  const auto rstd = [&](const float* warp_sums) {  // a row's 1 / rms from its warps' sums of squares
+    float t = 0.0f;
+    for (int w = 0; w < nw; ++w) t += warp_sums[w];
+    return rsqrtf(t / float(D) + a.eps);
+  };
   constexpr int kSlotsInFlight = 8, kNormRegs = 2;
   const uintptr_t ptrs = reinterpret_cast<uintptr_t>(a.h) | reinterpret_cast<uintptr_t>(a.y) |
                          reinterpret_cast<uintptr_t>(a.norm) | reinterpret_cast<uintptr_t>(a.h_out) |
@@ -138,9 +143,7 @@ __device__ void normed_rows(float* xs, const NormArgs& a, int64_t n0, int64_t D,
     __syncthreads();
 #pragma unroll
     for (int r = 0; r < NB; ++r) {
-      float t = 0.0f;
-      for (int w = 0; w < nw; ++w) t += part[r][w];
-      const float rs = rsqrtf(t / float(D) + a.eps);
+      const float rs = rstd(part[r]);
       const int64_t n = n0 + r;
       const auto apply = [&](int64_t i, const float4& g) {
         float4& vx = reinterpret_cast<float4*>(xs + r * D)[i];
@@ -183,9 +186,7 @@ __device__ void normed_rows(float* xs, const NormArgs& a, int64_t n0, int64_t D,
   __syncthreads();
 #pragma unroll
   for (int r = 0; r < NB; ++r) {
-    float t = 0.0f;
-    for (int w = 0; w < nw; ++w) t += part[r][w];
-    const float rs = rsqrtf(t / float(D) + a.eps);
+    const float rs = rstd(part[r]);
     const int64_t n = n0 + r;
     for (int64_t i = tid; i < D; i += blockDim.x) {
       const float v = xs[r * D + i], x = a.norm[i] * (v * rs);

@@ -1,23 +1,17 @@
 // router_small.cu — MoE routing of a few tokens (a decode step) on the GPU, one thread block per token
 // (spec/model.md §4.2, §4.3): scores (sigmoid or softmax) in parallel, each group's score (top-2 sum for
 // noaux_tc, max for group_limited_greedy) by one thread per group, the kept groups and the chosen experts
-// by rank (ties to the lower index), ascending ids and normalized, scaled gate weights —
-// the same rules as router.cu's one-thread-per-token kernel, which large batches keep using. The decode
-// form (router_decode) also computes the logits x · gateᵀ, spread over blocks of 8 experts, and the last
-// block of each token to finish routes it, so routing a decode step is one launch (no cuBLAS product);
-// with E ≤ 64 the token's blocks form a thread-block cluster and pass their logits through distributed
-// shared memory instead (sm90_router_cluster; DSEEK_ROUTER_CLUSTER=0 keeps the global-memory form).
+// by rank (ties to the lower index), ascending ids and normalized, scaled gate weights — the same rules as
+// router.cu's one-thread-per-token kernel, which large batches keep using. The decode form (router_decode)
+// also computes the logits x · gateᵀ, spread over blocks of 8 experts, and the last block of each token to
+// finish routes it, so routing a decode step is one launch (no cuBLAS product).
 #include <cstdlib>
 #include <cstring>
-
-#include <cooperative_groups.h>
 
 #include "ops/cuda/gemv.cuh"
 #include "ops/decode_impl.h"
 
 namespace dseek::ops::cuda {
-
-namespace cg = cooperative_groups;
 
 namespace {
 
@@ -182,62 +176,6 @@ __global__ void __launch_bounds__(256)
   route_token<float, float>(idx_out, w_out, nullptr, lg, bias, E, p, n);
 }
 
-// The same for E ≤ kClusterExperts in thread-block clusters: grid (ceil(E / 8), N) in clusters of
-// ceil(E / 8) blocks (one per token); each block's 8 logits go straight into the shared memory of the
-// cluster's first block, which routes the token after the cluster's barrier — no global logits, fence,
-// arrival counter or re-read, two memory round trips fewer on the decode step's path.
-constexpr int kClusterExperts = 64;
-template <typename Tg, bool NORM>
-__global__ void __launch_bounds__(256)
-    sm90_router_cluster(int32_t* idx_out, float* w_out, const float* x, const Tg* gate, const float* bias,
-                        int E, int D, bool vec, RouterParams p, NormArgs na) {
-  extern __shared__ __align__(16) float xs[];
-  __shared__ float lg[kClusterExperts];
-  dep_launch();
-  const int64_t n = blockIdx.y;
-  const int lane = threadIdx.x & 31, e = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const float* xr = NORM ? xs : x + n * D;
-  const Tg* g = gate + int64_t(e < E ? e : 0) * D;
-  constexpr int kPre = 4;
-  float pre[kPre][8] = {};
-  if (e < E && vec)
-#pragma unroll
-    for (int j = 0; j < kPre; ++j)
-      if (lane * 8 + j * 256 < D) load8(g + lane * 8 + j * 256, pre[j]);
-  dep_wait();
-  if constexpr (NORM) normed_rows<1>(xs, na, n, D, blockIdx.x == 0);
-  cg::cluster_group cluster = cg::this_cluster();
-  if (e < E) {
-    float acc = 0.0f;
-    if (vec) {
-#pragma unroll
-      for (int j = 0; j < kPre; ++j)
-        if (lane * 8 + j * 256 < D) acc += dot8(pre[j], xr + lane * 8 + j * 256);
-#pragma unroll 4
-      for (int i = lane * 8 + kPre * 256; i < D; i += 256) {
-        float w8[8];
-        load8(g + i, w8);
-        acc += dot8(w8, xr + i);
-      }
-    } else {
-      for (int i = lane; i < D; i += 32) acc += ld(g[i]) * xr[i];
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) cluster.map_shared_rank(lg, 0)[e] = acc;
-  }
-  cluster.sync();  // every logit is in the first block's lg (and no block exits while others write)
-  if (cluster.block_rank() != 0) return;
-  route_token<float, float>(idx_out, w_out, nullptr, lg, bias, E, p, n);
-}
-
-bool router_cluster_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("DSEEK_ROUTER_CLUSTER");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return on;
-}
-
 }  // namespace
 
 bool router_small_applies(int64_t N, int64_t E, const RouterParams& p) {
@@ -276,9 +214,7 @@ void router_launch(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Normed
   const auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
   const bool vec = D % 8 == 0 && (in || al(x.raw())) && al(gate.raw());
   const float* b = bias.defined() ? bias.data<float>() : nullptr;
-  const bool cluster = E <= kClusterExperts && router_cluster_enabled();
-  // logits: [N, E] (the non-cluster form's exchange between blocks)
-  Tensor logits = cluster ? Tensor() : Tensor::empty({N, E}, DType::F32, Device::CUDA);
+  Tensor logits = Tensor::empty({N, E}, DType::F32, Device::CUDA);  // logits: [N, E]
   int* arrive = arrival_counters() + kRouterCounters;
   const dim3 grid{unsigned((E + 7) / 8), unsigned(N)};
   const size_t smem = in ? size_t(D) * sizeof(float) : 0;
@@ -286,14 +222,6 @@ void router_launch(Tensor topk_idx, Tensor topk_w, const Tensor& x, const Normed
   const float* xp = in ? nullptr : x.data<float>();
   auto run = [&](auto wt, auto norm) {
     using Tg = decltype(wt);
-    if (cluster) {  // grid.x = ceil(E / 8) ≤ 8 blocks: one portable cluster per token
-      const auto kernel = sm90_router_cluster<Tg, decltype(norm)::value>;
-      allow_smem(kernel, smem, "router_decode");
-      launch_dep_cluster("router_decode (cluster)", kernel, grid, 256, smem, grid.x, topk_idx.data<int32_t>(),
-                         topk_w.data<float>(), xp, static_cast<const Tg*>(gate.raw()), b, int(E), int(D), vec,
-                         p, na);
-      return;
-    }
     const auto kernel = sm90_router_decode<Tg, decltype(norm)::value>;
     allow_smem(kernel, smem, "router_decode");
     launch_dep("router_decode", kernel, grid, 256, smem, topk_idx.data<int32_t>(), topk_w.data<float>(),
